@@ -1,0 +1,302 @@
+//! The reference backend: plain f32 code that defines "right" for every other backend.
+//!
+//! Naive on purpose. The only help it takes is a GEMM crate for the matrix products (the
+//! linear layers and, per sequence and head, QKᵀ and PV) and rayon over rows and heads, so
+//! that a real model scores a hundred passages in seconds. Reductions accumulate in f64.
+
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+use super::Backend;
+use crate::batch::PackedBatch;
+use crate::config::Activation;
+use crate::error::{Error, Result};
+use crate::weights::{Embeddings, Head, HostTensor, LayerNorm, Linear};
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuBackend;
+
+/// A raw pointer that rayon tasks may share; each task writes a disjoint region.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: used only to let parallel tasks write disjoint parts of one buffer.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+/// `dst[m, n] = alpha · dst + beta · lhs[m, k] · rhs[k, n]` with explicit (row, column) strides.
+/// The caller guarantees every index reached lies inside the slices.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    lhs: *const f32,
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: *const f32,
+    rhs_rs: isize,
+    rhs_cs: isize,
+    scale: f32,
+    par: Parallelism,
+) {
+    gemm(
+        m, n, k, dst, 1, dst_rs, false, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs, 0.0, scale,
+        false, false, false, par,
+    );
+}
+
+/// LayerNorm of one row in place, statistics in f64.
+pub fn layer_norm_row(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let inv = 1.0 / (var + eps as f64).sqrt();
+    for ((v, g), b) in x.iter_mut().zip(gamma).zip(beta) {
+        *v = ((*v as f64 - mean) * inv) as f32 * g + b;
+    }
+}
+
+/// GELU, exact erf form, as transformers' "gelu".
+pub fn gelu_erf(x: f32) -> f32 {
+    (0.5 * x as f64 * (1.0 + libm::erf(x as f64 / std::f64::consts::SQRT_2))) as f32
+}
+
+fn check_len(what: &str, have: usize, need: usize) -> Result<()> {
+    if have < need {
+        return Err(Error::Internal(format!(
+            "{what}: buffer of {have} elements, op needs {need}"
+        )));
+    }
+    Ok(())
+}
+
+impl Backend for CpuBackend {
+    type Buf = Vec<f32>;
+    type Batch = PackedBatch;
+
+    fn device_name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn upload(&self, t: &HostTensor) -> Result<Vec<f32>> {
+        Ok(t.data.clone())
+    }
+
+    fn alloc(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+
+    fn alloc_batch(&self, _max_tokens: usize, _max_seqs: usize) -> Result<PackedBatch> {
+        Ok(PackedBatch::default())
+    }
+
+    fn load_batch(&self, batch: &PackedBatch, dst: &mut PackedBatch) -> Result<()> {
+        dst.clone_from(batch);
+        Ok(())
+    }
+
+    fn embed(
+        &self,
+        batch: &PackedBatch,
+        emb: &Embeddings<Vec<f32>>,
+        eps: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let h = emb.ln.gamma.len();
+        let rows = batch.tokens();
+        check_len("embed out", out.len(), rows * h)?;
+        let (vocab, positions, types) = (
+            emb.word.len() / h,
+            emb.position.len() / h,
+            emb.token_type.len() / h,
+        );
+        for t in 0..rows {
+            let (id, pos, ty) = (
+                batch.input_ids[t] as usize,
+                batch.position_ids[t] as usize,
+                batch.token_type_ids[t] as usize,
+            );
+            if id >= vocab || pos >= positions || ty >= types {
+                return Err(Error::input(format!(
+                    "token {t}: id {id}, position {pos} or type {ty} is outside the model's tables ({vocab}, {positions}, {types})"
+                )));
+            }
+        }
+        out[..rows * h]
+            .par_chunks_mut(h)
+            .enumerate()
+            .for_each(|(t, row)| {
+                let (id, pos, ty) = (
+                    batch.input_ids[t] as usize,
+                    batch.position_ids[t] as usize,
+                    batch.token_type_ids[t] as usize,
+                );
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = emb.word[id * h + j]
+                        + emb.position[pos * h + j]
+                        + emb.token_type[ty * h + j];
+                }
+                layer_norm_row(row, &emb.ln.gamma, &emb.ln.beta, eps);
+            });
+        Ok(())
+    }
+
+    fn linear(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        lin: &Linear<Vec<f32>>,
+        act: Option<Activation>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let (i, o) = (lin.in_dim, lin.out_dim);
+        check_len("linear in", x.len(), rows * i)?;
+        check_len("linear out", out.len(), rows * o)?;
+        check_len("linear weight", lin.w.len(), o * i)?;
+        // SAFETY: x is [rows, i], W is [o, i] read as Wᵀ [i, o], out is [rows, o]; lengths checked.
+        unsafe {
+            matmul(
+                rows,
+                o,
+                i,
+                out.as_mut_ptr(),
+                o as isize,
+                x.as_ptr(),
+                i as isize,
+                1,
+                lin.w.as_ptr(),
+                1,
+                i as isize,
+                1.0,
+                Parallelism::Rayon(0),
+            );
+        }
+        out[..rows * o].par_chunks_mut(o).for_each(|row| {
+            for (v, b) in row.iter_mut().zip(&lin.b) {
+                *v += b;
+                if let Some(Activation::GeluErf) = act {
+                    *v = gelu_erf(*v);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        qkv: &Vec<f32>,
+        batch: &PackedBatch,
+        heads: usize,
+        d: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let h = heads * d;
+        let rows = batch.tokens();
+        check_len("attention qkv", qkv.len(), rows * 3 * h)?;
+        check_len("attention out", out.len(), rows * h)?;
+        let scale = 1.0 / (d as f32).sqrt();
+        let dst = SharedMut(out.as_mut_ptr());
+        (0..batch.len() * heads).into_par_iter().for_each(|job| {
+            let (s, head) = (job / heads, job % heads);
+            let r = batch.range(s);
+            let (start, len) = (r.start, r.len());
+            let q = qkv[start * 3 * h + head * d..].as_ptr();
+            let k = qkv[start * 3 * h + h + head * d..].as_ptr();
+            let v = qkv[start * 3 * h + 2 * h + head * d..].as_ptr();
+            let mut p = vec![0f32; len * len];
+            let dst = dst;
+            // SAFETY: Q, K and V rows of this sequence lie inside qkv ([rows, 3h]); each job
+            // writes only its own sequence rows and head columns of out ([rows, h]).
+            unsafe {
+                // P = Q Kᵀ · scale: Q [len, d] (row stride 3h), Kᵀ [d, len].
+                matmul(
+                    len,
+                    len,
+                    d,
+                    p.as_mut_ptr(),
+                    len as isize,
+                    q,
+                    3 * h as isize,
+                    1,
+                    k,
+                    1,
+                    3 * h as isize,
+                    scale,
+                    Parallelism::None,
+                );
+                for row in p.chunks_mut(len) {
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f64;
+                    for x in row.iter_mut() {
+                        *x = (*x - max).exp();
+                        sum += *x as f64;
+                    }
+                    let inv = (1.0 / sum) as f32;
+                    row.iter_mut().for_each(|x| *x *= inv);
+                }
+                // ctx = P V: V [len, d] (row stride 3h) into out rows (stride h).
+                let o = dst.0.add(start * h + head * d);
+                matmul(
+                    len,
+                    d,
+                    len,
+                    o,
+                    h as isize,
+                    p.as_ptr(),
+                    len as isize,
+                    1,
+                    v,
+                    3 * h as isize,
+                    1,
+                    1.0,
+                    Parallelism::None,
+                );
+            }
+        });
+        Ok(())
+    }
+
+    fn add_layernorm(
+        &self,
+        delta: &Vec<f32>,
+        rows: usize,
+        ln: &LayerNorm<Vec<f32>>,
+        eps: f32,
+        hidden: &mut Vec<f32>,
+    ) -> Result<()> {
+        let h = ln.gamma.len();
+        check_len("add_layernorm delta", delta.len(), rows * h)?;
+        check_len("add_layernorm hidden", hidden.len(), rows * h)?;
+        hidden[..rows * h]
+            .par_chunks_mut(h)
+            .zip(delta[..rows * h].par_chunks(h))
+            .for_each(|(x, d)| {
+                x.iter_mut().zip(d).for_each(|(x, d)| *x += d);
+                layer_norm_row(x, &ln.gamma, &ln.beta, eps);
+            });
+        Ok(())
+    }
+
+    fn head(
+        &self,
+        hidden: &Vec<f32>,
+        batch: &PackedBatch,
+        head: &Head<Vec<f32>>,
+    ) -> Result<Vec<f32>> {
+        let h = head.dense.in_dim;
+        let n = batch.len();
+        let mut cls = Vec::with_capacity(n * h);
+        for s in 0..n {
+            let row = batch.cu_seqlens[s] as usize;
+            cls.extend_from_slice(&hidden[row * h..(row + 1) * h]);
+        }
+        let mut pooled = vec![0f32; n * head.dense.out_dim];
+        self.linear(&cls, n, &head.dense, None, &mut pooled)?;
+        pooled.iter_mut().for_each(|v| *v = v.tanh());
+        let mut logits = vec![0f32; n * head.out.out_dim];
+        self.linear(&pooled, n, &head.out, None, &mut logits)?;
+        Ok(logits)
+    }
+}

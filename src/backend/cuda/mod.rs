@@ -1,0 +1,1 @@
+//! The CUDA backend (feature `cuda`): filled in by the CUDA-backend work.

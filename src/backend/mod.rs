@@ -1,0 +1,82 @@
+//! The op set every backend implements. The forward pass (model.rs) is written once over it.
+//!
+//! Buffers are flat, row-major, token-major: a [tokens, width] activation is `tokens * width`
+//! elements. Ops take the row count of the current batch, so that one arena sized for the
+//! largest batch serves every smaller one.
+
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
+use crate::batch::PackedBatch;
+use crate::config::Activation;
+use crate::error::Result;
+use crate::weights::{Embeddings, Head, HostTensor, LayerNorm, Linear};
+
+pub trait Backend: Send + Sync + 'static {
+    /// A weight or activation buffer: f32 on the CPU, f16 on CUDA.
+    type Buf: Send + Sync;
+    /// The packed batch as the backend holds it (ids, type ids, positions, cu_seqlens).
+    type Batch: Send;
+
+    /// A short description of the device, for logs and `info`.
+    fn device_name(&self) -> String;
+
+    /// Copies a host weight into a backend buffer, converting its dtype.
+    fn upload(&self, t: &HostTensor) -> Result<Self::Buf>;
+    /// An activation buffer of `len` elements.
+    fn alloc(&self, len: usize) -> Result<Self::Buf>;
+    /// Room for a packed batch of up to `max_tokens` tokens in `max_seqs` sequences.
+    fn alloc_batch(&self, max_tokens: usize, max_seqs: usize) -> Result<Self::Batch>;
+    /// Moves a packed batch into `dst`; the batch fits what `dst` was allocated for.
+    fn load_batch(&self, batch: &PackedBatch, dst: &mut Self::Batch) -> Result<()>;
+
+    /// `out[t] = LayerNorm(word[id] + position[pos] + token_type[type])`.
+    fn embed(
+        &self,
+        batch: &Self::Batch,
+        emb: &Embeddings<Self::Buf>,
+        eps: f32,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// `out[rows, out_dim] = act(x[rows, in_dim] · Wᵀ + b)`.
+    fn linear(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        lin: &Linear<Self::Buf>,
+        act: Option<Activation>,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Per sequence and head: `softmax(Q Kᵀ / sqrt(d)) V`, reading the fused [tokens, 3·hidden]
+    /// projection (Q | K | V, heads contiguous inside each) and writing [tokens, hidden].
+    fn attention(
+        &self,
+        qkv: &Self::Buf,
+        batch: &Self::Batch,
+        heads: usize,
+        head_dim: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// `hidden = LayerNorm(hidden + delta)` over `rows` rows.
+    fn add_layernorm(
+        &self,
+        delta: &Self::Buf,
+        rows: usize,
+        ln: &LayerNorm<Self::Buf>,
+        eps: f32,
+        hidden: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// The classification head on the first row of every sequence: dense + tanh, then the
+    /// one-logit projection. Returns one f32 logit per sequence.
+    fn head(
+        &self,
+        hidden: &Self::Buf,
+        batch: &Self::Batch,
+        head: &Head<Self::Buf>,
+    ) -> Result<Vec<f32>>;
+}

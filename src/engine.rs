@@ -1,0 +1,346 @@
+//! The library front: load a model directory on a device, rerank passages for a query.
+//!
+//! text → tokens (tokenize.rs) → packed batch (batch.rs) → forward (model.rs) → scores.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::backend::cpu::CpuBackend;
+use crate::batch::PackedBatch;
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::model::{Model, Scorer};
+use crate::tokenize::{EncodedPair, PairTokenizer};
+use crate::weights::{self, Checkpoint, DiskDtype};
+
+/// Where the forward pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    /// A CUDA device by ordinal.
+    Cuda(usize),
+}
+
+impl FromStr for Device {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(Device::Cuda(n)),
+                _ => Err(Error::input(format!(
+                    "device `{s}` is not one of: cpu, cuda, cuda:N"
+                ))),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Settings fixed at load.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// The most tokens one forward pass takes; bigger calls are split. Sizes the arena.
+    pub max_batch_tokens: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            max_batch_tokens: 16384,
+        }
+    }
+}
+
+/// Settings of one call.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Truncate pairs to this many tokens; default: what the model and tokenizer allow.
+    pub max_length: Option<usize>,
+    /// Return logits instead of sigmoid(logit).
+    pub raw_scores: bool,
+    /// Keep only the best `k`.
+    pub top_k: Option<usize>,
+}
+
+/// One passage's result.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Ranked {
+    /// Position of the passage in the input.
+    pub index: usize,
+    pub score: f32,
+    /// The pair was cut to the max length.
+    pub truncated: bool,
+}
+
+/// One query with its own passages, for scoring many groups in one call.
+#[derive(Debug, Clone)]
+pub struct Group<S> {
+    pub query: String,
+    pub passages: Vec<S>,
+}
+
+/// What `crossrank info --model` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    pub architecture: String,
+    pub parameters: usize,
+    pub dtype: &'static str,
+    pub layers: usize,
+    pub hidden_size: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub intermediate_size: usize,
+    pub vocab_size: usize,
+    pub max_length: usize,
+    pub max_length_limit: usize,
+}
+
+/// Reads and validates a model directory without running anything.
+pub fn inspect(dir: &Path) -> Result<(ModelConfig, PairTokenizer, ModelInfo, Checkpoint)> {
+    if !dir.is_dir() {
+        return Err(Error::model(dir, "model directory not found"));
+    }
+    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+    let ckpt = Checkpoint::open(dir)?;
+    let tokenizer = PairTokenizer::load(dir, &cfg)?;
+    let info = ModelInfo {
+        path: dir.to_path_buf(),
+        architecture: cfg.architecture.clone(),
+        parameters: cfg.parameter_count(),
+        dtype: ckpt.dtype().as_str(),
+        layers: cfg.num_layers,
+        hidden_size: cfg.hidden_size,
+        heads: cfg.num_heads,
+        head_dim: cfg.head_dim,
+        intermediate_size: cfg.intermediate_size,
+        vocab_size: cfg.vocab_size,
+        max_length: tokenizer.default_max_length(),
+        max_length_limit: tokenizer.max_length_limit(),
+    };
+    Ok((cfg, tokenizer, info, ckpt))
+}
+
+pub struct Reranker {
+    cfg: ModelConfig,
+    tokenizer: PairTokenizer,
+    scorer: Box<dyn Scorer>,
+    info: ModelInfo,
+    dtype: DiskDtype,
+}
+
+impl Reranker {
+    /// Loads config, tokenizer and weights from a Hugging Face model directory and uploads
+    /// the weights to `device`.
+    pub fn load(dir: impl AsRef<Path>, device: Device, opts: &LoadOptions) -> Result<Self> {
+        let dir = dir.as_ref();
+        let (cfg, tokenizer, info, ckpt) = inspect(dir)?;
+        let host = weights::load(&ckpt, &cfg)?;
+        let dtype = ckpt.dtype();
+        drop(ckpt);
+        // Every pair fits in one forward: the arena holds at least one longest pair.
+        let max_tokens = opts.max_batch_tokens.max(tokenizer.max_length_limit());
+        let scorer: Box<dyn Scorer> = match device {
+            Device::Cpu => Box::new(Model::new(CpuBackend, cfg.clone(), host, max_tokens)?),
+            Device::Cuda(ordinal) => cuda_scorer(ordinal, &cfg, host, max_tokens)?,
+        };
+        Ok(Reranker {
+            cfg,
+            tokenizer,
+            scorer,
+            info,
+            dtype,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn disk_dtype(&self) -> DiskDtype {
+        self.dtype
+    }
+
+    pub fn tokenizer(&self) -> &PairTokenizer {
+        &self.tokenizer
+    }
+
+    pub fn device_name(&self) -> String {
+        self.scorer.device_name()
+    }
+
+    pub fn max_batch_tokens(&self) -> usize {
+        self.scorer.max_batch_tokens()
+    }
+
+    /// Encodes (query, passage) pairs; the query once, the passages in parallel.
+    pub fn encode<S: AsRef<str> + Sync>(
+        &self,
+        query: &str,
+        passages: &[S],
+        max_length: Option<usize>,
+    ) -> Result<Vec<EncodedPair>> {
+        let max_length = self.tokenizer.resolve_max_length(max_length)?;
+        self.tokenizer.encode_group(query, passages, max_length)
+    }
+
+    /// Raw logits for encoded pairs, in order, packed into as few forwards as the arena allows.
+    pub fn score_pairs(&self, pairs: &[&EncodedPair]) -> Result<Vec<f32>> {
+        let limit = self.scorer.max_batch_tokens();
+        let mut logits = Vec::with_capacity(pairs.len());
+        let mut start = 0;
+        while start < pairs.len() {
+            let mut end = start;
+            let mut tokens = 0;
+            while end < pairs.len() && (end == start || tokens + pairs[end].ids.len() <= limit) {
+                tokens += pairs[end].ids.len();
+                end += 1;
+            }
+            let batch = PackedBatch::pack(pairs[start..end].iter().copied(), &self.cfg);
+            logits.extend(self.scorer.score(&batch)?);
+            start = end;
+        }
+        Ok(logits)
+    }
+
+    /// Scores every passage against the query and returns them best first.
+    pub fn rerank<S: AsRef<str> + Sync>(
+        &self,
+        query: &str,
+        passages: &[S],
+        opts: &Options,
+    ) -> Result<Vec<Ranked>> {
+        let pairs = self.encode(query, passages, opts.max_length)?;
+        let refs: Vec<&EncodedPair> = pairs.iter().collect();
+        let logits = self.score_pairs(&refs)?;
+        Ok(rank(&pairs, &logits, opts))
+    }
+
+    /// Many queries, each with its own passages, scored in shared packed batches.
+    pub fn rerank_many<S: AsRef<str> + Sync>(
+        &self,
+        groups: &[Group<S>],
+        opts: &Options,
+    ) -> Result<Vec<Vec<Ranked>>> {
+        let encoded = groups
+            .iter()
+            .map(|g| self.encode(&g.query, &g.passages, opts.max_length))
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&EncodedPair> = encoded.iter().flatten().collect();
+        let logits = self.score_pairs(&refs)?;
+        let mut out = Vec::with_capacity(groups.len());
+        let mut at = 0;
+        for pairs in &encoded {
+            out.push(rank(pairs, &logits[at..at + pairs.len()], opts));
+            at += pairs.len();
+        }
+        Ok(out)
+    }
+}
+
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Turns logits into results sorted best first; ties keep input order.
+pub fn rank(pairs: &[EncodedPair], logits: &[f32], opts: &Options) -> Vec<Ranked> {
+    let mut out: Vec<Ranked> = pairs
+        .iter()
+        .zip(logits)
+        .enumerate()
+        .map(|(index, (p, &logit))| Ranked {
+            index,
+            score: if opts.raw_scores {
+                logit
+            } else {
+                sigmoid(logit)
+            },
+            truncated: p.truncated,
+        })
+        .collect();
+    let key = |r: &Ranked| {
+        if r.score.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            r.score
+        }
+    };
+    out.sort_by(|a, b| key(b).total_cmp(&key(a)));
+    if let Some(k) = opts.top_k {
+        out.truncate(k);
+    }
+    out
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_scorer(
+    _ordinal: usize,
+    _cfg: &ModelConfig,
+    _host: weights::Weights<weights::HostTensor>,
+    _max_tokens: usize,
+) -> Result<Box<dyn Scorer>> {
+    Err(Error::CudaNotCompiled)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_scorer(
+    ordinal: usize,
+    cfg: &ModelConfig,
+    host: weights::Weights<weights::HostTensor>,
+    max_tokens: usize,
+) -> Result<Box<dyn Scorer>> {
+    let backend = crate::backend::cuda::CudaBackend::new(ordinal)?;
+    Ok(Box::new(Model::new(
+        backend,
+        cfg.clone(),
+        host,
+        max_tokens,
+    )?))
+}
+
+/// The backends compiled into this build.
+pub fn backends() -> Vec<&'static str> {
+    if cfg!(feature = "cuda") {
+        vec!["cpu", "cuda"]
+    } else {
+        vec!["cpu"]
+    }
+}
+
+/// The GPU architectures whose code is embedded in this build (empty without `cuda`).
+pub fn cuda_architectures() -> Vec<String> {
+    #[cfg(feature = "cuda")]
+    {
+        crate::backend::cuda::architectures()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Vec::new()
+    }
+}
+
+/// The CUDA devices visible to this process (empty without `cuda`, a driver or a device).
+pub fn cuda_devices() -> Vec<String> {
+    #[cfg(feature = "cuda")]
+    {
+        crate::backend::cuda::devices()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Vec::new()
+    }
+}

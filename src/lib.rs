@@ -1,0 +1,17 @@
+//! crossrank: cross-encoder reranking, from text to scores.
+//!
+//! The data goes one way: text → tokens ([`tokenize`]) → packed batch ([`batch`]) → forward
+//! ([`model`] over a [`backend`]) → scores ([`engine`]).
+
+pub mod backend;
+pub mod batch;
+pub mod config;
+pub mod docs;
+pub mod engine;
+pub mod error;
+pub mod model;
+pub mod tokenize;
+pub mod weights;
+
+pub use engine::{Device, Group, LoadOptions, Options, Ranked, Reranker};
+pub use error::{Error, Result};

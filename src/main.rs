@@ -1,0 +1,138 @@
+//! The `crossrank` command line: thin; everything it does is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use crossrank::engine::{self, Device, LoadOptions, Options, Reranker};
+use crossrank::{Error, Result};
+
+#[derive(Parser)]
+#[command(
+    name = "crossrank",
+    version,
+    about = "Rerank passages with cross-encoders, fast"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score every passage against a query and print them best first, as JSON.
+    Rerank {
+        /// Model directory: config.json, tokenizer.json, model.safetensors.
+        #[arg(long)]
+        model: PathBuf,
+        /// The query.
+        #[arg(long)]
+        query: String,
+        /// Passages: `-` for stdin, a .jsonl file, or plain text with one passage per line.
+        #[arg(long)]
+        docs: String,
+        /// Truncate each (query, passage) pair to this many tokens.
+        #[arg(long)]
+        max_length: Option<usize>,
+        /// Print logits instead of sigmoid(logit).
+        #[arg(long)]
+        raw_scores: bool,
+        /// Keep only the best K results.
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// The most tokens in one forward pass; bigger calls are split.
+        #[arg(long, default_value_t = 16384)]
+        max_batch_tokens: usize,
+    },
+    /// Print version, backends, CUDA architectures and devices, and a model's facts, as JSON.
+    Info {
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // One line: clap's message without the usage block.
+            let text = e.to_string();
+            let msg: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("{}", msg.join(" "));
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Rerank {
+            model,
+            query,
+            docs,
+            max_length,
+            raw_scores,
+            top_k,
+            device,
+            max_batch_tokens,
+        } => {
+            let device: Device = device.parse()?;
+            let passages = crossrank::docs::read_docs(&docs)?;
+            if max_batch_tokens == 0 {
+                return Err(Error::input("--max-batch-tokens must be at least 1"));
+            }
+            let reranker = Reranker::load(&model, device, &LoadOptions { max_batch_tokens })?;
+            let opts = Options {
+                max_length,
+                raw_scores,
+                top_k,
+            };
+            let results = reranker.rerank(&query, &passages, &opts)?;
+            println!("{}", serde_json::json!({ "results": results }));
+            Ok(())
+        }
+        Command::Info { model } => {
+            let mut out = serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "backends": engine::backends(),
+                "cuda_architectures": engine::cuda_architectures(),
+                "devices": engine::cuda_devices(),
+            });
+            if let Some(dir) = model {
+                let (_, _, info, _) = engine::inspect(&dir)?;
+                out["model"] =
+                    serde_json::to_value(info).map_err(|e| Error::Internal(e.to_string()))?;
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&out).map_err(|e| Error::Internal(e.to_string()))?
+            );
+            Ok(())
+        }
+    }
+}
