@@ -73,3 +73,45 @@ impl PackedBatch {
         self.cu_seqlens[s] as usize..self.cu_seqlens[s + 1] as usize
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelConfig;
+
+    fn cfg(arch: &str) -> ModelConfig {
+        let v = serde_json::json!({
+            "architectures": [arch], "vocab_size": 10, "hidden_size": 4,
+            "num_hidden_layers": 1, "num_attention_heads": 1, "intermediate_size": 8,
+            "max_position_embeddings": 20, "pad_token_id": 1, "id2label": {"0": "x"}
+        });
+        ModelConfig::from_json(&v.to_string()).unwrap()
+    }
+
+    fn pair(ids: &[u32]) -> EncodedPair {
+        EncodedPair {
+            ids: ids.to_vec(),
+            type_ids: vec![0; ids.len()],
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn packs_back_to_back_with_prefix_sums() {
+        let pairs = [pair(&[2, 5, 3]), pair(&[2]), pair(&[2, 6, 7, 3])];
+        let b = PackedBatch::pack(&pairs, &cfg("BertForSequenceClassification"));
+        assert_eq!(b.cu_seqlens, vec![0, 3, 4, 8]);
+        assert_eq!((b.len(), b.tokens(), b.max_seqlen), (3, 8, 4));
+        assert_eq!(b.position_ids, vec![0, 1, 2, 0, 0, 1, 2, 3]);
+        assert_eq!(b.range(2), 4..8);
+    }
+
+    #[test]
+    fn roberta_positions_skip_padding_tokens() {
+        // A literal <pad> (id 1) inside the text sits at padding_idx and is not counted,
+        // as transformers' create_position_ids_from_input_ids does.
+        let pairs = [pair(&[0, 5, 1, 6, 2]), pair(&[0, 2])];
+        let b = PackedBatch::pack(&pairs, &cfg("XLMRobertaForSequenceClassification"));
+        assert_eq!(b.position_ids, vec![2, 3, 1, 4, 5, 2, 3]);
+    }
+}

@@ -224,3 +224,88 @@ impl ModelConfig {
         emb + self.num_layers * layer + head
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bert() -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["BertForSequenceClassification"],
+            "model_type": "bert",
+            "vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "intermediate_size": 80, "hidden_act": "gelu",
+            "max_position_embeddings": 48, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
+            "pad_token_id": 0, "id2label": {"0": "LABEL_0"}
+        })
+    }
+
+    fn refuse(v: serde_json::Value) -> String {
+        ModelConfig::from_json(&v.to_string()).unwrap_err()
+    }
+
+    #[test]
+    fn bert_config_is_honoured() {
+        let c = ModelConfig::from_json(&bert().to_string()).unwrap();
+        assert_eq!(
+            (c.family, c.head_dim, c.intermediate_size),
+            (Family::Bert, 16, 80)
+        );
+        assert_eq!(c.max_positions(), 48);
+        assert!(c.uses_token_types());
+    }
+
+    #[test]
+    fn roberta_positions_skip_padding_idx() {
+        let mut v = bert();
+        v["architectures"] = serde_json::json!(["XLMRobertaForSequenceClassification"]);
+        v["pad_token_id"] = 1.into();
+        v["max_position_embeddings"] = 514.into();
+        v["type_vocab_size"] = 1.into();
+        let c = ModelConfig::from_json(&v.to_string()).unwrap();
+        assert_eq!((c.family, c.max_positions()), (Family::Roberta, 512));
+        assert!(!c.uses_token_types());
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let mut v = bert();
+        v["architectures"] = serde_json::json!(["T5ForConditionalGeneration"]);
+        let e = refuse(v);
+        assert!(
+            e.contains("T5ForConditionalGeneration") && e.contains(SUPPORTED_ARCHITECTURES),
+            "{e}"
+        );
+
+        let mut v = bert();
+        v["hidden_act"] = "relu".into();
+        assert!(refuse(v).contains("`hidden_act` = \"relu\" is not supported"));
+
+        let mut v = bert();
+        v["id2label"] = serde_json::json!({"0": "a", "1": "b"});
+        assert!(refuse(v).contains("2 labels"));
+
+        let mut v = bert();
+        v.as_object_mut().unwrap().remove("id2label");
+        assert!(
+            refuse(v).contains("2 labels"),
+            "transformers defaults num_labels to 2"
+        );
+
+        let mut v = bert();
+        v["num_attention_heads"] = 3.into();
+        assert!(refuse(v).contains("not a multiple of `num_attention_heads`"));
+
+        let mut v = bert();
+        v.as_object_mut().unwrap().remove("hidden_size");
+        assert!(refuse(v).contains("`hidden_size` is missing"));
+
+        let mut v = bert();
+        v["position_embedding_type"] = "relative_key".into();
+        assert!(refuse(v).contains("position_embedding_type"));
+
+        assert!(ModelConfig::from_json("{")
+            .unwrap_err()
+            .contains("not a valid config"));
+    }
+}
