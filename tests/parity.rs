@@ -1,0 +1,191 @@
+//! Golden parity: tokens, truncation and logits against transformers (float32) itself, on
+//! every committed test model (BERT and XLM-RoBERTa/RoBERTa; f32, f16 and bf16 on disk; no
+//! prefix; sharded). Goldens come from scripts/make_goldens.py.
+//!
+//! Tolerance: raw logits within 1e-4 absolute (the bound for the f32 reference), and
+//! the ranking equal wherever golden logits differ by more than twice that.
+
+mod common;
+
+use common::*;
+use crossrank::engine::{Group, Options};
+use crossrank::{Device, LoadOptions, Reranker};
+
+const LOGIT_ATOL: f32 = 1e-4;
+/// Batched against alone: f32 summation order only (see the test).
+const BATCH_ATOL: f32 = 2e-6;
+
+fn load(name: &str) -> Reranker {
+    Reranker::load(model_dir(name), Device::Cpu, &LoadOptions::default())
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Checks one golden set: ids, type ids, truncation flags, logits and ranking. Returns the
+/// largest absolute logit difference.
+fn check_set(r: &Reranker, name: &str, groups: &[GoldenGroup], max_length: Option<usize>) -> f32 {
+    let raw = Options {
+        max_length,
+        raw_scores: true,
+        top_k: None,
+    };
+    let mut worst = 0f32;
+    for (g, group) in groups.iter().enumerate() {
+        let pairs = r.encode(&group.query, &group.passages, max_length).unwrap();
+        for (i, p) in pairs.iter().enumerate() {
+            assert_eq!(
+                p.ids, group.input_ids[i],
+                "{name} group {g} pair {i}: input ids"
+            );
+            if r.config().uses_token_types() {
+                assert_eq!(
+                    p.type_ids, group.token_type_ids[i],
+                    "{name} group {g} pair {i}: type ids"
+                );
+            } else {
+                assert!(
+                    p.type_ids.iter().all(|&t| t == 0),
+                    "{name}: type ids must be zeros"
+                );
+            }
+            assert_eq!(
+                p.truncated, group.truncated[i],
+                "{name} group {g} pair {i}: truncated"
+            );
+        }
+        let ranked = r.rerank(&group.query, &group.passages, &raw).unwrap();
+        assert_eq!(ranked.len(), group.passages.len());
+        for res in &ranked {
+            let want = group.logits[res.index];
+            let diff = (res.score - want).abs();
+            worst = worst.max(diff);
+            assert!(
+                diff <= LOGIT_ATOL,
+                "{name} group {g} passage {}: logit {} vs transformers {want} (|diff| {diff:e} > {LOGIT_ATOL:e})",
+                res.index,
+                res.score
+            );
+        }
+        // Ranking: every pair of results whose golden logits clearly differ is in golden order.
+        for (a, b) in ranked.iter().zip(ranked.iter().skip(1)) {
+            let (la, lb) = (group.logits[a.index], group.logits[b.index]);
+            assert!(
+                la >= lb - 2.0 * LOGIT_ATOL,
+                "{name} group {g}: passage {} ranked above {} but transformers scores {la} < {lb}",
+                a.index,
+                b.index
+            );
+        }
+    }
+    worst
+}
+
+#[test]
+fn logits_and_tokens_match_transformers_on_every_committed_model() {
+    for name in committed_models() {
+        let gold = golden(&name);
+        let r = load(&name);
+        assert_eq!(
+            r.tokenizer().default_max_length(),
+            gold.max_length,
+            "{name}: default max length"
+        );
+        let d1 = check_set(&r, &name, &gold.groups, None);
+        let set = &gold.explicit_max_length;
+        let d2 = check_set(&r, &name, &set.groups, Some(set.max_length));
+        eprintln!("{name}: max |logit - transformers| = {:.3e}", d1.max(d2));
+    }
+}
+
+#[test]
+fn goldens_exercise_truncation_and_spread() {
+    // Guards the goldens themselves: they must cut pairs and separate passages clearly.
+    for name in committed_models() {
+        let gold = golden(&name);
+        let truncated = gold
+            .groups
+            .iter()
+            .flat_map(|g| &g.truncated)
+            .filter(|&&t| t)
+            .count();
+        assert!(truncated > 0, "{name}: no golden pair is truncated");
+        for g in &gold.groups {
+            let (lo, hi) = g
+                .logits
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+            assert!(
+                hi - lo > 0.1,
+                "{name}: golden logits {lo}..{hi} too close to catch mistakes"
+            );
+        }
+    }
+}
+
+#[test]
+fn batched_scores_equal_one_at_a_time() {
+    for name in committed_models() {
+        let gold = golden(&name);
+        let r = load(&name);
+        let raw = Options {
+            raw_scores: true,
+            ..Default::default()
+        };
+        let groups: Vec<Group<String>> = gold
+            .groups
+            .iter()
+            .map(|g| Group {
+                query: g.query.clone(),
+                passages: g.passages.clone(),
+            })
+            .collect();
+        let together = r.rerank_many(&groups, &raw).unwrap();
+        for (g, group) in gold.groups.iter().enumerate() {
+            for (i, passage) in group.passages.iter().enumerate() {
+                let alone = r
+                    .rerank(&group.query, std::slice::from_ref(passage), &raw)
+                    .unwrap();
+                let batched = together[g].iter().find(|x| x.index == i).unwrap();
+                // Batching changes only how the GEMM crate blocks its f32 sums (a one-row product
+                // takes another kernel), so the scores agree to f32 rounding, far inside the
+                // parity bound: a few ulps of a logit of order 1.
+                let diff = (alone[0].score - batched.score).abs();
+                assert!(
+                    diff <= BATCH_ATOL,
+                    "{name} group {g} passage {i}: alone {} vs batched {} (|diff| {diff:e})",
+                    alone[0].score,
+                    batched.score
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn sigmoid_scores_and_top_k() {
+    let name = &committed_models()[0];
+    let gold = golden(name);
+    let r = load(name);
+    let g = &gold.groups[0];
+    let top = r
+        .rerank(
+            &g.query,
+            &g.passages,
+            &Options {
+                top_k: Some(3),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(top.len(), 3);
+    let mut order: Vec<usize> = (0..g.logits.len()).collect();
+    order.sort_by(|&a, &b| g.logits[b].total_cmp(&g.logits[a]));
+    for (res, &want) in top.iter().zip(&order) {
+        assert_eq!(res.index, want);
+        let p = 1.0 / (1.0 + (-g.logits[want]).exp());
+        assert!(
+            (res.score - p).abs() <= 1e-5,
+            "sigmoid score {} vs {p}",
+            res.score
+        );
+    }
+}
