@@ -765,7 +765,9 @@ def make_minilm() -> None:
     }
     save_file(head, str(MINILM_HEAD / "head.safetensors"), metadata={"format": "pt"})
 
-    weight_map = {k: "model.safetensors" for k in encoder if k not in head}
+    # The encoder is named encoder.safetensors: transformers (and crossrank) read a model.safetensors
+    # alone whenever one exists, ignoring the index.
+    weight_map = {k: "encoder.safetensors" for k in encoder if k not in head}
     weight_map.update({k: "head.safetensors" for k in head})
     weight_map = dict(sorted(weight_map.items()))
     total = sum(t.numel() * t.element_size() for k, t in {**encoder, **head}.items() if k in weight_map)
@@ -784,7 +786,7 @@ def make_minilm() -> None:
         shutil.copy(MINILM_HEAD / "config.json", asm / "config.json")
         for f in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copy(src / f, asm / f)
-        renamed = {k: ("encoder.safetensors" if v == "model.safetensors" else v) for k, v in weight_map.items()}
+        renamed = weight_map
         (asm / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": renamed}, indent=2)
         )

