@@ -54,3 +54,17 @@ impl Error {
         Error::Input(msg.into())
     }
 }
+
+#[cfg(feature = "cuda")]
+impl From<cudarc::driver::DriverError> for Error {
+    fn from(e: cudarc::driver::DriverError) -> Self {
+        Error::Cuda(format!("driver: {e}"))
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl From<cudarc::cublaslt::result::CublasError> for Error {
+    fn from(e: cudarc::cublaslt::result::CublasError) -> Self {
+        Error::Cuda(format!("cuBLASLt: {e}"))
+    }
+}

@@ -1,0 +1,342 @@
+//! One typed launcher per kernel of kernels/*.cu. Each works out its grid and block, checks its
+//! preconditions (sizes, alignment, supported widths) and returns `Result`: nothing that input
+//! can reach becomes a device-side fault.
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, LaunchConfig, PushKernelArg,
+};
+use half::f16;
+
+use crate::error::{Error, Result};
+
+/// The storage type every kernel is instantiated for, as it appears in the exported names.
+pub const DTYPE: &str = "f16";
+
+/// `{op}_{dtype}`: the name kernels/*.cu export for an op.
+pub fn kernel_name(op: &str) -> String {
+    format!("{op}_{DTYPE}")
+}
+
+/// Head dims the attention kernel is instantiated for.
+pub const HEAD_DIMS: [usize; 4] = [16, 32, 64, 128];
+/// Query rows per attention block (`AttentionTraits::kBlockM`).
+const ATTN_BLOCK_M: usize = 64;
+/// Threads per attention block (`AttentionTraits::kThreads`).
+const ATTN_THREADS: u32 = 128;
+/// Widest row the LayerNorm kernels take: 1024 threads of 8 columns.
+pub const MAX_LN_WIDTH: usize = 8 * 1024;
+/// Widest hidden size the head kernel takes: 2 * width floats of shared memory.
+pub const MAX_HEAD_WIDTH: usize = 4096;
+const HEAD_THREADS: u32 = 256;
+const GELU_THREADS: u32 = 256;
+
+pub struct Kernels {
+    embed: CudaFunction,
+    add_ln: CudaFunction,
+    gelu: CudaFunction,
+    head: CudaFunction,
+    attention: Vec<(usize, CudaFunction)>,
+}
+
+fn internal(what: &str, msg: String) -> Error {
+    Error::Internal(format!("{what}: {msg}"))
+}
+
+fn need(what: &str, have: usize, need: usize) -> Result<()> {
+    if have < need {
+        return Err(internal(
+            what,
+            format!("buffer of {have} elements, the op needs {need}"),
+        ));
+    }
+    Ok(())
+}
+
+fn as_i32(what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| internal(what, format!("{v} does not fit the kernel's i32")))
+}
+
+fn as_u32(what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| internal(what, format!("{v} does not fit the grid's u32")))
+}
+
+/// Threads for a LayerNorm row of `width` columns: one per 8 columns, whole warps.
+fn ln_threads(what: &str, width: usize) -> Result<u32> {
+    if width == 0 || !width.is_multiple_of(8) || width > MAX_LN_WIDTH {
+        return Err(Error::Cuda(format!(
+            "{what}: hidden size {width} is not supported (a multiple of 8, at most {MAX_LN_WIDTH})"
+        )));
+    }
+    Ok((width / 8).div_ceil(32) as u32 * 32)
+}
+
+/// The packed batch as the kernels read it: views into the one uploaded buffer.
+pub struct BatchViews<'a> {
+    pub ids: CudaView<'a, u32>,
+    pub types: CudaView<'a, u32>,
+    pub positions: CudaView<'a, u32>,
+    /// i32 prefix sums, n + 1 entries (stored as u32 bits).
+    pub cu_seqlens: CudaView<'a, u32>,
+    pub tokens: usize,
+    pub seqs: usize,
+    pub max_seqlen: usize,
+}
+
+impl Kernels {
+    pub fn load(module: &Arc<CudaModule>) -> Result<Self> {
+        let f = |op: &str| {
+            let name = kernel_name(op);
+            module.load_function(&name).map_err(|e| {
+                Error::Cuda(format!(
+                    "kernel `{name}` missing from the embedded fatbin: {e}"
+                ))
+            })
+        };
+        let mut attention = Vec::new();
+        for d in HEAD_DIMS {
+            attention.push((d, f(&format!("attention_d{d}"))?));
+        }
+        Ok(Kernels {
+            embed: f("embed_layernorm")?,
+            add_ln: f("add_layernorm")?,
+            gelu: f("gelu")?,
+            head: f("cls_head")?,
+            attention,
+        })
+    }
+
+    /// `out[t] = LN(word[id] + position[pos] + token_type[type])` over the batch's tokens.
+    /// The caller has checked the batch's ids, positions and types against the tables.
+    #[allow(clippy::too_many_arguments)]
+    pub fn embed_layernorm(
+        &self,
+        s: &Arc<CudaStream>,
+        b: &BatchViews<'_>,
+        word: &CudaSlice<f16>,
+        position: &CudaSlice<f16>,
+        token_type: &CudaSlice<f16>,
+        gamma: &CudaSlice<f16>,
+        beta: &CudaSlice<f16>,
+        eps: f32,
+        out: &mut CudaSlice<f16>,
+    ) -> Result<()> {
+        let width = gamma.len();
+        let threads = ln_threads("embed_layernorm", width)?;
+        need("embed_layernorm beta", beta.len(), width)?;
+        need("embed_layernorm out", out.len(), b.tokens * width)?;
+        for (what, t) in [
+            ("word", word),
+            ("position", position),
+            ("token_type", token_type),
+        ] {
+            if t.len() % width != 0 {
+                return Err(internal(
+                    "embed_layernorm",
+                    format!("{what} table of {} elements is not [n, {width}]", t.len()),
+                ));
+            }
+        }
+        if b.tokens == 0 {
+            return Ok(());
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (as_u32("embed_layernorm rows", b.tokens)?, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let w = as_i32("embed_layernorm width", width)?;
+        // SAFETY: the argument list matches `embed_layernorm_f16`; every index the kernel
+        // forms lies inside its buffer: rows < b.tokens (the views' length), ids / positions /
+        // types checked against their tables by the caller, columns < width.
+        unsafe {
+            s.launch_builder(&self.embed)
+                .arg(&b.ids)
+                .arg(&b.types)
+                .arg(&b.positions)
+                .arg(word)
+                .arg(position)
+                .arg(token_type)
+                .arg(gamma)
+                .arg(beta)
+                .arg(out)
+                .arg(&w)
+                .arg(&eps)
+                .launch(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// `hidden = LN(hidden + delta)` over `rows` rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_layernorm(
+        &self,
+        s: &Arc<CudaStream>,
+        delta: &CudaSlice<f16>,
+        rows: usize,
+        gamma: &CudaSlice<f16>,
+        beta: &CudaSlice<f16>,
+        eps: f32,
+        hidden: &mut CudaSlice<f16>,
+    ) -> Result<()> {
+        let width = gamma.len();
+        let threads = ln_threads("add_layernorm", width)?;
+        need("add_layernorm beta", beta.len(), width)?;
+        need("add_layernorm delta", delta.len(), rows * width)?;
+        need("add_layernorm hidden", hidden.len(), rows * width)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (as_u32("add_layernorm rows", rows)?, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let w = as_i32("add_layernorm width", width)?;
+        // SAFETY: matches `add_layernorm_f16`; rows * width elements of delta and hidden
+        // exist (checked above); gamma and beta hold width.
+        unsafe {
+            s.launch_builder(&self.add_ln)
+                .arg(delta)
+                .arg(hidden)
+                .arg(gamma)
+                .arg(beta)
+                .arg(&w)
+                .arg(&eps)
+                .launch(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// Exact-erf GELU in place over the first `len` elements of `x`.
+    pub fn gelu(&self, s: &Arc<CudaStream>, x: &mut CudaSlice<f16>, len: usize) -> Result<()> {
+        need("gelu", x.len(), len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let blocks = len.div_ceil(8 * GELU_THREADS as usize).clamp(1, 1 << 20) as u32;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (GELU_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let n = len as u64;
+        // SAFETY: matches `gelu_f16(T*, size_t)`; the kernel touches the first len <= x.len()
+        // elements; a CudaSlice starts 256-byte aligned, so its 16-byte accesses are aligned.
+        unsafe {
+            s.launch_builder(&self.gelu).arg(x).arg(&n).launch(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// Attention over the packed batch: qkv [tokens, 3·heads·d] → ctx [tokens, heads·d].
+    pub fn attention(
+        &self,
+        s: &Arc<CudaStream>,
+        b: &BatchViews<'_>,
+        qkv: &CudaSlice<f16>,
+        heads: usize,
+        head_dim: usize,
+        ctx: &mut CudaSlice<f16>,
+    ) -> Result<()> {
+        let Some((_, f)) = self.attention.iter().find(|(d, _)| *d == head_dim) else {
+            return Err(Error::Cuda(format!(
+                "attention: head_dim {head_dim} is not supported by the CUDA kernels (one of {HEAD_DIMS:?})"
+            )));
+        };
+        let hidden = heads * head_dim;
+        need("attention qkv", qkv.len(), b.tokens * 3 * hidden)?;
+        need("attention ctx", ctx.len(), b.tokens * hidden)?;
+        if b.seqs == 0 || b.tokens == 0 {
+            return Ok(());
+        }
+        if heads == 0 || heads > 65535 {
+            return Err(internal("attention", format!("{heads} heads (1..=65535)")));
+        }
+        let m_blocks = b.max_seqlen.div_ceil(ATTN_BLOCK_M);
+        if m_blocks > 65535 {
+            return Err(Error::Cuda(format!(
+                "attention: a sequence of {} tokens is longer than the kernel's grid allows ({})",
+                b.max_seqlen,
+                65535 * ATTN_BLOCK_M
+            )));
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (
+                as_u32("attention sequences", b.seqs)?,
+                heads as u32,
+                m_blocks as u32,
+            ),
+            block_dim: (ATTN_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let h = as_i32("attention heads", heads)?;
+        let scale_log2 = std::f32::consts::LOG2_E / (head_dim as f32).sqrt();
+        // SAFETY: matches `attention_d{D}_f16`; cu_seqlens holds seqs + 1 prefix sums ending
+        // at b.tokens (built by PackedBatch), so every row read or written is < b.tokens,
+        // inside qkv and ctx (checked above); max_seqlen bounds every sequence's length.
+        unsafe {
+            s.launch_builder(f)
+                .arg(qkv)
+                .arg(&b.cu_seqlens)
+                .arg(ctx)
+                .arg(&h)
+                .arg(&scale_log2)
+                .launch(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// The classification head on every sequence's first row; logits f32 [seqs].
+    #[allow(clippy::too_many_arguments)]
+    pub fn cls_head(
+        &self,
+        s: &Arc<CudaStream>,
+        b: &BatchViews<'_>,
+        hidden: &CudaSlice<f16>,
+        w1: &CudaSlice<f16>,
+        b1: &CudaSlice<f16>,
+        w2: &CudaSlice<f16>,
+        b2: &CudaSlice<f16>,
+        width: usize,
+        logits: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        if width == 0 || !width.is_multiple_of(8) || width > MAX_HEAD_WIDTH {
+            return Err(Error::Cuda(format!(
+                "cls_head: hidden size {width} is not supported (a multiple of 8, at most {MAX_HEAD_WIDTH})"
+            )));
+        }
+        need("cls_head hidden", hidden.len(), b.tokens * width)?;
+        need("cls_head dense weight", w1.len(), width * width)?;
+        need("cls_head dense bias", b1.len(), width)?;
+        need("cls_head out weight", w2.len(), width)?;
+        need("cls_head out bias", b2.len(), 1)?;
+        need("cls_head logits", logits.len(), b.seqs)?;
+        if b.seqs == 0 {
+            return Ok(());
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (as_u32("cls_head sequences", b.seqs)?, 1, 1),
+            block_dim: (HEAD_THREADS, 1, 1),
+            shared_mem_bytes: (2 * width * std::mem::size_of::<f32>()) as u32,
+        };
+        let w = as_i32("cls_head width", width)?;
+        // SAFETY: matches `cls_head_f16`; row cu_seqlens[s] < b.tokens for every s < seqs,
+        // so the [CLS] rows lie inside hidden; the weights hold the sizes checked above; the
+        // dynamic shared memory holds the 2 * width floats the kernel uses (<= 32 KiB).
+        unsafe {
+            s.launch_builder(&self.head)
+                .arg(hidden)
+                .arg(&b.cu_seqlens)
+                .arg(w1)
+                .arg(b1)
+                .arg(w2)
+                .arg(b2)
+                .arg(logits)
+                .arg(&w)
+                .launch(cfg)?;
+        }
+        Ok(())
+    }
+}
