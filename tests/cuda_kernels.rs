@@ -1,0 +1,545 @@
+//! Every CUDA op against its CPU twin (src/backend/cpu.rs) on seeded random inputs: ragged
+//! batches (lengths 1, 2, 63, 64, 65, 127, 511, 512; one sequence; 120 sequences), every head_dim
+//! the attention kernel has, the hidden sizes of the test models and of MiniLM / BERT-base /
+//! BERT-large / XLM-R. Device outputs are poisoned with NaN first, so an element left unwritten
+//! fails.
+//!
+//! The inputs are rounded to fp16 before the CPU sees them, so a comparison measures the
+//! kernels' arithmetic, not the rounding of the inputs. Tolerances: `|out - ref| <= atol + rtol
+//! * |ref|`, with the constants and why stated beside each test. Attention follows STYLE.md: the
+//! kernel's largest error against the f32 reference is at most twice that of the same math done
+//! in fp16 by a reference here (P rounded to fp16 before P·V, output rounded to fp16), plus 1e-4.
+//!
+//! Without a CUDA driver or device, each test still builds its inputs and CPU references (and
+//! checks the fp16-emulating reference against the f32 one), then prints `SKIPPED (why)`.
+#![cfg(feature = "cuda")]
+
+use crossrank::backend::cpu::CpuBackend;
+use crossrank::backend::cuda::{unavailable_reason, CudaBackend};
+use crossrank::backend::Backend;
+use crossrank::batch::PackedBatch;
+use crossrank::config::Activation;
+use crossrank::weights::{Embeddings, Head, HostTensor, LayerNorm, Linear};
+use half::f16;
+
+/// The CUDA device for a test, or None after printing why the GPU part is skipped.
+fn gpu(test: &str) -> Option<CudaBackend> {
+    if let Some(why) = unavailable_reason() {
+        println!("{test}: SKIPPED ({why})");
+        return None;
+    }
+    match CudaBackend::new(0) {
+        Ok(b) => Some(b),
+        Err(e) => panic!("{test}: a CUDA device is visible but could not be opened: {e}"),
+    }
+}
+
+/// SplitMix64: a small seeded generator, so the tests need no rand crate.
+struct Rng(u64);
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    fn normal(&mut self) -> f32 {
+        let (u, v) = (self.uniform().max(1e-300), self.uniform());
+        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
+    }
+    /// `n` values ~ mean + N(0, std²), rounded to fp16.
+    fn vec16(&mut self, n: usize, mean: f32, std: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| round16(mean + std * self.normal()))
+            .collect()
+    }
+}
+
+fn round16(v: f32) -> f32 {
+    f16::from_f32(v).to_f32()
+}
+
+fn tensor(name: &str, data: Vec<f32>) -> HostTensor {
+    HostTensor {
+        name: name.into(),
+        shape: vec![data.len()],
+        data,
+    }
+}
+
+/// The ragged length sets every op runs over.
+fn length_sets(rng: &mut Rng) -> Vec<(&'static str, Vec<usize>)> {
+    vec![
+        ("ragged", vec![1, 2, 63, 64, 65, 127, 511, 512]),
+        ("one sequence", vec![300]),
+        (
+            "120 sequences",
+            (0..120).map(|_| 1 + rng.below(64)).collect(),
+        ),
+    ]
+}
+
+/// A BERT-style packed batch (positions 0..len) with random ids and types.
+fn batch(rng: &mut Rng, lens: &[usize], vocab: usize, types: usize) -> PackedBatch {
+    let mut b = PackedBatch {
+        cu_seqlens: vec![0],
+        ..Default::default()
+    };
+    for &len in lens {
+        for p in 0..len {
+            b.input_ids.push(rng.below(vocab) as u32);
+            b.token_type_ids.push(rng.below(types) as u32);
+            b.position_ids.push(p as u32);
+        }
+        b.cu_seqlens.push(b.input_ids.len() as i32);
+        b.max_seqlen = b.max_seqlen.max(len);
+    }
+    b
+}
+
+/// Asserts `|out - ref| <= atol + rtol * |scale|` element-wise (scale defaults to ref); NaN
+/// anywhere fails. Returns the largest absolute error.
+fn check(
+    what: &str,
+    out: &[f32],
+    reference: &[f32],
+    scale: Option<&[f32]>,
+    atol: f32,
+    rtol: f32,
+) -> f32 {
+    assert_eq!(out.len(), reference.len(), "{what}: length");
+    let mut worst = 0f32;
+    for (i, (&o, &r)) in out.iter().zip(reference).enumerate() {
+        let s = scale.map_or(r.abs(), |s| s[i].abs() + r.abs());
+        let err = (o - r).abs();
+        assert!(
+            o.is_finite() && err <= atol + rtol * s,
+            "{what}: element {i}: got {o}, reference {r} (|err| {err:.3e} > {atol:e} + {rtol:e} * {s})"
+        );
+        worst = worst.max(err);
+    }
+    worst
+}
+
+fn poisoned(g: &CudaBackend, len: usize) -> <CudaBackend as Backend>::Buf {
+    let mut buf = g.alloc(len).unwrap();
+    g.fill(&mut buf, f32::NAN).unwrap();
+    buf
+}
+
+/// Hidden sizes: the test models (32, 48, 64), MiniLM (384), BERT-base (768), BERT-large / XLM-R
+/// large (1024), and one past the LayerNorm kernels' single-warp and 1024-wide cases (4096).
+const WIDTHS: [usize; 7] = [32, 48, 64, 384, 768, 1024, 4096];
+
+/// LayerNorm outputs are O(1). rtol 2^-10: the fp16 rounding of the output (2^-11) plus as
+/// much again for fp32 statistics against the reference's f64; atol 2e-3: rsqrtf (2 ulp) and
+/// fp32 mean/variance, scaled by gamma (~1 ± 0.2, up to ~2).
+const LN_ATOL: f32 = 2e-3;
+const LN_RTOL: f32 = 1.0 / 1024.0;
+
+#[test]
+fn embed_layernorm_matches_cpu() {
+    let mut rng = Rng(1);
+    let g = gpu("embed_layernorm_matches_cpu");
+    for width in WIDTHS {
+        let (vocab, positions, types) = (1000, 520, 2);
+        let emb = Embeddings {
+            word: tensor("word", rng.vec16(vocab * width, 0.0, 1.0)),
+            position: tensor("position", rng.vec16(positions * width, 0.0, 1.0)),
+            token_type: tensor("token_type", rng.vec16(types * width, 0.0, 1.0)),
+            ln: LayerNorm {
+                gamma: tensor("gamma", rng.vec16(width, 1.0, 0.2)),
+                beta: tensor("beta", rng.vec16(width, 0.0, 0.2)),
+            },
+        };
+        let cpu_emb = Embeddings {
+            word: emb.word.data.clone(),
+            position: emb.position.data.clone(),
+            token_type: emb.token_type.data.clone(),
+            ln: LayerNorm {
+                gamma: emb.ln.gamma.data.clone(),
+                beta: emb.ln.beta.data.clone(),
+            },
+        };
+        for (set, lens) in length_sets(&mut rng) {
+            let b = batch(&mut rng, &lens, vocab, types);
+            let mut want = vec![0f32; b.tokens() * width];
+            CpuBackend.embed(&b, &cpu_emb, 1e-12, &mut want).unwrap();
+            let Some(g) = &g else { continue };
+            let dev = Embeddings {
+                word: g.upload(&emb.word).unwrap(),
+                position: g.upload(&emb.position).unwrap(),
+                token_type: g.upload(&emb.token_type).unwrap(),
+                ln: LayerNorm {
+                    gamma: g.upload(&emb.ln.gamma).unwrap(),
+                    beta: g.upload(&emb.ln.beta).unwrap(),
+                },
+            };
+            let mut db = g.alloc_batch(b.tokens(), b.len()).unwrap();
+            g.load_batch(&b, &mut db).unwrap();
+            let mut out = poisoned(g, b.tokens() * width);
+            g.embed(&db, &dev, 1e-12, &mut out).unwrap();
+            let got = g.download(&out, b.tokens() * width).unwrap();
+            let e = check(
+                &format!("embed width {width} {set}"),
+                &got,
+                &want,
+                None,
+                LN_ATOL,
+                LN_RTOL,
+            );
+            println!("embed width {width} {set}: max |err| {e:.2e}");
+        }
+    }
+}
+
+#[test]
+fn embed_refuses_ids_outside_the_tables() {
+    let Some(g) = gpu("embed_refuses_ids_outside_the_tables") else {
+        return;
+    };
+    let mut rng = Rng(2);
+    let width = 32;
+    let up = |name: &str, n: usize, rng: &mut Rng| {
+        g.upload(&tensor(name, rng.vec16(n, 0.0, 1.0))).unwrap()
+    };
+    let dev = Embeddings {
+        word: up("word", 10 * width, &mut rng),
+        position: up("position", 8 * width, &mut rng),
+        token_type: up("token_type", 2 * width, &mut rng),
+        ln: LayerNorm {
+            gamma: up("gamma", width, &mut rng),
+            beta: up("beta", width, &mut rng),
+        },
+    };
+    let mut b = batch(&mut rng, &[4], 10, 2);
+    b.input_ids[2] = 10; // one past the vocabulary
+    let mut db = g.alloc_batch(4, 1).unwrap();
+    g.load_batch(&b, &mut db).unwrap();
+    let mut out = g.alloc(4 * width).unwrap();
+    let err = g.embed(&db, &dev, 1e-12, &mut out).unwrap_err().to_string();
+    assert!(err.contains("outside the model's tables"), "{err}");
+}
+
+#[test]
+fn add_layernorm_matches_cpu() {
+    let mut rng = Rng(3);
+    let g = gpu("add_layernorm_matches_cpu");
+    for width in WIDTHS {
+        let gamma = tensor("gamma", rng.vec16(width, 1.0, 0.2));
+        let beta = tensor("beta", rng.vec16(width, 0.0, 0.2));
+        let cpu_ln = LayerNorm {
+            gamma: gamma.data.clone(),
+            beta: beta.data.clone(),
+        };
+        for (set, lens) in length_sets(&mut rng) {
+            let rows: usize = lens.iter().sum();
+            // Residual streams drift far from zero mean in real models: offset them.
+            let hidden = rng.vec16(rows * width, 0.5, 2.0);
+            let delta = rng.vec16(rows * width, 0.0, 1.0);
+            let mut want = hidden.clone();
+            CpuBackend
+                .add_layernorm(&delta, rows, &cpu_ln, 1e-5, &mut want)
+                .unwrap();
+            let Some(g) = &g else { continue };
+            let ln = LayerNorm {
+                gamma: g.upload(&gamma).unwrap(),
+                beta: g.upload(&beta).unwrap(),
+            };
+            // In place, so the input is the output: one NaN row past the end must stay NaN.
+            let mut staged = hidden.clone();
+            staged.extend(std::iter::repeat_n(f32::NAN, width));
+            let mut h = g.upload(&tensor("hidden", staged)).unwrap();
+            let d = g.upload(&tensor("delta", delta)).unwrap();
+            g.add_layernorm(&d, rows, &ln, 1e-5, &mut h).unwrap();
+            let got = g.download(&h, (rows + 1) * width).unwrap();
+            let e = check(
+                &format!("add_layernorm width {width} {set}"),
+                &got[..rows * width],
+                &want,
+                None,
+                LN_ATOL,
+                LN_RTOL,
+            );
+            assert!(
+                got[rows * width..].iter().all(|v| v.is_nan()),
+                "add_layernorm wrote past its rows"
+            );
+            println!("add_layernorm width {width} {set}: max |err| {e:.2e}");
+        }
+    }
+}
+
+/// (out, in): fused QKV, attention output, FFN in and out of the test models (100 is not a
+/// multiple of 8), MiniLM and BERT-base.
+const LINEAR_SHAPES: [(usize, usize); 8] = [
+    (96, 32),
+    (144, 48),
+    (100, 48),
+    (48, 100),
+    (1152, 384),
+    (1536, 384),
+    (384, 1536),
+    (3072, 768),
+];
+
+/// fp16 inputs, fp32 accumulation, fp16 output: the output rounding is 2^-11 relative; rtol
+/// 2^-10 allows as much again for the fp32 sums taken in another order, atol 1e-3 for outputs
+/// near zero (inputs N(0,1), weights N(0, 1/in): outputs O(1)). With GELU the pre-activation
+/// is rounded to fp16 before the erf (GELU' <= 1.13), so the scale is |ref| + |pre-activation|.
+const LIN_ATOL: f32 = 1e-3;
+const LIN_RTOL: f32 = 1.0 / 1024.0;
+
+#[test]
+fn linear_with_bias_and_gelu_matches_cpu() {
+    let mut rng = Rng(4);
+    let g = gpu("linear_with_bias_and_gelu_matches_cpu");
+    for (o, i) in LINEAR_SHAPES {
+        let w = tensor("w", rng.vec16(o * i, 0.0, 1.0 / (i as f32).sqrt()));
+        let b = tensor("b", rng.vec16(o, 0.0, 0.1));
+        let cpu_lin = Linear {
+            w: w.data.clone(),
+            b: b.data.clone(),
+            out_dim: o,
+            in_dim: i,
+        };
+        for rows in [1, 63, 512, 1000] {
+            let x = rng.vec16(rows * i, 0.0, 1.0);
+            let mut pre = vec![0f32; rows * o];
+            CpuBackend
+                .linear(&x, rows, &cpu_lin, None, &mut pre)
+                .unwrap();
+            let mut act = vec![0f32; rows * o];
+            CpuBackend
+                .linear(&x, rows, &cpu_lin, Some(Activation::GeluErf), &mut act)
+                .unwrap();
+            let Some(g) = &g else { continue };
+            let lin = Linear {
+                w: g.upload(&w).unwrap(),
+                b: g.upload(&b).unwrap(),
+                out_dim: o,
+                in_dim: i,
+            };
+            let xd = g.upload(&tensor("x", x)).unwrap();
+            for (what, a, want) in [
+                ("linear", None, &pre),
+                ("linear+gelu", Some(Activation::GeluErf), &act),
+            ] {
+                let mut out = poisoned(g, rows * o);
+                g.linear(&xd, rows, &lin, a, &mut out).unwrap();
+                let got = g.download(&out, rows * o).unwrap();
+                let scale = a.map(|_| pre.as_slice());
+                let e = check(
+                    &format!("{what} {rows}x{i} -> {o}"),
+                    &got,
+                    want,
+                    scale,
+                    LIN_ATOL,
+                    LIN_RTOL,
+                );
+                println!("{what} {rows}x{i} -> {o}: max |err| {e:.2e}");
+            }
+        }
+    }
+    if let Some(g) = &g {
+        // One algorithm per (row bucket, out, in): 1 and 63 share the smallest bucket.
+        assert_eq!(g.cached_gemm_algorithms(), LINEAR_SHAPES.len() * 3);
+    }
+}
+
+/// The same math as the kernel, done here with fp16 where the kernel rounds to fp16: exact
+/// softmax weights exp(s - max) rounded to fp16 for P·V, the row sum of the unrounded weights,
+/// the output rounded to fp16. qkv is [tokens, 3·heads·d].
+fn attention_fp16_reference(qkv: &[f32], b: &PackedBatch, heads: usize, d: usize) -> Vec<f32> {
+    let h = heads * d;
+    let mut out = vec![0f32; b.tokens() * h];
+    let scale = 1.0 / (d as f64).sqrt();
+    for s in 0..b.len() {
+        let r = b.range(s);
+        for head in 0..heads {
+            let q = |t: usize, c: usize| qkv[t * 3 * h + head * d + c] as f64;
+            let k = |t: usize, c: usize| qkv[t * 3 * h + h + head * d + c] as f64;
+            let v = |t: usize, c: usize| qkv[t * 3 * h + 2 * h + head * d + c];
+            for i in r.clone() {
+                let scores: Vec<f64> = r
+                    .clone()
+                    .map(|j| (0..d).map(|c| q(i, c) * k(j, c)).sum::<f64>() * scale)
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let p: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+                let sum: f64 = p.iter().sum();
+                for c in 0..d {
+                    let acc: f32 = r
+                        .clone()
+                        .zip(&p)
+                        .map(|(j, &pj)| round16(pj as f32) * v(j, c))
+                        .sum();
+                    out[i * h + head * d + c] = round16((acc as f64 / sum) as f32);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn attention_matches_cpu_for_every_head_dim() {
+    let mut rng = Rng(5);
+    let g = gpu("attention_matches_cpu_for_every_head_dim");
+    for (d, heads) in [(16, 3), (32, 12), (64, 2), (128, 2)] {
+        let h = heads * d;
+        let mut sets = length_sets(&mut rng);
+        if d == 64 {
+            // Past 512: bge-reranker-v2-m3 takes 8192; this loops over 32 K/V tiles.
+            sets.push(("one long sequence", vec![2048]));
+        }
+        for (set, lens) in sets {
+            let b = batch(&mut rng, &lens, 10, 1);
+            // q, k ~ N(0, 2): scores q·k/sqrt(d) of std 2, peaked enough to exercise the
+            // running max, spread enough that every key matters.
+            let qkv = rng.vec16(b.tokens() * 3 * h, 0.0, std::f32::consts::SQRT_2);
+            let mut want = vec![0f32; b.tokens() * h];
+            CpuBackend.attention(&qkv, &b, heads, d, &mut want).unwrap();
+            let ref16 = attention_fp16_reference(&qkv, &b, heads, d);
+            let ref16_err = max_abs_diff(&ref16, &want);
+            // The emulation itself is sane: its error is fp16-sized, never zero on real data.
+            assert!(
+                ref16_err < 4e-3,
+                "d {d} {set}: fp16 reference off by {ref16_err}"
+            );
+            let Some(g) = &g else { continue };
+            let mut db = g.alloc_batch(b.tokens(), b.len()).unwrap();
+            g.load_batch(&b, &mut db).unwrap();
+            let dq = g.upload(&tensor("qkv", qkv)).unwrap();
+            let mut out = poisoned(g, b.tokens() * h);
+            g.attention(&dq, &db, heads, d, &mut out).unwrap();
+            let got = g.download(&out, b.tokens() * h).unwrap();
+            assert!(
+                got.iter().all(|v| v.is_finite()),
+                "d {d} {set}: unwritten or non-finite output"
+            );
+            let err = max_abs_diff(&got, &want);
+            println!("attention d {d} heads {heads} {set}: max |err| {err:.2e} (fp16 reference {ref16_err:.2e})");
+            assert!(
+                err <= 2.0 * ref16_err + 1e-4,
+                "attention d {d} {set}: max |err| {err:.3e} > 2 x fp16 reference's {ref16_err:.3e} + 1e-4"
+            );
+        }
+    }
+}
+
+#[test]
+fn attention_refuses_unsupported_head_dims() {
+    let Some(g) = gpu("attention_refuses_unsupported_head_dims") else {
+        return;
+    };
+    let mut rng = Rng(6);
+    let b = batch(&mut rng, &[5], 10, 1);
+    let mut db = g.alloc_batch(5, 1).unwrap();
+    g.load_batch(&b, &mut db).unwrap();
+    let qkv = g.alloc(5 * 3 * 2 * 24).unwrap();
+    let mut out = g.alloc(5 * 2 * 24).unwrap();
+    let err = g
+        .attention(&qkv, &db, 2, 24, &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("head_dim 24"), "{err}");
+}
+
+/// Logits in f32 from fp16 inputs with fp32 arithmetic throughout (the pooled vector never
+/// goes back to fp16): only the order of fp32 sums differs from the reference, ~sqrt(width)
+/// * 2^-24 * sum|terms|, far under atol 1e-4 + rtol 1e-4.
+#[test]
+fn cls_head_matches_cpu() {
+    let mut rng = Rng(7);
+    let g = gpu("cls_head_matches_cpu");
+    for width in [32, 48, 64, 384, 768, 1024] {
+        let dense = (
+            tensor(
+                "dense.w",
+                rng.vec16(width * width, 0.0, 1.0 / (width as f32).sqrt()),
+            ),
+            tensor("dense.b", rng.vec16(width, 0.0, 0.1)),
+        );
+        let out = (
+            tensor("out.w", rng.vec16(width, 0.0, 2.0 / (width as f32).sqrt())),
+            tensor("out.b", rng.vec16(1, 0.0, 0.1)),
+        );
+        let lin = |w: &HostTensor, b: &HostTensor, o: usize| Linear {
+            w: w.data.clone(),
+            b: b.data.clone(),
+            out_dim: o,
+            in_dim: width,
+        };
+        let cpu_head = Head {
+            dense: lin(&dense.0, &dense.1, width),
+            out: lin(&out.0, &out.1, 1),
+        };
+        for (set, lens) in length_sets(&mut rng) {
+            let b = batch(&mut rng, &lens, 10, 1);
+            let hidden = rng.vec16(b.tokens() * width, 0.0, 1.0);
+            let want = CpuBackend.head(&hidden, &b, &cpu_head).unwrap();
+            let Some(g) = &g else { continue };
+            let up = |t: &HostTensor| g.upload(t).unwrap();
+            let dev_head = Head {
+                dense: Linear {
+                    w: up(&dense.0),
+                    b: up(&dense.1),
+                    out_dim: width,
+                    in_dim: width,
+                },
+                out: Linear {
+                    w: up(&out.0),
+                    b: up(&out.1),
+                    out_dim: 1,
+                    in_dim: width,
+                },
+            };
+            let mut db = g.alloc_batch(b.tokens(), b.len()).unwrap();
+            g.load_batch(&b, &mut db).unwrap();
+            let hd = g.upload(&tensor("hidden", hidden)).unwrap();
+            let got = g.head(&hd, &db, &dev_head).unwrap();
+            let e = check(
+                &format!("cls_head width {width} {set}"),
+                &got,
+                &want,
+                None,
+                1e-4,
+                1e-4,
+            );
+            println!("cls_head width {width} {set}: max |err| {e:.2e}");
+        }
+    }
+}
+
+#[test]
+fn upload_refuses_values_beyond_fp16() {
+    let Some(g) = gpu("upload_refuses_values_beyond_fp16") else {
+        return;
+    };
+    let t = tensor(
+        "encoder.layer.0.output.dense.weight",
+        vec![1.0, 70000.0, 2.0],
+    );
+    let err = g.upload(&t).unwrap_err().to_string();
+    assert!(
+        err.contains("encoder.layer.0.output.dense.weight") && err.contains("70000"),
+        "{err}"
+    );
+    // The largest finite fp16 value itself is fine.
+    g.upload(&tensor("edge", vec![65504.0, -65504.0])).unwrap();
+}
