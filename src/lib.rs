@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod batch;
+pub mod bench;
 pub mod config;
 pub mod docs;
 pub mod engine;

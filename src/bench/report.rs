@@ -1,0 +1,501 @@
+//! The figures of a bench run, their JSON schema (shared with scripts/peers.py) and the tables
+//! that compare systems.
+//!
+//! FLOP count of one forward over the tokens actually present (matrix products only; layer
+//! norms, softmax, GELU and embeddings are not counted), for sequences of lengths `l_s`,
+//! `T = Σ l_s` tokens, `n` sequences, hidden `H`, FFN `I`, `L` layers:
+//!
+//! ```text
+//! FLOPs = L · (2·T·(4·H² + 2·H·I)  +  4·H·Σ l_s²)  +  2·n·(H² + H)
+//!              QKV, out, FFN in/out    QKᵀ and PV       head: dense + one logit
+//! ```
+//!
+//! These are the model's FLOPs for the full forward (the usual MFU convention): an optimisation
+//! that skips work, such as running the last layer on [CLS] rows only, raises the achieved
+//! figure without doing those FLOPs. Peers that pad count the same unpadded FLOPs: padding is
+//! their overhead, not useful work.
+//!
+//! MFU = achieved FLOP/s of the forward alone (p50) / the dense GEMM rate measured in the same
+//! run on the same device (fp16 on CUDA; f32 on the CPU, which the report says).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The JSON schema version: bump when a field changes meaning.
+pub const SCHEMA: u32 = 1;
+
+/// The FLOPs of one forward over sequences of the given lengths.
+pub fn forward_flops(lens: &[usize], layers: usize, hidden: usize, intermediate: usize) -> f64 {
+    let h = hidden as f64;
+    let i = intermediate as f64;
+    let t: f64 = lens.iter().map(|&l| l as f64).sum();
+    let sq: f64 = lens.iter().map(|&l| (l as f64) * (l as f64)).sum();
+    let n = lens.len() as f64;
+    layers as f64 * (2.0 * t * (4.0 * h * h + 2.0 * h * i) + 4.0 * h * sq) + 2.0 * n * (h * h + h)
+}
+
+/// Order statistics of a set of timings, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Stats {
+    pub p50: f64,
+    pub p99: f64,
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+    pub samples: usize,
+}
+
+impl Stats {
+    /// Percentiles by the nearest-rank rule: p-th percentile = the ⌈p·n/100⌉-th smallest.
+    pub fn of(samples_ms: &[f64]) -> Stats {
+        if samples_ms.is_empty() {
+            return Stats::default();
+        }
+        let mut s = samples_ms.to_vec();
+        s.sort_by(f64::total_cmp);
+        let rank = |p: f64| {
+            let k = ((p / 100.0) * s.len() as f64).ceil() as usize;
+            s[k.clamp(1, s.len()) - 1]
+        };
+        Stats {
+            p50: rank(50.0),
+            p99: rank(99.0),
+            mean: s.iter().sum::<f64>() / s.len() as f64,
+            min: s[0],
+            max: s[s.len() - 1],
+            samples: s.len(),
+        }
+    }
+}
+
+/// Where the time of one call goes, medians in milliseconds. Fields a system cannot separate
+/// are absent.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Split {
+    pub tokenize_ms: Option<f64>,
+    /// Building the packed batch (crossrank) or the padded tensors (peers) on the host.
+    pub pack_ms: Option<f64>,
+    pub upload_ms: Option<f64>,
+    pub forward_ms: Option<f64>,
+    pub download_ms: Option<f64>,
+}
+
+/// The figures for one candidate count N.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub n: usize,
+    /// Distinct calls the iterations rotate through.
+    pub calls: usize,
+    pub iterations: usize,
+    /// Mean tokens per call (all pairs, special tokens included, after truncation).
+    pub tokens_per_call: f64,
+    pub max_seqlen: usize,
+    /// Pairs cut to the max length, over all distinct calls.
+    pub truncated_pairs: usize,
+    /// Mean model FLOPs per call (formula in the module docs).
+    pub flops_per_call: f64,
+    /// Strings in, scores out.
+    pub e2e_ms: Stats,
+    /// The forward alone on already tokenized inputs (crossrank: packed batch in, logits out,
+    /// upload and download included; peers: tensors on the device in, logits on the device).
+    pub forward_ms: Stats,
+    /// Back-to-back calls on one stream: N / mean end-to-end time.
+    pub pairs_per_s: f64,
+    pub tokens_per_s: f64,
+    /// flops_per_call / forward p50.
+    pub tflops: f64,
+    /// flops_per_call / end-to-end p50.
+    pub e2e_tflops: f64,
+    /// tflops / the measured GEMM rate.
+    pub mfu: Option<f64>,
+    pub split: Split,
+    /// split.tokenize / e2e p50.
+    pub tokenize_share: Option<f64>,
+}
+
+/// The measured dense GEMM rate that MFU is relative to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gemm {
+    pub dtype: String,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub tflops: f64,
+    pub note: String,
+}
+
+/// The model a report is about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelFacts {
+    /// The shape name, or the directory's name for `--model`.
+    pub name: String,
+    pub architecture: String,
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub intermediate: usize,
+    pub vocab: usize,
+    pub parameters: usize,
+}
+
+/// One system (crossrank or a peer) on one model, one length distribution, every N.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub schema: u32,
+    /// `crossrank`, or a peer: `st-default`, `st-batch-n`, `hf-sdpa`, `hf-compile`.
+    pub system: String,
+    pub version: String,
+    pub commit: Option<String>,
+    pub date: String,
+    pub device: String,
+    pub dtype: String,
+    pub gemm: Option<Gemm>,
+    pub model: ModelFacts,
+    pub lengths: String,
+    pub seed: u64,
+    pub runs: Vec<Run>,
+    /// Anything a reader must know to interpret the figures.
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    /// Fills the derived figures of every run from its timings.
+    pub fn finish_runs(&mut self) {
+        let peak = self.gemm.as_ref().map(|g| g.tflops);
+        for r in &mut self.runs {
+            derive(r, peak);
+        }
+    }
+}
+
+/// Computes a run's throughput, FLOP/s, MFU and tokenize share from its raw figures.
+pub fn derive(r: &mut Run, gemm_tflops: Option<f64>) {
+    let secs = r.e2e_ms.mean / 1e3;
+    if secs > 0.0 {
+        r.pairs_per_s = r.n as f64 / secs;
+        r.tokens_per_s = r.tokens_per_call / secs;
+    }
+    if r.forward_ms.p50 > 0.0 {
+        r.tflops = r.flops_per_call / (r.forward_ms.p50 / 1e3) / 1e12;
+    }
+    if r.e2e_ms.p50 > 0.0 {
+        r.e2e_tflops = r.flops_per_call / (r.e2e_ms.p50 / 1e3) / 1e12;
+    }
+    r.mfu = gemm_tflops.filter(|&p| p > 0.0).map(|p| r.tflops / p);
+    r.tokenize_share = r
+        .split
+        .tokenize_ms
+        .filter(|_| r.e2e_ms.p50 > 0.0)
+        .map(|t| t / r.e2e_ms.p50);
+}
+
+/// Reads reports from files that hold one report, a list, or `{"reports": [...]}`.
+pub fn read_reports(path: &std::path::Path) -> Result<Vec<Report>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::input(format!("{}: not valid JSON: {e}", path.display())))?;
+    let list = match v {
+        serde_json::Value::Array(a) => a,
+        serde_json::Value::Object(ref m) if m.contains_key("reports") => match &m["reports"] {
+            serde_json::Value::Array(a) => a.clone(),
+            _ => {
+                return Err(Error::input(format!(
+                    "{}: `reports` is not a list",
+                    path.display()
+                )))
+            }
+        },
+        other => vec![other],
+    };
+    list.into_iter()
+        .map(|r| {
+            serde_json::from_value::<Report>(r).map_err(|e| {
+                Error::input(format!(
+                    "{}: not a crossrank bench report: {e}",
+                    path.display()
+                ))
+            })
+        })
+        .collect()
+}
+
+fn ms(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn opt_ms(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".into(), ms)
+}
+
+/// The readable table of one report (what `crossrank bench` prints without --json).
+pub fn table(r: &Report) -> String {
+    let mut out = format!(
+        "{} on {} ({}): {} ({} layers x {}), lengths {}, seed {}\n",
+        r.system,
+        r.device,
+        r.dtype,
+        r.model.name,
+        r.model.layers,
+        r.model.hidden,
+        r.lengths,
+        r.seed
+    );
+    if let Some(g) = &r.gemm {
+        out += &format!(
+            "GEMM {} {}x{}x{}: {:.2} TFLOP/s ({})\n",
+            g.dtype, g.m, g.n, g.k, g.tflops, g.note
+        );
+    }
+    out += "    N  tokens  e2e p50  e2e p99  fwd p50  fwd p99   pairs/s  tokens/s  TFLOP/s    MFU  tok%  | tokenize   pack  upload  forward  download (ms)\n";
+    for x in &r.runs {
+        out += &format!(
+            "{:>5} {:>7.0} {:>8} {:>8} {:>8} {:>8} {:>9.0} {:>9.0} {:>8.3} {:>6} {:>5}  | {:>8} {:>6} {:>7} {:>8} {:>9}\n",
+            x.n,
+            x.tokens_per_call,
+            ms(x.e2e_ms.p50),
+            ms(x.e2e_ms.p99),
+            ms(x.forward_ms.p50),
+            ms(x.forward_ms.p99),
+            x.pairs_per_s,
+            x.tokens_per_s,
+            x.tflops,
+            x.mfu.map_or_else(|| "-".into(), |m| format!("{:.1}%", 100.0 * m)),
+            x.tokenize_share.map_or_else(|| "-".into(), |m| format!("{:.0}%", 100.0 * m)),
+            opt_ms(x.split.tokenize_ms),
+            opt_ms(x.split.pack_ms),
+            opt_ms(x.split.upload_ms),
+            opt_ms(x.split.forward_ms),
+            opt_ms(x.split.download_ms),
+        );
+    }
+    for n in &r.notes {
+        out += &format!("note: {n}\n");
+    }
+    out
+}
+
+/// A markdown table comparing systems: one row per (model, lengths, N), crossrank's end-to-end
+/// p50 beside each peer's, and peer / crossrank (above 1: crossrank is faster).
+pub fn comparison_markdown(reports: &[Report]) -> String {
+    let mut peers: Vec<&str> = Vec::new();
+    for r in reports {
+        if r.system != "crossrank" && !peers.contains(&r.system.as_str()) {
+            peers.push(&r.system);
+        }
+    }
+    let mut keys: Vec<(String, String, usize)> = Vec::new();
+    for r in reports {
+        for x in &r.runs {
+            let k = (r.model.name.clone(), r.lengths.clone(), x.n);
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    let find = |system: &str, k: &(String, String, usize)| {
+        reports
+            .iter()
+            .filter(|r| r.system == system && r.model.name == k.0 && r.lengths == k.1)
+            .flat_map(|r| r.runs.iter())
+            .find(|x| x.n == k.2)
+    };
+    let mut out = String::from("| model | lengths | N | crossrank p50 ms | MFU | tokenize |");
+    for p in &peers {
+        out += &format!(" {p} p50 ms | {p} / crossrank |");
+    }
+    out += "\n|---|---|---|---|---|---|";
+    out += &"---|---|".repeat(peers.len());
+    out += "\n";
+    for k in &keys {
+        let ours = find("crossrank", k);
+        out += &format!(
+            "| {} | {} | {} | {} | {} | {} |",
+            k.0,
+            k.1,
+            k.2,
+            ours.map_or_else(|| "-".into(), |x| ms(x.e2e_ms.p50)),
+            ours.and_then(|x| x.mfu)
+                .map_or_else(|| "-".into(), |m| format!("{:.1}%", 100.0 * m)),
+            ours.and_then(|x| x.tokenize_share)
+                .map_or_else(|| "-".into(), |m| format!("{:.0}%", 100.0 * m)),
+        );
+        for p in &peers {
+            let theirs = find(p, k);
+            let ratio = match (ours, theirs) {
+                (Some(a), Some(b)) if a.e2e_ms.p50 > 0.0 => {
+                    format!("{:.2}x", b.e2e_ms.p50 / a.e2e_ms.p50)
+                }
+                _ => "-".into(),
+            };
+            out += &format!(
+                " {} | {} |",
+                theirs.map_or_else(|| "-".into(), |x| ms(x.e2e_ms.p50)),
+                ratio
+            );
+        }
+        out += "\n";
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    #[test]
+    fn flop_count_matches_the_stated_formula_by_hand() {
+        // One layer, H = 2, I = 4, sequences of 3 and 1 tokens:
+        // linear 2·4·(4·4 + 2·2·4) = 256; attention 4·2·(9 + 1) = 80; head 2·2·(4 + 2) = 24.
+        assert_eq!(forward_flops(&[3, 1], 1, 2, 4), 256.0 + 80.0 + 24.0);
+        // bge-large, one 512-token pair: 2 · 302M non-embedding weights · 512 tokens = 3.09e11,
+        // plus attention 24 · 4 · 1024 · 512² = 2.58e10.
+        let f = forward_flops(&[512], 24, 1024, 4096);
+        assert!((3.34e11..3.36e11).contains(&f), "{f}");
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let s: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        let st = Stats::of(&s);
+        assert_eq!((st.p50, st.p99, st.min, st.max), (50.0, 99.0, 1.0, 100.0));
+        assert_eq!(st.mean, 50.5);
+        let st = Stats::of(&[3.0, 1.0, 2.0]);
+        assert_eq!((st.p50, st.p99), (2.0, 3.0));
+        assert_eq!(Stats::of(&[]).samples, 0);
+    }
+
+    pub(crate) fn report(
+        system: &str,
+        model: &str,
+        lengths: &str,
+        runs: &[(usize, f64)],
+    ) -> Report {
+        Report {
+            schema: SCHEMA,
+            system: system.into(),
+            version: "0".into(),
+            commit: None,
+            date: "2025-01-01".into(),
+            device: "test".into(),
+            dtype: "f16".into(),
+            gemm: Some(Gemm {
+                dtype: "f16".into(),
+                m: 1,
+                n: 1,
+                k: 1,
+                tflops: 100.0,
+                note: String::new(),
+            }),
+            model: ModelFacts {
+                name: model.into(),
+                architecture: "x".into(),
+                layers: 1,
+                hidden: 1,
+                heads: 1,
+                intermediate: 1,
+                vocab: 1,
+                parameters: 1,
+            },
+            lengths: lengths.into(),
+            seed: 1,
+            runs: runs
+                .iter()
+                .map(|&(n, p50)| {
+                    let st = Stats {
+                        p50,
+                        p99: p50 * 1.1,
+                        mean: p50,
+                        min: p50,
+                        max: p50 * 1.2,
+                        samples: 10,
+                    };
+                    let mut r = Run {
+                        n,
+                        calls: 1,
+                        iterations: 10,
+                        tokens_per_call: 1000.0,
+                        max_seqlen: 100,
+                        truncated_pairs: 0,
+                        flops_per_call: 1e12,
+                        e2e_ms: st,
+                        forward_ms: st,
+                        pairs_per_s: 0.0,
+                        tokens_per_s: 0.0,
+                        tflops: 0.0,
+                        e2e_tflops: 0.0,
+                        mfu: None,
+                        split: Split {
+                            tokenize_ms: Some(p50 / 10.0),
+                            ..Default::default()
+                        },
+                        tokenize_share: None,
+                    };
+                    derive(&mut r, Some(100.0));
+                    r
+                })
+                .collect(),
+            notes: vec![],
+        }
+    }
+
+    #[test]
+    fn derived_figures_and_the_comparison_table() {
+        let ours = report("crossrank", "minilm-l6", "marco", &[(40, 2.0), (80, 4.0)]);
+        let x = &ours.runs[0];
+        // 1e12 FLOPs in 2 ms = 500 TFLOP/s = 5x the 100 TFLOP/s GEMM; 40 pairs in 2 ms.
+        assert!((x.tflops - 500.0).abs() < 1e-9 && (x.mfu.unwrap() - 5.0).abs() < 1e-12);
+        assert!((x.pairs_per_s - 20_000.0).abs() < 1e-6);
+        assert!((x.tokenize_share.unwrap() - 0.1).abs() < 1e-12);
+        let peer = report("hf-sdpa", "minilm-l6", "marco", &[(40, 6.0)]);
+        let md = comparison_markdown(&[ours.clone(), peer]);
+        let rows: Vec<&str> = md.lines().collect();
+        assert_eq!(rows.len(), 4, "{md}");
+        assert!(
+            rows[0].contains("hf-sdpa p50 ms | hf-sdpa / crossrank"),
+            "{md}"
+        );
+        assert!(
+            rows[2].starts_with("| minilm-l6 | marco | 40 | 2.00 |")
+                && rows[2].ends_with("| 6.00 | 3.00x |"),
+            "{md}"
+        );
+        assert!(
+            rows[3].ends_with("| - | - |"),
+            "N=80 has no peer figure: {md}"
+        );
+        let t = table(&ours);
+        assert!(t.contains("500.000") && t.contains("500.0%"), "{t}");
+    }
+
+    #[test]
+    fn reports_read_from_any_container() {
+        let dir = std::env::temp_dir().join(format!("crossrank-reports-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let r = report("crossrank", "m", "rag", &[(40, 1.0)]);
+        let one = dir.join("one.json");
+        std::fs::write(&one, serde_json::to_string(&r).unwrap()).unwrap();
+        let wrapped = dir.join("wrapped.json");
+        std::fs::write(
+            &wrapped,
+            serde_json::json!({"gpu": "x", "reports": [r, r]}).to_string(),
+        )
+        .unwrap();
+        assert_eq!(read_reports(&one).unwrap().len(), 1);
+        assert_eq!(read_reports(&wrapped).unwrap().len(), 2);
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, "{\"system\": 1}").unwrap();
+        let e = read_reports(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("bad.json") && e.contains("not a crossrank bench report"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
