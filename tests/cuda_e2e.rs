@@ -1,0 +1,146 @@
+//! End to end on the GPU: scores of every committed test model (and the real all-MiniLM-L6-v2
+//! encoder when fetched) against the CPU reference and the transformers goldens, within 2e-3
+//! absolute on the logit (fp16 storage, fp32 accumulation); the same ranking wherever the
+//! reference logits differ by more than that; the same inputs twice give bit-identical scores;
+//! one big batch agrees with one pair at a time. Without a GPU these print SKIPPED, except the
+//! error-path test, which checks that a missing driver is an error and not a panic.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use common::*;
+use crossrank::backend::cuda::unavailable_reason;
+use crossrank::{Device, LoadOptions, Reranker};
+
+/// fp16 storage, fp32 accumulation: the bound on a logit.
+const LOGIT_ATOL: f32 = 2e-3;
+
+fn skip(test: &str) -> bool {
+    match unavailable_reason() {
+        Some(why) => {
+            println!("{test}: SKIPPED ({why})");
+            true
+        }
+        None => false,
+    }
+}
+
+#[test]
+fn cuda_without_driver_or_device_is_a_clear_error() {
+    let dir = model_dir("bert-f32");
+    match unavailable_reason() {
+        Some(why) => {
+            let err = Reranker::load(&dir, Device::Cuda(0), &LoadOptions::default())
+                .err()
+                .expect("loading on CUDA without a driver must fail")
+                .to_string();
+            assert!(err.starts_with("cuda: "), "{err}");
+            assert!(err.contains("--device cpu"), "{err}");
+            println!("no GPU here ({why}); the error reads: {err}");
+        }
+        None => {
+            let err = Reranker::load(&dir, Device::Cuda(999), &LoadOptions::default())
+                .err()
+                .expect("device 999 must not exist")
+                .to_string();
+            assert!(err.contains("device 999 not found"), "{err}");
+        }
+    }
+}
+
+/// Scores every golden group on both devices and checks them. Returns the worst |gpu - cpu|
+/// and |gpu - golden|.
+fn check_model(name: &str, dir: &std::path::Path, groups: &[GoldenGroup]) -> (f32, f32) {
+    let cpu = Reranker::load(dir, Device::Cpu, &LoadOptions::default()).unwrap();
+    let gpu = Reranker::load(dir, Device::Cuda(0), &LoadOptions::default())
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let (mut vs_cpu, mut vs_gold) = (0f32, 0f32);
+    let mut all = Vec::new();
+    let mut all_gpu = Vec::new();
+    for (g, group) in groups.iter().enumerate() {
+        let pairs = gpu.encode(&group.query, &group.passages, None).unwrap();
+        let refs: Vec<_> = pairs.iter().collect();
+        let on_gpu = gpu.score_pairs(&refs).unwrap();
+        let on_cpu = cpu.score_pairs(&refs).unwrap();
+        // A moving result is a race.
+        let again = gpu.score_pairs(&refs).unwrap();
+        assert!(
+            on_gpu
+                .iter()
+                .zip(&again)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{name} group {g}: two runs differ: {on_gpu:?} vs {again:?}"
+        );
+        for (i, ((&x, &c), &gold)) in on_gpu.iter().zip(&on_cpu).zip(&group.logits).enumerate() {
+            assert!(
+                (x - c).abs() <= LOGIT_ATOL && (x - gold).abs() <= LOGIT_ATOL,
+                "{name} group {g} pair {i}: gpu {x}, cpu {c}, transformers {gold}"
+            );
+            vs_cpu = vs_cpu.max((x - c).abs());
+            vs_gold = vs_gold.max((x - gold).abs());
+        }
+        for i in 0..on_gpu.len() {
+            for j in 0..on_gpu.len() {
+                if on_cpu[i] - on_cpu[j] > LOGIT_ATOL {
+                    assert!(
+                        on_gpu[i] > on_gpu[j],
+                        "{name} group {g}: cpu ranks {i} ({}) over {j} ({}), gpu does not ({} vs {})",
+                        on_cpu[i], on_cpu[j], on_gpu[i], on_gpu[j]
+                    );
+                }
+            }
+        }
+        all.extend(pairs);
+        all_gpu.extend(on_gpu);
+    }
+    // Every group's pairs in one packed batch: other GEMM shapes, same scores within the bound.
+    let refs: Vec<_> = all.iter().collect();
+    let batched = gpu.score_pairs(&refs).unwrap();
+    for (i, (&a, &b)) in batched.iter().zip(&all_gpu).enumerate() {
+        assert!(
+            (a - b).abs() <= LOGIT_ATOL,
+            "{name} pair {i}: batched {a}, per group {b}"
+        );
+    }
+    println!("{name}: max |gpu - cpu| {vs_cpu:.2e}, max |gpu - transformers| {vs_gold:.2e}");
+    (vs_cpu, vs_gold)
+}
+
+#[test]
+fn gpu_scores_match_cpu_and_transformers_on_every_committed_model() {
+    if skip("gpu_scores_match_cpu_and_transformers_on_every_committed_model") {
+        return;
+    }
+    for name in committed_models() {
+        let gold = golden(&name);
+        check_model(&name, &model_dir(&name), &gold.groups);
+    }
+}
+
+#[test]
+fn gpu_scores_match_on_the_real_minilm_encoder() {
+    if skip("gpu_scores_match_on_the_real_minilm_encoder") {
+        return;
+    }
+    let Some(encoder) = minilm_encoder() else {
+        return;
+    };
+    // The directory the parity test assembles: the real encoder, the seeded head.
+    let dir = scratch_dir("cuda-minilm-real");
+    std::os::unix::fs::symlink(
+        encoder.join("model.safetensors"),
+        dir.join("encoder.safetensors"),
+    )
+    .unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(encoder.join(f), dir.join(f)).unwrap();
+    }
+    for f in [
+        "config.json",
+        "head.safetensors",
+        "model.safetensors.index.json",
+    ] {
+        std::fs::copy(data_dir().join("minilm-head").join(f), dir.join(f)).unwrap();
+    }
+    check_model("minilm-real", &dir, &golden("minilm-real").groups);
+}
