@@ -258,13 +258,23 @@ fn heuristic(
 ) -> Result<sys::cublasLtMatmulAlgo_t> {
     let pref = Pref(lt::create_matmul_pref()?);
     let ws = WORKSPACE_BYTES as u64;
-    // SAFETY: MAX_WORKSPACE_BYTES takes a u64; every descriptor is alive; C shares D's layout.
+    // Split-K partial sums may only be reduced in the compute type (fp32): the in-place and
+    // output-type schemes would add them up in fp16, losing the fp32 accumulation.
+    let schemes = sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE as u32;
+    // SAFETY: MAX_WORKSPACE_BYTES takes a u64 and REDUCTION_SCHEME_MASK a u32; every
+    // descriptor is alive; C shares D's layout.
     let found = unsafe {
         lt::set_matmul_pref_attribute(
             pref.0,
             sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
             &ws as *const u64 as *const c_void,
             std::mem::size_of::<u64>(),
+        )?;
+        lt::set_matmul_pref_attribute(
+            pref.0,
+            sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+            &schemes as *const u32 as *const c_void,
+            std::mem::size_of::<u32>(),
         )?;
         lt::get_matmul_algo_heuristic(handle.0, desc.0, a.0, b.0, d.0, d.0, pref.0)
     };
