@@ -47,6 +47,11 @@ enum Command {
         #[arg(long, default_value_t = 16384)]
         max_batch_tokens: usize,
     },
+    /// Serve reranking over HTTP (TEI /rerank, Cohere/Jina /v1 and /v2/rerank, /rerank/batch),
+    /// or as JSON lines on stdin/stdout with --stdio.
+    Serve(crossrank::serve::ServeOptions),
+    #[command(flatten)]
+    Bench(crossrank::bench::cli::BenchCommand),
     /// Print version, backends, CUDA architectures and devices, and a model's facts, as JSON.
     Info {
         #[arg(long)]
@@ -116,6 +121,8 @@ fn run(command: Command) -> Result<()> {
             println!("{}", serde_json::json!({ "results": results }));
             Ok(())
         }
+        Command::Serve(opts) => crossrank::serve::run(opts),
+        Command::Bench(cmd) => crossrank::bench::cli::run(cmd),
         Command::Info { model } => {
             let mut out = serde_json::json!({
                 "version": env!("CARGO_PKG_VERSION"),

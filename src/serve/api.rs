@@ -1,0 +1,464 @@
+//! The wire formats: requests parsed and checked into one [`Call`], results rendered back in
+//! the shape of the route that asked. HTTP and stdio share all of it.
+//!
+//! - `/rerank` (TEI): `{query, texts, raw_scores, return_text, truncate, truncation_direction}`
+//!   → `[{index, score, text?}]`.
+//! - `/v1/rerank`, `/v2/rerank` (Cohere, Jina): `{model?, query, documents: [string | {text}],
+//!   top_n?, return_documents?}` → `{id, model, results: [{index, relevance_score, document?}],
+//!   meta, usage}`.
+//! - `/rerank/batch`: `{groups: [{query, documents, top_n?}], raw_scores?, return_documents?,
+//!   truncate?}` → `{id, model, groups: [{results: [...]}], usage}`.
+//!
+//! Unknown fields are ignored (clients such as the Cohere SDK send fields we do not use).
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::engine::sigmoid;
+
+/// An error answer: an HTTP status and `{"error": message, "error_type": kind}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// 422: the request parsed but a field is wrong.
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::new(422, "validation", message)
+    }
+
+    /// 413: a limit was passed.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(413, "too_large", message)
+    }
+
+    /// 500: the forward pass or the service failed.
+    pub fn backend(message: impl Into<String>) -> Self {
+        Self::new(500, "backend", message)
+    }
+
+    pub fn body(&self) -> Value {
+        json!({ "error": self.message, "error_type": self.kind })
+    }
+}
+
+/// The routes that score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// TEI's `/rerank`.
+    Tei,
+    /// Cohere and Jina's `/v1/rerank` and `/v2/rerank`.
+    Cohere { version: u8 },
+    /// `/rerank/batch`: many groups in one call.
+    Batch,
+}
+
+impl Route {
+    pub fn path(self) -> &'static str {
+        match self {
+            Route::Tei => "/rerank",
+            Route::Cohere { version: 1 } => "/v1/rerank",
+            Route::Cohere { .. } => "/v2/rerank",
+            Route::Batch => "/rerank/batch",
+        }
+    }
+
+    pub fn from_path(path: &str) -> Option<Route> {
+        match path {
+            "/rerank" => Some(Route::Tei),
+            "/v1/rerank" => Some(Route::Cohere { version: 1 }),
+            "/v2/rerank" => Some(Route::Cohere { version: 2 }),
+            "/rerank/batch" => Some(Route::Batch),
+            _ => None,
+        }
+    }
+}
+
+/// Limits every request is checked against.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The most documents in one request, all groups together.
+    pub max_client_batch_size: usize,
+}
+
+/// One query and its documents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupIn {
+    pub query: String,
+    pub docs: Vec<String>,
+    pub top_n: Option<usize>,
+}
+
+/// A checked request, whatever route it came by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub route: Route,
+    pub groups: Vec<GroupIn>,
+    /// Logits instead of sigmoid(logit).
+    pub raw_scores: bool,
+    /// Echo the document text back.
+    pub return_docs: bool,
+    /// Cut over-long pairs (true) or refuse them with 413 (false).
+    pub truncate: bool,
+    /// The client's `model` field, echoed back.
+    pub model: Option<String>,
+}
+
+impl Call {
+    pub fn documents(&self) -> usize {
+        self.groups.iter().map(|g| g.docs.len()).sum()
+    }
+}
+
+#[derive(Deserialize)]
+struct TeiRequest {
+    query: String,
+    texts: Vec<String>,
+    #[serde(default)]
+    raw_scores: bool,
+    #[serde(default)]
+    return_text: bool,
+    #[serde(default)]
+    truncate: Option<bool>,
+    #[serde(default)]
+    truncation_direction: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CohereRequest {
+    #[serde(default)]
+    model: Option<String>,
+    query: String,
+    documents: Vec<Value>,
+    #[serde(default)]
+    top_n: Option<usize>,
+    #[serde(default)]
+    return_documents: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct BatchGroup {
+    query: String,
+    documents: Vec<Value>,
+    #[serde(default)]
+    top_n: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct BatchRequest {
+    #[serde(default)]
+    model: Option<String>,
+    groups: Vec<BatchGroup>,
+    #[serde(default)]
+    raw_scores: bool,
+    #[serde(default)]
+    return_documents: bool,
+    #[serde(default)]
+    truncate: Option<bool>,
+}
+
+/// Parses a request body: invalid UTF-8 and malformed JSON are 400, wrong or missing fields
+/// 422, limits 413.
+pub fn parse_body(route: Route, body: &[u8], limits: &Limits) -> Result<Call, ApiError> {
+    parse_value(route, parse_json(body, "body")?, limits)
+}
+
+/// Bytes to JSON: invalid UTF-8 and malformed JSON are 400. `what` names the bytes in errors.
+pub fn parse_json(bytes: &[u8], what: &str) -> Result<Value, ApiError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::new(
+            400,
+            "invalid_utf8",
+            format!("the {what} is not valid UTF-8 (byte {})", e.valid_up_to()),
+        )
+    })?;
+    serde_json::from_str(text)
+        .map_err(|e| ApiError::new(400, "invalid_json", format!("the {what} is not JSON: {e}")))
+}
+
+/// Checks an already parsed JSON request.
+pub fn parse_value(route: Route, value: Value, limits: &Limits) -> Result<Call, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::validation("the body must be a JSON object"));
+    }
+    let bad = |e: serde_json::Error| ApiError::validation(format!("invalid request: {e}"));
+    let call = match route {
+        Route::Tei => {
+            let r: TeiRequest = serde_json::from_value(value).map_err(bad)?;
+            check_direction(r.truncation_direction.as_deref())?;
+            Call {
+                route,
+                groups: vec![GroupIn {
+                    query: r.query,
+                    docs: r.texts,
+                    top_n: None,
+                }],
+                raw_scores: r.raw_scores,
+                return_docs: r.return_text,
+                truncate: r.truncate.unwrap_or(true),
+                model: None,
+            }
+        }
+        Route::Cohere { .. } => {
+            let r: CohereRequest = serde_json::from_value(value).map_err(bad)?;
+            Call {
+                route,
+                groups: vec![GroupIn {
+                    query: r.query,
+                    docs: documents(r.documents, "documents")?,
+                    top_n: r.top_n,
+                }],
+                raw_scores: false,
+                return_docs: r.return_documents.unwrap_or(false),
+                truncate: true,
+                model: r.model,
+            }
+        }
+        Route::Batch => {
+            let r: BatchRequest = serde_json::from_value(value).map_err(bad)?;
+            let groups = r
+                .groups
+                .into_iter()
+                .enumerate()
+                .map(|(g, group)| {
+                    Ok(GroupIn {
+                        query: group.query,
+                        docs: documents(group.documents, &format!("groups[{g}].documents"))?,
+                        top_n: group.top_n,
+                    })
+                })
+                .collect::<Result<Vec<_>, ApiError>>()?;
+            Call {
+                route,
+                groups,
+                raw_scores: r.raw_scores,
+                return_docs: r.return_documents,
+                truncate: r.truncate.unwrap_or(true),
+                model: r.model,
+            }
+        }
+    };
+    let n = call.documents();
+    if n > limits.max_client_batch_size {
+        return Err(ApiError::too_large(format!(
+            "{n} documents in one request is more than --max-client-batch-size {}",
+            limits.max_client_batch_size
+        )));
+    }
+    Ok(call)
+}
+
+/// Documents as strings or `{"text": ...}` objects; errors name the index.
+fn documents(values: Vec<Value>, field: &str) -> Result<Vec<String>, ApiError> {
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Value::String(s) => Ok(s),
+            Value::Object(mut m) => match m.remove("text") {
+                Some(Value::String(s)) => Ok(s),
+                Some(_) => Err(ApiError::validation(format!(
+                    "{field}[{i}].text must be a string"
+                ))),
+                None => Err(ApiError::validation(format!(
+                    "{field}[{i}] has no \"text\" field"
+                ))),
+            },
+            _ => Err(ApiError::validation(format!(
+                "{field}[{i}] must be a string or an object with a \"text\" field"
+            ))),
+        })
+        .collect()
+}
+
+/// Right truncation is what transformers does by default and what we implement; left is
+/// refused rather than approximated.
+fn check_direction(direction: Option<&str>) -> Result<(), ApiError> {
+    match direction {
+        None | Some("right") | Some("Right") => Ok(()),
+        Some("left") | Some("Left") => Err(ApiError::new(
+            422,
+            "unsupported",
+            "truncation_direction \"left\" is not supported: crossrank truncates pairs on the right, as transformers does by default",
+        )),
+        Some(other) => Err(ApiError::validation(format!(
+            "truncation_direction must be \"right\" or \"left\", got {other:?}"
+        ))),
+    }
+}
+
+/// The scores of one group, in input order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GroupScores {
+    pub logits: Vec<f32>,
+}
+
+/// Sorts a group best first (ties keep input order; NaN last) and applies top_n.
+pub fn order(logits: &[f32], top_n: Option<usize>) -> Vec<usize> {
+    let key = |i: usize| {
+        if logits[i].is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            logits[i]
+        }
+    };
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&a, &b| key(b).total_cmp(&key(a)));
+    if let Some(n) = top_n {
+        idx.truncate(n);
+    }
+    idx
+}
+
+/// Facts every rendered answer may carry.
+pub struct Meta<'a> {
+    pub id: &'a str,
+    pub model: &'a str,
+    pub total_tokens: usize,
+}
+
+/// Renders the answer in the shape the route's clients expect.
+pub fn render(call: &Call, scores: &[GroupScores], meta: &Meta) -> Value {
+    let score = |logit: f32| {
+        if call.raw_scores {
+            logit
+        } else {
+            sigmoid(logit)
+        }
+    };
+    let results = |g: &GroupIn, s: &GroupScores, score_key: &str, text_key: &str| -> Value {
+        order(&s.logits, g.top_n)
+            .into_iter()
+            .map(|i| {
+                let mut r = json!({ "index": i, score_key: score(s.logits[i]) });
+                if call.return_docs {
+                    r[text_key] = if call.route == Route::Tei {
+                        json!(g.docs[i])
+                    } else {
+                        json!({ "text": g.docs[i] })
+                    };
+                }
+                r
+            })
+            .collect()
+    };
+    let model = call.model.as_deref().unwrap_or(meta.model);
+    match call.route {
+        Route::Tei => results(&call.groups[0], &scores[0], "score", "text"),
+        Route::Cohere { version } => json!({
+            "id": meta.id,
+            "model": model,
+            "results": results(&call.groups[0], &scores[0], "relevance_score", "document"),
+            "meta": {
+                "api_version": { "version": version.to_string() },
+                "billed_units": { "search_units": 1 },
+            },
+            "usage": { "total_tokens": meta.total_tokens },
+        }),
+        Route::Batch => json!({
+            "id": meta.id,
+            "model": model,
+            "groups": call.groups.iter().zip(scores).map(|(g, s)| {
+                json!({ "results": results(g, s, "relevance_score", "document") })
+            }).collect::<Vec<_>>(),
+            "usage": { "total_tokens": meta.total_tokens },
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_client_batch_size: 3,
+        }
+    }
+
+    #[test]
+    fn errors_have_the_documented_statuses() {
+        let l = limits();
+        let tei = Route::Tei;
+        assert_eq!(parse_body(tei, b"\xff{}", &l).unwrap_err().status, 400);
+        assert_eq!(parse_body(tei, b"{\"query\":", &l).unwrap_err().status, 400);
+        assert_eq!(parse_body(tei, b"[1]", &l).unwrap_err().status, 422);
+        let wrong_type = parse_body(tei, br#"{"query": 1, "texts": []}"#, &l).unwrap_err();
+        assert_eq!((wrong_type.status, wrong_type.kind), (422, "validation"));
+        let missing = parse_body(tei, br#"{"query": "q"}"#, &l).unwrap_err();
+        assert!(missing.message.contains("texts"), "{}", missing.message);
+        let many = parse_body(tei, br#"{"query": "q", "texts": ["a","b","c","d"]}"#, &l);
+        let many = many.unwrap_err();
+        assert_eq!(many.status, 413);
+        assert!(many.message.contains("--max-client-batch-size 3"));
+        let left = br#"{"query": "q", "texts": [], "truncation_direction": "left"}"#;
+        let left = parse_body(tei, left, &l).unwrap_err();
+        assert_eq!((left.status, left.kind), (422, "unsupported"));
+    }
+
+    #[test]
+    fn cohere_documents_are_strings_or_text_objects() {
+        let body =
+            br#"{"query": "q", "documents": ["a", {"text": "b", "title": "t"}], "top_n": 1}"#;
+        let call = parse_body(Route::Cohere { version: 1 }, body, &limits()).unwrap();
+        assert_eq!(call.groups[0].docs, vec!["a", "b"]);
+        assert_eq!(call.groups[0].top_n, Some(1));
+        let bad = br#"{"query": "q", "documents": ["a", {"title": "t"}]}"#;
+        let err = parse_body(Route::Cohere { version: 2 }, bad, &limits()).unwrap_err();
+        assert_eq!(err.message, "documents[1] has no \"text\" field");
+    }
+
+    #[test]
+    fn batch_limit_counts_every_group() {
+        let body = br#"{"groups": [{"query": "a", "documents": ["x", "y"]},
+                                   {"query": "b", "documents": ["z", "w"]}]}"#;
+        let err = parse_body(Route::Batch, body, &limits()).unwrap_err();
+        assert_eq!(err.status, 413);
+    }
+
+    #[test]
+    fn order_is_best_first_ties_in_input_order_nan_last() {
+        assert_eq!(order(&[0.5, f32::NAN, 2.0, 0.5], None), vec![2, 0, 3, 1]);
+        assert_eq!(order(&[0.5, 1.0], Some(1)), vec![1]);
+        assert_eq!(order(&[0.5, 1.0], Some(5)), vec![1, 0]);
+    }
+
+    #[test]
+    fn renders_each_route_shape() {
+        let l = limits();
+        let body =
+            br#"{"query": "q", "texts": ["a", "b"], "return_text": true, "raw_scores": true}"#;
+        let call = parse_body(Route::Tei, body, &l).unwrap();
+        let scores = [GroupScores {
+            logits: vec![-1.0, 3.0],
+        }];
+        let meta = Meta {
+            id: "x",
+            model: "m",
+            total_tokens: 9,
+        };
+        let v = render(&call, &scores, &meta);
+        assert_eq!(
+            v,
+            json!([{"index": 1, "score": 3.0, "text": "b"}, {"index": 0, "score": -1.0, "text": "a"}])
+        );
+        let body = br#"{"query": "q", "documents": ["a", "b"], "return_documents": true}"#;
+        let call = parse_body(Route::Cohere { version: 2 }, body, &l).unwrap();
+        let v = render(&call, &scores, &meta);
+        assert_eq!(v["results"][0]["document"], json!({"text": "b"}));
+        assert_eq!(v["results"][0]["relevance_score"], json!(sigmoid(3.0)));
+        assert_eq!(v["meta"]["api_version"]["version"], "2");
+        assert_eq!(v["usage"]["total_tokens"], 9);
+    }
+}

@@ -1,0 +1,248 @@
+//! The HTTP front: axum routes over a [`Service`], API-key check, one log line and the metrics
+//! of every request, graceful drain on SIGTERM/SIGINT.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+
+use super::api::{self, ApiError, Route};
+use super::{log_request, Served, Service};
+use crate::error::{Error, Result};
+
+/// Binds `--host:--port`, prints the address, serves until SIGTERM or SIGINT, then drains.
+pub async fn run(service: Arc<Service>) -> Result<()> {
+    let (host, port) = (service.opts.host.clone(), service.opts.port);
+    let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+        .await
+        .map_err(|e| Error::input(format!("cannot listen on {host}:{port}: {e}")))?;
+    serve(listener, service, shutdown_signal()).await
+}
+
+/// Serves on a bound listener until `shutdown` resolves; then stops accepting, lets every
+/// request in progress finish, and returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: Arc<Service>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(format!("listener address: {e}")))?;
+    eprintln!("crossrank serve: listening on http://{addr}");
+    let app = router(service.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| Error::Internal(format!("http server: {e}")))?;
+    let left = service
+        .metrics
+        .queue_depth
+        .load(std::sync::atomic::Ordering::Acquire);
+    eprintln!("crossrank serve: stopped; {left} accepted requests unanswered");
+    Ok(())
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+    eprintln!("crossrank serve: signal received; no longer accepting, finishing what was accepted");
+}
+
+/// The routes, the body limit, and the middleware that authenticates, logs and counts.
+pub fn router(service: Arc<Service>) -> Router {
+    let score = |route: Route| {
+        post(
+            move |State(s): State<Arc<Service>>,
+                  body: std::result::Result<Bytes, BytesRejection>| {
+                score(s, route, body)
+            },
+        )
+    };
+    let limit = service.opts.max_body_bytes;
+    Router::new()
+        .route("/rerank", score(Route::Tei))
+        .route("/v1/rerank", score(Route::Cohere { version: 1 }))
+        .route("/v2/rerank", score(Route::Cohere { version: 2 }))
+        .route("/rerank/batch", score(Route::Batch))
+        .route("/health", get(health))
+        .route("/info", get(info))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error(&ApiError::new(404, "not_found", "no such route")) })
+        .method_not_allowed_fallback(|| async {
+            error(&ApiError::new(
+                405,
+                "method_not_allowed",
+                "method not allowed on this route",
+            ))
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(service.clone(), around))
+        .with_state(service)
+}
+
+async fn score(
+    service: Arc<Service>,
+    route: Route,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            let status = rejection.status().as_u16();
+            let err = if status == 413 {
+                ApiError::too_large(format!(
+                    "the body is larger than --max-body-bytes {}",
+                    service.opts.max_body_bytes
+                ))
+            } else {
+                ApiError::new(status, "invalid_body", rejection.body_text())
+            };
+            return error(&err);
+        }
+    };
+    let call = match api::parse_body(route, &body, &service.limits) {
+        Ok(c) => c,
+        Err(e) => return error(&e),
+    };
+    let docs = call.documents();
+    match service.rerank(call).await {
+        Ok((value, served)) => {
+            let mut r = json_response(StatusCode::OK, &value);
+            r.extensions_mut().insert(served);
+            r
+        }
+        Err(e) => {
+            let mut r = error(&e);
+            r.extensions_mut().insert(Served {
+                docs,
+                ..Default::default()
+            });
+            r
+        }
+    }
+}
+
+async fn health(State(s): State<Arc<Service>>) -> Response {
+    if s.healthy() {
+        json_response(StatusCode::OK, &json!({ "status": "ok" }))
+    } else {
+        error(&ApiError::new(
+            503,
+            "unhealthy",
+            "the inference thread has stopped (see the server log)",
+        ))
+    }
+}
+
+async fn info(State(s): State<Arc<Service>>) -> Response {
+    json_response(StatusCode::OK, &s.info())
+}
+
+async fn metrics(State(s): State<Arc<Service>>) -> Response {
+    let mut r = Response::new(Body::from(s.metrics.render()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+/// Checks the API key, then logs and counts the answer.
+async fn around(State(s): State<Arc<Service>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let authorized = match &s.opts.api_key {
+        None => true,
+        Some(_) if path == "/health" => true,
+        Some(key) => req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| same(given.trim().as_bytes(), key.as_bytes())),
+    };
+    let response = if authorized {
+        next.run(req).await
+    } else {
+        let mut r = error(&ApiError::new(
+            401,
+            "unauthorized",
+            "missing or wrong API key: send `Authorization: Bearer KEY`",
+        ));
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r
+    };
+    let status = response.status().as_u16();
+    let served = response
+        .extensions()
+        .get::<Served>()
+        .copied()
+        .unwrap_or_default();
+    let elapsed = start.elapsed();
+    // Label known routes only: unknown paths must not grow the metrics without bound.
+    let label = match (path.as_str(), Route::from_path(&path)) {
+        (_, Some(r)) => r.path(),
+        ("/health", _) => "/health",
+        ("/info", _) => "/info",
+        ("/metrics", _) => "/metrics",
+        _ => "other",
+    };
+    s.metrics.request(label, status, elapsed.as_secs_f64());
+    log_request(method.as_str(), &path, status, &served, elapsed);
+    response
+}
+
+/// Compares without stopping at the first difference.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response {
+    let mut r = Response::new(Body::from(value.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// An error answer; 503 carries Retry-After.
+pub fn error(e: &ApiError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = json_response(status, &e.body());
+    if e.status == 503 {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
