@@ -5,6 +5,7 @@
 //! and the same texts, so crossrank and the PyTorch peers (scripts/peers.py) score the same
 //! model on the same inputs.
 
+pub mod cli;
 pub mod gate;
 pub mod report;
 pub mod run;
