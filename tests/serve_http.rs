@@ -1,0 +1,664 @@
+//! `crossrank serve` over real HTTP on 127.0.0.1 (an ephemeral port), against the committed
+//! tiny models on the CPU backend: every endpoint, scores against the library's, every error the
+//! issue lists, backpressure, clients that go away, and a bounded concurrency run.
+//!
+//! Score rules. A request served alone is packed exactly as the library packs the same call
+//! (one forward over the same pairs in the same order), so its logits must be bit-identical.
+//! Requests packed together with others, or split across forwards, change only how the GEMM
+//! crate blocks its f32 sums. Their logits must agree with the library's one-at-a-time logits
+//! within `BATCH_TOL * max(1, |logit|)`: the library itself, scoring the same pairs among
+//! different companions, spreads by up to 2.4e-6 on these models (about 10 f32 ulps at a
+//! logit near 2; measured over 4 models x 4 queries x 7 batch sizes x 40 offsets); 1e-5 is four
+//! times that and ten times inside the 1e-4 parity bound against transformers.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use crossrank::engine::{Group, Options};
+use crossrank::serve::{http, ServeOptions, Service};
+use crossrank::{Device, LoadOptions, Reranker};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+const BATCH_TOL: f32 = 1e-5;
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    service: Arc<Service>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<crossrank::Result<()>>,
+}
+
+impl Server {
+    async fn start(opts: ServeOptions) -> Server {
+        let service = Service::start(opts).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(http::serve(listener, service.clone(), async {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        Server {
+            base,
+            client,
+            service,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn model(name: &str) -> Server {
+        Server::start(ServeOptions::new(model_dir(name), Device::Cpu)).await
+    }
+
+    /// POSTs raw bytes; returns status, headers and the body parsed as JSON.
+    async fn post_bytes(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap();
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{path} answered {status} with non-JSON {text:?}: {e}"));
+        (status, headers, value)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let (s, _, v) = self.post_bytes(path, body.to_string().into_bytes()).await;
+        (s, v)
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// Stops the server the way a signal does and checks it drained cleanly.
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+        self.service.drain();
+        let depth = self
+            .service
+            .metrics
+            .queue_depth
+            .load(std::sync::atomic::Ordering::Acquire);
+        assert_eq!(depth, 0);
+    }
+
+    fn queue_depth(&self) -> u64 {
+        self.service
+            .metrics
+            .queue_depth
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+fn library(name: &str) -> Reranker {
+    Reranker::load(model_dir(name), Device::Cpu, &LoadOptions::default()).unwrap()
+}
+
+fn raw() -> Options {
+    Options {
+        raw_scores: true,
+        ..Default::default()
+    }
+}
+
+/// (index, score) pairs of a TEI answer or of Cohere `results`.
+fn pairs(results: &Value, key: &str) -> Vec<(usize, f32)> {
+    results
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {results}"))
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap() as usize,
+                r[key].as_f64().unwrap() as f32,
+            )
+        })
+        .collect()
+}
+
+fn assert_error(status: u16, body: &Value, want_status: u16, want_in_message: &str) {
+    assert_eq!(status, want_status, "{body}");
+    let msg = body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error: {body}"));
+    assert!(body["error_type"].is_string(), "{body}");
+    assert!(
+        msg.contains(want_in_message),
+        "{want_in_message:?} not in {msg:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tei_rerank_scores_equal_the_library() {
+    for name in ["bert-f32", "xlmr-bf16"] {
+        let server = Server::model(name).await;
+        let lib = library(name);
+        for group in golden(name).groups {
+            for raw_scores in [false, true] {
+                let body = json!({"query": group.query, "texts": group.passages,
+                                  "raw_scores": raw_scores, "return_text": true});
+                let (status, v) = server.post("/rerank", body).await;
+                assert_eq!(status, 200, "{v}");
+                let opts = Options {
+                    raw_scores,
+                    ..Default::default()
+                };
+                let want: Vec<(usize, f32)> = lib
+                    .rerank(&group.query, &group.passages, &opts)
+                    .unwrap()
+                    .iter()
+                    .map(|r| (r.index, r.score))
+                    .collect();
+                assert_eq!(pairs(&v, "score"), want, "{name}: {}", group.query);
+                for r in v.as_array().unwrap() {
+                    let i = r["index"].as_u64().unwrap() as usize;
+                    assert_eq!(r["text"], json!(group.passages[i]));
+                }
+            }
+        }
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cohere_v1_v2_shapes_top_n_and_documents() {
+    let name = "bert-f16-noprefix";
+    let server = Server::model(name).await;
+    let lib = library(name);
+    let group = &golden(name).groups[1];
+    let want = lib
+        .rerank(&group.query, &group.passages, &Options::default())
+        .unwrap();
+    // Documents as strings and as {"text"} objects, mixed.
+    let docs: Vec<Value> = group
+        .passages
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if i % 2 == 0 {
+                json!(p)
+            } else {
+                json!({"text": p, "title": "ignored"})
+            }
+        })
+        .collect();
+    for version in [1, 2] {
+        let body = json!({"model": "my-reranker", "query": group.query, "documents": docs,
+                          "top_n": 3, "return_documents": true});
+        let (status, v) = server.post(&format!("/v{version}/rerank"), body).await;
+        assert_eq!(status, 200, "{v}");
+        let got = pairs(&v["results"], "relevance_score");
+        let expect: Vec<(usize, f32)> = want.iter().take(3).map(|r| (r.index, r.score)).collect();
+        assert_eq!(got, expect);
+        for r in v["results"].as_array().unwrap() {
+            let i = r["index"].as_u64().unwrap() as usize;
+            assert_eq!(r["document"], json!({"text": group.passages[i]}));
+        }
+        assert!(v["id"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
+        assert_eq!(v["model"], "my-reranker");
+        assert_eq!(v["meta"]["api_version"]["version"], version.to_string());
+        let tokens: usize = lib
+            .encode(&group.query, &group.passages, None)
+            .unwrap()
+            .iter()
+            .map(|p| p.ids.len())
+            .sum();
+        assert_eq!(v["usage"]["total_tokens"], tokens);
+    }
+    // Without top_n every document comes back, without documents unless asked.
+    let body = json!({"query": group.query, "documents": group.passages});
+    let (status, v) = server.post("/v1/rerank", body).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["results"].as_array().unwrap().len(), group.passages.len());
+    assert!(v["results"][0].get("document").is_none());
+    assert_eq!(v["model"], name);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_route_scores_every_group_like_the_library() {
+    let name = "roberta-sharded";
+    let server = Server::model(name).await;
+    let lib = library(name);
+    let gold = golden(name);
+    let groups: Vec<Value> = gold
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(g, x)| json!({"query": x.query, "documents": x.passages, "top_n": g + 1}))
+        .collect();
+    let (status, v) = server
+        .post(
+            "/rerank/batch",
+            json!({"groups": groups, "raw_scores": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let lib_groups: Vec<Group<String>> = gold
+        .groups
+        .iter()
+        .map(|x| Group {
+            query: x.query.clone(),
+            passages: x.passages.clone(),
+        })
+        .collect();
+    // One request: all groups packed in one forward, exactly as rerank_many packs them.
+    let want = lib.rerank_many(&lib_groups, &raw()).unwrap();
+    let got = v["groups"].as_array().unwrap();
+    assert_eq!(got.len(), gold.groups.len());
+    for (g, results) in got.iter().enumerate() {
+        let expect: Vec<(usize, f32)> = want[g]
+            .iter()
+            .take(g + 1)
+            .map(|r| (r.index, r.score))
+            .collect();
+        assert_eq!(
+            pairs(&results["results"], "relevance_score"),
+            expect,
+            "group {g}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_info_metrics_and_empty_documents() {
+    let server = Server::model("bert-f32").await;
+    let (status, body) = server.get("/health").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+
+    let (status, body) = server.get("/info").await;
+    assert_eq!(status, 200);
+    let info: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["model"], "bert-f32");
+    assert_eq!(info["architecture"], "BertForSequenceClassification");
+    assert_eq!(
+        info["device"].as_str().map(|d| d.starts_with("cpu")),
+        Some(true)
+    );
+    assert_eq!(info["max_length"], 48);
+    assert_eq!(info["max_client_batch_size"], 1000);
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+
+    // Empty documents: a 200 with no results, on every route.
+    let (s, v) = server
+        .post("/rerank", json!({"query": "q", "texts": []}))
+        .await;
+    assert_eq!((s, v), (200, json!([])));
+    let (s, v) = server
+        .post("/v1/rerank", json!({"query": "q", "documents": []}))
+        .await;
+    assert_eq!((s, &v["results"]), (200, &json!([])));
+    let (s, v) = server
+        .post(
+            "/rerank/batch",
+            json!({"groups": [{"query": "q", "documents": []}]}),
+        )
+        .await;
+    assert_eq!((s, &v["groups"]), (200, &json!([{"results": []}])));
+    let (s, _) = server
+        .post(
+            "/rerank",
+            json!({"query": "a cat", "texts": ["a cat sat", "a dog ran"]}),
+        )
+        .await;
+    assert_eq!(s, 200);
+
+    let (status, text) = server.get("/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "crossrank_requests_total{route=\"/rerank\",status=\"200\"} 2\n",
+        "crossrank_requests_total{route=\"/v1/rerank\",status=\"200\"} 1\n",
+        "crossrank_requests_total{route=\"/health\",status=\"200\"} 1\n",
+        "crossrank_queue_depth 0\n",
+        "crossrank_pairs_total 2\n",
+        "crossrank_batch_pairs_count 1\n",
+        "# TYPE crossrank_request_duration_seconds histogram\n",
+        "crossrank_request_duration_seconds_count{route=\"/rerank\"} 2\n",
+    ] {
+        assert!(text.contains(line), "{line:?} not in\n{text}");
+    }
+    let tokens: usize = library("bert-f32")
+        .encode("a cat", &["a cat sat", "a dog ran"], None)
+        .unwrap()
+        .iter()
+        .map(|p| p.ids.len())
+        .sum();
+    assert!(text.contains(&format!("crossrank_tokens_total {tokens}\n")));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_input_error_is_a_json_4xx() {
+    let mut opts = ServeOptions::new(model_dir("bert-f32"), Device::Cpu);
+    opts.max_client_batch_size = 4;
+    opts.max_body_bytes = 4096;
+    let server = Server::start(opts).await;
+
+    // Malformed JSON and invalid UTF-8: 400.
+    let (s, _, v) = server.post_bytes("/rerank", b"{\"query\": ".to_vec()).await;
+    assert_error(s, &v, 400, "not JSON");
+    let (s, _, v) = server
+        .post_bytes(
+            "/v1/rerank",
+            b"{\"query\": \"\xff\", \"documents\": []}".to_vec(),
+        )
+        .await;
+    assert_error(s, &v, 400, "not valid UTF-8");
+    // Wrong types and missing fields: 422, naming the field.
+    let (s, v) = server
+        .post("/rerank", json!({"query": 3, "texts": ["a"]}))
+        .await;
+    assert_error(s, &v, 422, "invalid type");
+    let (s, v) = server.post("/rerank", json!({"query": "q"})).await;
+    assert_error(s, &v, 422, "texts");
+    let (s, v) = server
+        .post("/v2/rerank", json!({"query": "q", "documents": ["a", 7]}))
+        .await;
+    assert_error(s, &v, 422, "documents[1]");
+    let (s, v) = server.post("/rerank", json!(["not", "an", "object"])).await;
+    assert_error(s, &v, 422, "JSON object");
+    // Too many documents: 413 naming the limit, also summed over batch groups.
+    let five = ["a", "b", "c", "d", "e"];
+    let (s, v) = server
+        .post("/rerank", json!({"query": "q", "texts": five}))
+        .await;
+    assert_error(s, &v, 413, "--max-client-batch-size 4");
+    let groups = json!([{"query": "q", "documents": ["a", "b", "c"]},
+                        {"query": "r", "documents": ["d", "e"]}]);
+    let (s, v) = server
+        .post("/rerank/batch", json!({"groups": groups}))
+        .await;
+    assert_error(s, &v, 413, "5 documents");
+    // A body over the limit: 413.
+    let big = json!({"query": "q", "texts": ["x".repeat(5000)]});
+    let (s, v) = server.post("/rerank", big).await;
+    assert_error(s, &v, 413, "--max-body-bytes 4096");
+    // truncate=false and an over-long pair: 413 naming the max length; truncate=true scores it.
+    let long = "word ".repeat(100);
+    let body = json!({"query": "q", "texts": ["short", long], "truncate": false});
+    let (s, v) = server.post("/rerank", body).await;
+    assert_error(
+        s,
+        &v,
+        413,
+        "document 1 with the query is longer than the model's max length of 48 tokens",
+    );
+    let (s, _) = server
+        .post("/rerank", json!({"query": "q", "texts": [long]}))
+        .await;
+    assert_eq!(s, 200);
+    // Left truncation is refused, not approximated.
+    let body = json!({"query": "q", "texts": ["a"], "truncation_direction": "left"});
+    let (s, v) = server.post("/rerank", body).await;
+    assert_error(s, &v, 422, "truncation_direction \"left\" is not supported");
+    let body = json!({"query": "q", "texts": ["a"], "truncation_direction": "Right"});
+    assert_eq!(server.post("/rerank", body).await.0, 200);
+    // Unknown route: 404; wrong method: 405; both JSON.
+    let (s, v) = server.post("/v3/rerank", json!({})).await;
+    assert_error(s, &v, 404, "no such route");
+    let (s, body) = server.get("/rerank").await;
+    assert_error(s, &serde_json::from_str(&body).unwrap(), 405, "method");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_is_required_except_on_health() {
+    let mut opts = ServeOptions::new(model_dir("bert-f32"), Device::Cpu);
+    opts.api_key = Some("s3cret".into());
+    let server = Server::start(opts).await;
+    let body = json!({"query": "q", "documents": ["a"]}).to_string();
+    let send = |auth: Option<&'static str>| {
+        let mut r = server
+            .client
+            .post(format!("{}/v1/rerank", server.base))
+            .body(body.clone());
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r.send()
+    };
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("s3cret"),
+        Some("Bearer s3cre"),
+    ] {
+        let r = send(auth).await.unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{auth:?}");
+        let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(v["error_type"], "unauthorized");
+    }
+    let r = send(Some("Bearer s3cret")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(server.get("/health").await.0, 200);
+    assert_eq!(server.get("/info").await.0, 401);
+    assert_eq!(server.get("/metrics").await.0, 401);
+    server.stop().await;
+}
+
+/// Past --max-concurrent waiting requests the answer is 503 with Retry-After, at once; the
+/// requests accepted are all answered with the right scores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_503_with_retry_after() {
+    let name = "bert-f32";
+    let mut opts = ServeOptions::new(model_dir(name), Device::Cpu);
+    opts.max_concurrent = 1;
+    let server = Arc::new(Server::start(opts).await);
+    // Requests of 300 pairs at the max length (48 tokens): each forward takes long enough that
+    // 40 requests sent at once overlap.
+    let long = "word ".repeat(60);
+    let texts: Vec<String> = (0..300).map(|i| format!("{i} {long}")).collect();
+    let want = library(name).rerank("q", &texts, &raw()).unwrap();
+    let want: Vec<(usize, f32)> = want.iter().map(|r| (r.index, r.score)).collect();
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let (server, texts) = (server.clone(), texts.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"query": "q", "texts": texts, "raw_scores": true});
+            server
+                .post_bytes("/rerank", body.to_string().into_bytes())
+                .await
+        }));
+    }
+    let (mut ok, mut busy) = (0, 0);
+    for t in tasks {
+        let (status, headers, v) = t.await.unwrap();
+        match status {
+            200 => {
+                ok += 1;
+                assert_eq!(pairs(&v, "score"), want);
+            }
+            503 => {
+                busy += 1;
+                assert_eq!(headers.get("retry-after").unwrap(), "1");
+                assert_error(status, &v, 503, "--max-concurrent");
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert!(ok >= 1 && busy >= 1, "ok {ok}, busy {busy}");
+    let (_, text) = server.get("/metrics").await;
+    assert!(text.contains(&format!("crossrank_overloaded_total {busy}\n")));
+    let server = Arc::into_inner(server).unwrap();
+    server.stop().await;
+}
+
+/// Clients that give up before their answer: the server keeps serving and every place among
+/// --max-concurrent comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_go_away_free_their_place() {
+    let name = "bert-f32";
+    let mut opts = ServeOptions::new(model_dir(name), Device::Cpu);
+    opts.max_concurrent = 64;
+    let server = Server::start(opts).await;
+    let texts: Vec<String> = (0..200)
+        .map(|i| format!("{i} {}", "word ".repeat(60)))
+        .collect();
+    let body = json!({"query": "q", "texts": texts}).to_string();
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..30 {
+        let r = impatient
+            .post(format!("{}/rerank", server.base))
+            .body(body.clone());
+        tasks.push(tokio::spawn(
+            async move { r.send().await.map(|r| r.status()) },
+        ));
+    }
+    for t in tasks {
+        let _ = t.await.unwrap();
+    }
+    // Every accepted request is answered or dropped: the queue empties within a bound.
+    let mut waited = 0;
+    while server.queue_depth() > 0 && waited < 600 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    assert_eq!(server.queue_depth(), 0, "the queue did not drain in 30 s");
+    let (s, v) = server
+        .post("/rerank", json!({"query": "q", "texts": ["a", "b"]}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(server.get("/health").await.0, 200);
+    server.stop().await;
+}
+
+/// A few hundred requests from many tasks against a small --max-batch-tokens, so that
+/// requests share forwards and large ones are split across several: every one is answered,
+/// and each matches the library scoring that request alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_match_one_at_a_time() {
+    let name = "xlmr-bf16";
+    let mut opts = ServeOptions::new(model_dir(name), Device::Cpu);
+    opts.max_batch_tokens = 256;
+    let server = Arc::new(Server::start(opts).await);
+    let lib = library(name);
+    let gold = golden(name);
+    // Requests: every golden query with a rotating slice of 1 to 16 passages of every group.
+    let all: Vec<String> = gold
+        .groups
+        .iter()
+        .flat_map(|g| g.passages.clone())
+        .collect();
+    let mut requests = Vec::new();
+    for i in 0..320usize {
+        let query = gold.groups[i % gold.groups.len()].query.clone();
+        let n = 1 + (i * 7) % 16;
+        let docs: Vec<String> = (0..n)
+            .map(|k| all[(i + k * 3) % all.len()].clone())
+            .collect();
+        let want: Vec<(usize, f32)> = lib
+            .rerank(&query, &docs, &raw())
+            .unwrap()
+            .iter()
+            .map(|r| (r.index, r.score))
+            .collect();
+        requests.push((query, docs, want));
+    }
+    let requests = Arc::new(requests);
+    let tasks: Vec<_> = (0..32)
+        .map(|t| {
+            let (server, requests) = (server.clone(), requests.clone());
+            tokio::spawn(async move {
+                let mut answered = 0;
+                for i in (t..requests.len()).step_by(32) {
+                    let (query, docs, want) = &requests[i];
+                    let (path, body, key) = if i % 2 == 0 {
+                        (
+                            "/rerank",
+                            json!({"query": query, "texts": docs, "raw_scores": true}),
+                            "score",
+                        )
+                    } else {
+                        let groups = json!([{"query": query, "documents": docs}]);
+                        (
+                            "/rerank/batch",
+                            json!({"groups": groups, "raw_scores": true}),
+                            "relevance_score",
+                        )
+                    };
+                    let (status, v) = server.post(path, body).await;
+                    assert_eq!(status, 200, "request {i}: {v}");
+                    let results = if i % 2 == 0 {
+                        &v
+                    } else {
+                        &v["groups"][0]["results"]
+                    };
+                    let got = pairs(results, key);
+                    assert_eq!(got.len(), want.len(), "request {i}");
+                    // Each passage's score within the bound, and the answer best first.
+                    let mut by_index = vec![f32::NAN; want.len()];
+                    for &(idx, s) in &got {
+                        by_index[idx] = s;
+                    }
+                    for &(idx, s) in want {
+                        let d = (by_index[idx] - s).abs();
+                        assert!(
+                            d <= BATCH_TOL * s.abs().max(1.0),
+                            "request {i} passage {idx}: {} vs {s}",
+                            by_index[idx]
+                        );
+                    }
+                    for w in got.windows(2) {
+                        assert!(w[0].1 >= w[1].1, "request {i}: not best first");
+                    }
+                    answered += 1;
+                }
+                answered
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for t in tasks {
+        answered += t.await.unwrap();
+    }
+    assert_eq!(answered, requests.len());
+    let (_, text) = server.get("/metrics").await;
+    let forwards: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("crossrank_batch_pairs_count "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pairs_total: usize = requests.iter().map(|r| r.1.len()).sum();
+    eprintln!(
+        "{} requests, {pairs_total} pairs, {forwards} forwards",
+        requests.len()
+    );
+    assert!(text.contains(&format!("crossrank_pairs_total {pairs_total}\n")));
+    let server = Arc::into_inner(server).unwrap();
+    server.stop().await;
+}
