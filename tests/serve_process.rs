@@ -1,0 +1,374 @@
+//! The `crossrank serve` binary as a process: JSON lines on stdin/stdout (--stdio), and HTTP on
+//! an ephemeral loopback port drained by SIGTERM/SIGINT with exit status 0. Every wait here is
+//! bounded; a process that outlives its bound is killed and the test fails.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use crossrank::engine::Options;
+use crossrank::{Device, LoadOptions, Reranker};
+use serde_json::{json, Value};
+
+/// Packed-vs-alone bound, as stated and measured in tests/serve_http.rs.
+const BATCH_TOL: f32 = 1e-5;
+
+fn crossrank() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_crossrank"))
+}
+
+/// Waits for the process to exit, at most `limit`; kills it and fails past that.
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("crossrank serve did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn raw_logits(lib: &Reranker, query: &str, docs: &[String]) -> Vec<f32> {
+    let opts = Options {
+        raw_scores: true,
+        ..Default::default()
+    };
+    let mut by_index = vec![0.0; docs.len()];
+    for r in lib.rerank(query, docs, &opts).unwrap() {
+        by_index[r.index] = r.score;
+    }
+    by_index
+}
+
+/// Checks `results` (best first, `key` holding the score) against logits by input index.
+fn check_scores(results: &Value, key: &str, want: &[f32], what: &str) {
+    let results = results
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: {results}"));
+    assert_eq!(results.len(), want.len(), "{what}");
+    let mut last = f32::INFINITY;
+    for r in results {
+        let i = r["index"].as_u64().unwrap() as usize;
+        let got = r[key].as_f64().unwrap() as f32;
+        let tol = BATCH_TOL * want[i].abs().max(1.0);
+        assert!(
+            (got - want[i]).abs() <= tol,
+            "{what} passage {i}: {got} vs {}",
+            want[i]
+        );
+        assert!(got <= last, "{what}: not best first");
+        last = got;
+    }
+}
+
+#[test]
+fn stdio_answers_every_line_then_exits_0() {
+    let name = "bert-f32";
+    let lib = Reranker::load(model_dir(name), Device::Cpu, &LoadOptions::default()).unwrap();
+    let gold = golden(name);
+    let (q0, d0) = (&gold.groups[0].query, &gold.groups[0].passages);
+    let (q1, d1) = (&gold.groups[1].query, &gold.groups[1].passages);
+    let long = "word ".repeat(100);
+
+    let mut input: Vec<u8> = Vec::new();
+    let mut line = |v: Value| {
+        input.extend(v.to_string().as_bytes());
+        input.push(b'\n');
+    };
+    line(json!({"id": 1, "query": q0, "texts": d0, "raw_scores": true}));
+    line(json!({"id": "two", "query": q1, "documents": d1, "top_n": 3}));
+    line(json!({"id": [3], "route": "/v2/rerank", "query": q0, "documents": d1}));
+    line(
+        json!({"id": 4, "groups": [{"query": q0, "documents": d0}, {"query": q1, "documents": d1}],
+                "raw_scores": true}),
+    );
+    line(json!({"id": 5, "route": "/nope", "query": "q", "texts": []}));
+    line(json!({"id": 6, "query": "q", "texts": []}));
+    line(json!({"id": 7, "something": "else"}));
+    line(json!({"id": 8, "query": "q", "texts": [long], "truncate": false}));
+    input.extend(b"\n   \n"); // blank lines are skipped
+    input.extend(b"{\"id\": 9, \"query\": \n"); // malformed JSON: no id can be read
+    input.extend(b"{\"id\": 10, \"query\": \"\xff\", \"texts\": []}\r\n"); // invalid UTF-8
+
+    let mut child = crossrank()
+        .args(["serve", "--stdio", "--model"])
+        .arg(model_dir(name))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        stdin.write_all(&input).unwrap();
+        // Dropping stdin is the end of input.
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).unwrap();
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stderr.read_to_string(&mut s).unwrap();
+        s
+    });
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    writer.join().unwrap();
+    let out = reader.join().unwrap();
+    let err = err_reader.join().unwrap();
+    assert!(status.success(), "exit {status:?}; stderr:\n{err}");
+
+    // Exactly one JSON answer per request line on stdout, nothing else; logs on stderr.
+    let answers: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line {l:?}: {e}")))
+        .collect();
+    assert_eq!(answers.len(), 10, "stdout:\n{out}");
+    assert!(err.contains("STDIO /rerank 200"), "stderr:\n{err}");
+    let by_id = |id: Value| {
+        answers
+            .iter()
+            .find(|a| a["id"] == id)
+            .unwrap_or_else(|| panic!("no answer with id {id}:\n{out}"))
+    };
+
+    let a = by_id(json!(1));
+    assert_eq!(a["status"], 200);
+    check_scores(&a["result"], "score", &raw_logits(&lib, q0, d0), "id 1");
+
+    let a = by_id(json!("two"));
+    assert_eq!(a["status"], 200);
+    let want: Vec<f32> = raw_logits(&lib, q1, d1)
+        .iter()
+        .map(|&x| crossrank::engine::sigmoid(x))
+        .collect();
+    let results = a["result"]["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert_eq!(a["result"]["meta"]["api_version"]["version"], "1");
+
+    let a = by_id(json!([3]));
+    assert_eq!(a["status"], 200);
+    assert_eq!(a["result"]["meta"]["api_version"]["version"], "2");
+    let want_v2: Vec<f32> = raw_logits(&lib, q0, d1)
+        .iter()
+        .map(|&x| crossrank::engine::sigmoid(x))
+        .collect();
+    check_scores(
+        &a["result"]["results"],
+        "relevance_score",
+        &want_v2,
+        "id [3]",
+    );
+    // top_n keeps the three best of the full ranking, with their scores.
+    let mut best = want.clone();
+    best.sort_by(|x, y| y.total_cmp(x));
+    for (r, expect) in results.iter().zip(&best) {
+        let i = r["index"].as_u64().unwrap() as usize;
+        let got = r["relevance_score"].as_f64().unwrap() as f32;
+        assert!((got - want[i]).abs() <= BATCH_TOL, "id two passage {i}");
+        assert!(
+            (got - expect).abs() <= BATCH_TOL,
+            "id two: not the best three"
+        );
+    }
+
+    let a = by_id(json!(4));
+    assert_eq!(a["status"], 200);
+    let groups = a["result"]["groups"].as_array().unwrap();
+    check_scores(
+        &groups[0]["results"],
+        "relevance_score",
+        &raw_logits(&lib, q0, d0),
+        "id 4/0",
+    );
+    check_scores(
+        &groups[1]["results"],
+        "relevance_score",
+        &raw_logits(&lib, q1, d1),
+        "id 4/1",
+    );
+
+    let statuses = [(5, 404), (6, 200), (7, 422), (8, 413)];
+    for (id, status) in statuses {
+        let a = by_id(json!(id));
+        assert_eq!(a["status"], status, "{a}");
+        if status != 200 {
+            assert!(a["error"].is_string() && a["error_type"].is_string(), "{a}");
+        }
+    }
+    assert_eq!(by_id(json!(6))["result"], json!([]));
+    // Lines that cannot be parsed are answered with a null id.
+    let unparsed: Vec<&Value> = answers.iter().filter(|a| a["id"].is_null()).collect();
+    assert_eq!(unparsed.len(), 2, "{out}");
+    assert!(unparsed.iter().all(|a| a["status"] == 400));
+    assert!(unparsed.iter().any(|a| a["error_type"] == "invalid_utf8"));
+    assert!(unparsed.iter().any(|a| a["error_type"] == "invalid_json"));
+}
+
+/// Starts `crossrank serve --port 0`, returns the child, its base URL, and its stderr lines.
+fn start_http(name: &str) -> (Child, String, mpsc::Receiver<String>) {
+    let mut child = crossrank()
+        .args(["serve", "--port", "0", "--model"])
+        .arg(model_dir(name))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(addr) = line.strip_prefix("crossrank serve: listening on ") {
+                    return (child, addr.to_string(), rx);
+                }
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no `listening on` line from crossrank serve: {e}");
+            }
+        }
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} failed");
+}
+
+/// The stderr lines that arrived within `limit`, up to the end of the stream.
+fn drain_lines(rx: &mpsc::Receiver<String>, limit: Duration) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    let mut lines = Vec::new();
+    while let Ok(l) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        lines.push(l);
+    }
+    lines
+}
+
+#[test]
+fn sigterm_finishes_accepted_requests_then_exits_0() {
+    let name = "bert-f32";
+    let (mut child, base, stderr) = start_http(name);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    // 40 requests of 300 pairs at the max length: seconds of work on two cores.
+    let long = "word ".repeat(60);
+    let texts: Vec<String> = (0..300).map(|i| format!("{i} {long}")).collect();
+    let body = json!({"query": "q", "texts": texts}).to_string();
+    let (ok, refused) = runtime.block_on(async {
+        let requests: Vec<_> = (0..40)
+            .map(|_| {
+                let r = client.post(format!("{base}/rerank")).body(body.clone());
+                tokio::spawn(async move {
+                    match r.send().await {
+                        Ok(resp) => Ok((resp.status().as_u16(), resp.text().await)),
+                        Err(e) => Err(e),
+                    }
+                })
+            })
+            .collect();
+        // Signal once some request is in progress (queue depth above zero), bounded.
+        let mut seen = false;
+        for _ in 0..2000 {
+            let m = client.get(format!("{base}/metrics")).send().await;
+            if let Ok(m) = m {
+                let text = m.text().await.unwrap_or_default();
+                if text
+                    .lines()
+                    .any(|l| l.starts_with("crossrank_queue_depth ") && !l.ends_with(" 0"))
+                {
+                    seen = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(seen, "no request was ever seen in progress");
+        signal(&child, "-TERM");
+        let (mut ok, mut refused) = (0, 0);
+        for r in requests {
+            match r.await.unwrap() {
+                Ok((status, text)) => {
+                    // Accepted before the signal: answered in full.
+                    assert_eq!(status, 200, "{text:?}");
+                    let v: Value = serde_json::from_str(&text.unwrap()).unwrap();
+                    assert_eq!(v.as_array().unwrap().len(), 300);
+                    ok += 1;
+                }
+                // Not accepted: the listener had closed. Never an error answer or a hang.
+                Err(e) => {
+                    assert!(e.is_connect() || e.is_request(), "{e}");
+                    refused += 1;
+                }
+            }
+        }
+        (ok, refused)
+    });
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let lines = drain_lines(&stderr, Duration::from_secs(5));
+    eprintln!("{ok} answered, {refused} refused after the signal");
+    assert!(ok >= 1);
+    assert!(
+        lines.iter().any(|l| l.contains("signal received")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "crossrank serve: stopped; 0 accepted requests unanswered"),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn sigint_on_an_idle_server_exits_0() {
+    let (mut child, base, _stderr) = start_http("xlmr-bf16");
+    let mut health = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    health
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    health.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    signal(&child, "-INT");
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
