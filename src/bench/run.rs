@@ -208,6 +208,33 @@ impl<B: Backend + DeviceSync> Backend for Timed<B> {
     }
 }
 
+/// A text's token count without special tokens: what workloads are measured in.
+pub fn token_count(tokenizer: &PairTokenizer, text: &str) -> Result<usize> {
+    tokenizer
+        .inner()
+        .encode(text, false)
+        .map(|e| e.len())
+        .map_err(|e| Error::input(format!("tokenizer failed on a text: {e}")))
+}
+
+/// Encodes every call of a workload: `[set][call][pair]`.
+pub fn encode_workload(
+    tokenizer: &PairTokenizer,
+    workload: &Workload,
+    max_length: usize,
+) -> Result<Vec<Vec<Vec<EncodedPair>>>> {
+    workload
+        .sets
+        .iter()
+        .map(|set| {
+            set.calls
+                .iter()
+                .map(|c| tokenizer.encode_group(&c.query, &c.passages, max_length))
+                .collect()
+        })
+        .collect()
+}
+
 /// Runs the whole bench and returns its report.
 pub fn run(args: &BenchArgs) -> Result<Report> {
     if args.candidates.is_empty() || args.candidates.contains(&0) {
@@ -220,13 +247,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     }
     let (cfg, tokenizer, info, ckpt) = engine::inspect(&args.model_dir)?;
     let max_length = tokenizer.resolve_max_length(args.max_length)?;
-    let count = |text: &str| -> Result<usize> {
-        tokenizer
-            .inner()
-            .encode(text, false)
-            .map(|e| e.len())
-            .map_err(|e| Error::input(format!("tokenizer failed on a text: {e}")))
-    };
+    let count = |text: &str| token_count(&tokenizer, text);
     let workload = Workload::generate(
         args.seed,
         args.lengths,
@@ -239,15 +260,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
     }
     // Encode every call once: the arena must hold the largest call in one forward.
-    let mut encoded: Vec<Vec<Vec<EncodedPair>>> = Vec::with_capacity(workload.sets.len());
-    for set in &workload.sets {
-        let calls = set
-            .calls
-            .iter()
-            .map(|c| tokenizer.encode_group(&c.query, &c.passages, max_length))
-            .collect::<Result<Vec<_>>>()?;
-        encoded.push(calls);
-    }
+    let encoded = encode_workload(&tokenizer, &workload, max_length)?;
     let max_tokens = encoded
         .iter()
         .flatten()
