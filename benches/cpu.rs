@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use crossrank::backend::cpu::CpuBackend;
 use crossrank::batch::PackedBatch;
-use crossrank::bench::report::forward_flops;
+use crossrank::bench::report::mean_batch_flops;
 use crossrank::bench::run::{encode_workload, token_count};
 use crossrank::bench::shapes::{ensure_shape, Shape, DEFAULT_BERT_TOKENIZER, DEFAULT_SEED};
 use crossrank::bench::workload::{Lengths, Workload};
@@ -136,20 +136,7 @@ fn forward(c: &mut Criterion) {
     let max_tokens = p.batches.iter().map(|b| b.tokens()).max().unwrap_or(1);
     let model = Model::new(CpuBackend, p.cfg.clone(), host, max_tokens).unwrap();
     let cfg = &p.cfg;
-    let flops: f64 = p
-        .batches
-        .iter()
-        .map(|b| {
-            let lens: Vec<usize> = (0..b.len()).map(|s| b.range(s).len()).collect();
-            forward_flops(
-                &lens,
-                cfg.num_layers,
-                cfg.hidden_size,
-                cfg.intermediate_size,
-            )
-        })
-        .sum::<f64>()
-        / CALLS as f64;
+    let flops = mean_batch_flops(&p.batches, cfg);
     println!(
         "cpu-forward: {} layers x {} hidden, {n} marco pairs, {:.0} tokens and {:.3} GFLOP per call; throughput below is FLOP/s",
         cfg.num_layers,

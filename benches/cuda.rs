@@ -34,7 +34,7 @@ mod cuda {
     use crossrank::backend::cuda::CudaBackend;
     use crossrank::backend::Backend;
     use crossrank::batch::PackedBatch;
-    use crossrank::bench::report::forward_flops;
+    use crossrank::bench::report::mean_batch_flops;
     use crossrank::bench::run::{encode_workload, measure_gemm, token_count, DeviceSync};
     use crossrank::bench::shapes::{ensure_shape, Shape, DEFAULT_BERT_TOKENIZER, DEFAULT_SEED};
     use crossrank::bench::workload::{Lengths, Workload};
@@ -136,19 +136,7 @@ mod cuda {
             let backend = CudaBackend::new(0).unwrap();
             let name = backend.device_name();
             let model = Model::new(backend, cfg.clone(), host, max_tokens).unwrap();
-            let flops = batches
-                .iter()
-                .map(|b| {
-                    let lens: Vec<usize> = (0..b.len()).map(|s| b.range(s).len()).collect();
-                    forward_flops(
-                        &lens,
-                        cfg.num_layers,
-                        cfg.hidden_size,
-                        cfg.intermediate_size,
-                    )
-                })
-                .sum::<f64>()
-                / CALLS as f64;
+            let flops = mean_batch_flops(&batches, &cfg);
             println!(
                 "{} on {name}: {lengths}, {N} pairs, {:.2} TFLOP per call; throughput below is FLOP/s",
                 shape.name(),

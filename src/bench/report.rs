@@ -35,6 +35,26 @@ pub fn forward_flops(lens: &[usize], layers: usize, hidden: usize, intermediate:
     layers as f64 * (2.0 * t * (4.0 * h * h + 2.0 * h * i) + 4.0 * h * sq) + 2.0 * n * (h * h + h)
 }
 
+/// The mean FLOPs of one forward over each of `batches`.
+pub fn mean_batch_flops(
+    batches: &[crate::batch::PackedBatch],
+    cfg: &crate::config::ModelConfig,
+) -> f64 {
+    let total: f64 = batches
+        .iter()
+        .map(|b| {
+            let lens: Vec<usize> = (0..b.len()).map(|s| b.range(s).len()).collect();
+            forward_flops(
+                &lens,
+                cfg.num_layers,
+                cfg.hidden_size,
+                cfg.intermediate_size,
+            )
+        })
+        .sum();
+    total / batches.len().max(1) as f64
+}
+
 /// Order statistics of a set of timings, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 pub struct Stats {
