@@ -1,0 +1,331 @@
+#!/usr/bin/env python3
+"""The PyTorch peers of `crossrank bench`, on the same model files and the same inputs.
+
+    crossrank bench --shape S --lengths L --export-workload W.json ...   # the inputs
+    python3 scripts/peers.py --model DIR --workload W.json --device cuda --out peers.json
+
+Systems (each one JSON report in crossrank's schema, src/bench/report.rs):
+  st-default   sentence-transformers CrossEncoder.predict, fp16, its default batch size (32)
+  st-batch-n   the same with batch_size = N (one batch per call)
+  hf-sdpa      transformers AutoModelForSequenceClassification, fp16, attn_implementation="sdpa",
+               one padded batch per call (tokenizer(..., padding=True, truncation=True))
+  hf-compile   hf-sdpa under torch.compile(dynamic=True); compile time is in the notes
+
+Figures per N, as crossrank reports them: end-to-end latency (strings in, sigmoid scores on the
+host), the forward alone (hf-*: tensors already on the device, logits synchronised on the device;
+st-*: not separable, reported equal to end to end), the split (hf-*: tokenize, upload, forward,
+download), FLOPs of the tokens actually present (padding is not useful work: Σ attention_mask),
+MFU against a torch.matmul fp16 8192³ rate measured here. Runs offline (local_files_only).
+
+On the CPU (--device cpu, a dry run for a tiny shape) the dtype is float32 and the GEMM is f32
+1024³; the figures mean nothing there, only that the script works.
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+import torch  # noqa: E402
+
+SYSTEMS = ["st-default", "st-batch-n", "hf-sdpa", "hf-compile"]
+SCHEMA = 1
+
+
+def stats(samples_ms):
+    """Nearest-rank percentiles, as src/bench/report.rs computes them."""
+    if not samples_ms:
+        return {"p50": 0.0, "p99": 0.0, "mean": 0.0, "min": 0.0, "max": 0.0, "samples": 0}
+    s = sorted(samples_ms)
+
+    def rank(p):
+        k = math.ceil(p / 100.0 * len(s))
+        return s[min(max(k, 1), len(s)) - 1]
+
+    return {"p50": rank(50), "p99": rank(99), "mean": sum(s) / len(s), "min": s[0],
+            "max": s[-1], "samples": len(s)}
+
+
+def median(xs):
+    return stats(xs)["p50"] if xs else None
+
+
+def forward_flops(lens, layers, hidden, inter):
+    """The FLOP count of src/bench/report.rs: matrix products of the full forward."""
+    h, i = float(hidden), float(inter)
+    t = float(sum(lens))
+    sq = float(sum(x * x for x in lens))
+    return layers * (2 * t * (4 * h * h + 2 * h * i) + 4 * h * sq) + 2 * len(lens) * (h * h + h)
+
+
+class Device:
+    def __init__(self, name):
+        self.name = name
+        self.cuda = name.startswith("cuda")
+        self.dtype = torch.float16 if self.cuda else torch.float32
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def describe(self):
+        if self.cuda:
+            idx = torch.device(self.name).index or 0
+            return f"cuda:{idx} {torch.cuda.get_device_name(idx)}"
+        return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def measure_gemm(dev):
+    size, reps = (8192, 20) if dev.cuda else (1024, 3)
+    a = torch.randn(size, size, device=dev.name, dtype=dev.dtype) * 0.1
+    b = torch.randn(size, size, device=dev.name, dtype=dev.dtype) * 0.1
+    for _ in range(2):
+        torch.matmul(a, b)
+    dev.sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        torch.matmul(a, b)
+    dev.sync()
+    secs = time.perf_counter() - t0
+    dtype = "f16" if dev.cuda else "f32"
+    return {"dtype": dtype, "m": size, "n": size, "k": size,
+            "tflops": 2.0 * size ** 3 * reps / secs / 1e12,
+            "note": f"torch.matmul {dtype}, {reps} products timed after 2 warm-ups"}
+
+
+def model_facts(model_dir, name):
+    with open(os.path.join(model_dir, "config.json")) as f:
+        c = json.load(f)
+    h, i, v = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
+    layers, pos, types = c["num_hidden_layers"], c["max_position_embeddings"], c.get("type_vocab_size", 2)
+    params = (v + pos + types) * h + 2 * h + layers * (4 * (h * h + h) + 2 * h * i + i + h + 4 * h) \
+        + h * h + h + h + 1
+    return {"name": name or c.get("crossrank_shape") or os.path.basename(os.path.normpath(model_dir)),
+            "architecture": c["architectures"][0], "layers": layers, "hidden": h,
+            "heads": c["num_attention_heads"], "intermediate": i, "vocab": v, "parameters": params}
+
+
+def finish(run, gemm_tflops):
+    """The derived figures, as report::derive computes them."""
+    secs = run["e2e_ms"]["mean"] / 1e3
+    run["pairs_per_s"] = run["n"] / secs if secs > 0 else 0.0
+    run["tokens_per_s"] = run["tokens_per_call"] / secs if secs > 0 else 0.0
+    fwd = run["forward_ms"]["p50"]
+    e2e = run["e2e_ms"]["p50"]
+    run["tflops"] = run["flops_per_call"] / (fwd / 1e3) / 1e12 if fwd > 0 else 0.0
+    run["e2e_tflops"] = run["flops_per_call"] / (e2e / 1e3) / 1e12 if e2e > 0 else 0.0
+    run["mfu"] = run["tflops"] / gemm_tflops if gemm_tflops else None
+    tok = run["split"].get("tokenize_ms")
+    run["tokenize_share"] = tok / e2e if tok is not None and e2e > 0 else None
+    return run
+
+
+class HfPeer:
+    """transformers, one padded batch per call; optionally under torch.compile."""
+
+    def __init__(self, model_dir, dev, compiled):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        self.dev = dev
+        self.tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        try:
+            m = AutoModelForSequenceClassification.from_pretrained(
+                model_dir, dtype=dev.dtype, attn_implementation="sdpa", local_files_only=True)
+        except TypeError:
+            m = AutoModelForSequenceClassification.from_pretrained(
+                model_dir, torch_dtype=dev.dtype, attn_implementation="sdpa", local_files_only=True)
+        self.model = m.to(dev.name).eval()
+        self.compile_s = None
+        if compiled:
+            self.model = torch.compile(self.model, dynamic=True)
+
+    def tokenize(self, call):
+        q = [call["query"]] * len(call["passages"])
+        return self.tok(q, call["passages"], padding=True, truncation=True, return_tensors="pt")
+
+    @torch.inference_mode()
+    def forward(self, enc_dev):
+        return self.model(**enc_dev).logits
+
+    def lens(self, enc):
+        return enc["attention_mask"].sum(dim=1).tolist()
+
+    @torch.inference_mode()
+    def e2e(self, call):
+        """Strings in, sorted sigmoid scores out; returns the split in seconds."""
+        t0 = time.perf_counter()
+        enc = self.tokenize(call)
+        t1 = time.perf_counter()
+        enc_dev = {k: v.to(self.dev.name, non_blocking=False) for k, v in enc.items()}
+        self.dev.sync()
+        t2 = time.perf_counter()
+        logits = self.forward(enc_dev)
+        self.dev.sync()
+        t3 = time.perf_counter()
+        scores = torch.sigmoid(logits.float().squeeze(-1)).cpu()
+        order = torch.argsort(scores, descending=True)
+        t4 = time.perf_counter()
+        return (scores, order), (t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+
+
+class StPeer:
+    """sentence-transformers CrossEncoder.predict."""
+
+    def __init__(self, model_dir, dev, batch_n):
+        from sentence_transformers import CrossEncoder
+        self.dev = dev
+        self.batch_n = batch_n
+        self.ce = CrossEncoder(model_dir, device=dev.name, local_files_only=True,
+                               model_kwargs={"dtype": dev.dtype})
+        self.ce.to(dev.dtype)
+        self.ce.eval()
+        self.tok = self.ce.tokenizer if hasattr(self.ce, "tokenizer") else None
+
+    def e2e(self, call):
+        pairs = [(call["query"], p) for p in call["passages"]]
+        kw = {"batch_size": len(pairs)} if self.batch_n else {}
+        t0 = time.perf_counter()
+        scores = self.ce.predict(pairs, show_progress_bar=False, **kw)
+        order = scores.argsort()[::-1]
+        t1 = time.perf_counter()
+        return (scores, order), (None, None, None, None, t1 - t0)
+
+
+def bench_system(system, model_dir, dev, workload, iters, warmup, layers, hidden, inter, hf_lens):
+    """Runs one system over every N; returns its runs and notes."""
+    notes = []
+    if system.startswith("st-"):
+        peer = StPeer(model_dir, dev, batch_n=(system == "st-batch-n"))
+        notes.append("st: tokenize and forward are not separable inside CrossEncoder.predict; "
+                     "forward_ms is the end-to-end time")
+        if system == "st-default":
+            notes.append("st-default: CrossEncoder.predict's default batch_size=32")
+    else:
+        peer = HfPeer(model_dir, dev, compiled=(system == "hf-compile"))
+    runs = []
+    for cs in workload["sets"]:
+        n, calls = cs["n"], cs["calls"]
+        k = len(calls)
+        measured = [hf_lens(c) for c in calls]  # unpadded pair lengths, from the tokenizer
+        lens = [m[0] for m in measured]
+        truncated = sum(m[1] for m in measured)
+        e2e, tok, up, fw, down, fwd_only = [], [], [], [], [], []
+        first = None
+        for i in range(warmup + iters):
+            c = calls[i % k]
+            t0 = time.perf_counter()
+            _, split = peer.e2e(c)
+            total = time.perf_counter() - t0
+            if first is None:
+                first = total
+            if i < warmup:
+                continue
+            e2e.append(total * 1e3)
+            if split[0] is not None:
+                tok.append(split[0] * 1e3)
+                up.append(split[1] * 1e3)
+                fw.append(split[2] * 1e3)
+                down.append(split[3] * 1e3)
+        if isinstance(peer, HfPeer):
+            encs = [{kk: v.to(dev.name) for kk, v in peer.tokenize(c).items()} for c in calls]
+            for i in range(warmup + iters):
+                dev.sync()
+                t0 = time.perf_counter()
+                peer.forward(encs[i % k])
+                dev.sync()
+                if i >= warmup:
+                    fwd_only.append((time.perf_counter() - t0) * 1e3)
+            if system == "hf-compile":
+                notes.append(f"N={n}: first call (compile included) took {first:.1f} s")
+        else:
+            fwd_only = list(e2e)
+        flops = [forward_flops(l, layers, hidden, inter) for l in lens]
+        tokens = [sum(l) for l in lens]
+        runs.append({
+            "n": n, "calls": k, "iterations": iters,
+            "tokens_per_call": sum(tokens) / k,
+            "max_seqlen": max(max(l) for l in lens),
+            "truncated_pairs": truncated,
+            "flops_per_call": sum(flops) / k,
+            "e2e_ms": stats(e2e), "forward_ms": stats(fwd_only),
+            "pairs_per_s": 0.0, "tokens_per_s": 0.0, "tflops": 0.0, "e2e_tflops": 0.0,
+            "mfu": None,
+            "split": {"tokenize_ms": median(tok), "pack_ms": None, "upload_ms": median(up),
+                      "forward_ms": median(fw), "download_ms": median(down)},
+            "tokenize_share": None,
+        })
+        print(f"peers: {system} N={n}: e2e p50 {stats(e2e)['p50']:.2f} ms", file=sys.stderr, flush=True)
+    del peer
+    if dev.cuda:
+        torch.cuda.empty_cache()
+    return runs, notes
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="model directory (crossrank make-shape)")
+    ap.add_argument("--workload", required=True, help="JSON from crossrank bench --export-workload")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--name", default=None, help="model name in the report (default: the shape)")
+    ap.add_argument("--out", required=True, help="write the list of reports here")
+    args = ap.parse_args()
+
+    systems = [s for s in args.systems.split(",") if s]
+    for s in systems:
+        if s not in SYSTEMS:
+            sys.exit(f"peers.py: system `{s}` is not one of: {', '.join(SYSTEMS)}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("peers.py: --device cuda but torch sees no CUDA device")
+    try:
+        with open(args.workload) as f:
+            workload = json.load(f)
+    except (OSError, ValueError) as e:
+        sys.exit(f"peers.py: {args.workload}: {e}")
+    dev = Device(args.device)
+    facts = model_facts(args.model, args.name)
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+
+    def hf_lens(call):
+        """Unpadded pair lengths after truncation, and how many pairs were cut."""
+        q = [call["query"]] * len(call["passages"])
+        cut = tok(q, call["passages"], truncation=True)["input_ids"]
+        full = tok(q, call["passages"], truncation=False)["input_ids"]
+        return [len(x) for x in cut], sum(len(a) != len(b) for a, b in zip(cut, full))
+
+    gemm = measure_gemm(dev)
+    import sentence_transformers
+    import transformers
+    versions = (f"torch {torch.__version__}, transformers {transformers.__version__}, "
+                f"sentence-transformers {sentence_transformers.__version__}")
+    reports = []
+    for system in systems:
+        runs, notes = bench_system(system, args.model, dev, workload, args.iters, args.warmup,
+                                   facts["layers"], facts["hidden"], facts["intermediate"], hf_lens)
+        for r in runs:
+            finish(r, gemm["tflops"])
+        if not dev.cuda:
+            notes.append("CPU dry run: float32, MFU against torch's f32 GEMM rate")
+        reports.append({
+            "schema": SCHEMA, "system": system, "version": versions, "commit": None,
+            "date": datetime.date.today().isoformat(), "device": dev.describe(),
+            "dtype": "f16" if dev.cuda else "f32", "gemm": gemm, "model": facts,
+            "lengths": workload["lengths"], "seed": workload["seed"], "runs": runs,
+            "notes": notes,
+        })
+    with open(args.out, "w") as f:
+        json.dump(reports, f, indent=1)
+    print(f"peers.py: wrote {len(reports)} reports to {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
