@@ -5,8 +5,8 @@
 //! fails.
 //!
 //! The inputs are rounded to fp16 before the CPU sees them, so a comparison measures the
-//! kernels' arithmetic, not the rounding of the inputs. Tolerances: `|out - ref| <= atol + rtol
-//! * |ref|`, with the constants and why stated beside each test. Attention follows STYLE.md: the
+//! kernels' arithmetic, not the rounding of the inputs. Tolerances:
+//! `|out - ref| <= atol + rtol * |ref|`, with the constants and why stated beside each test. Attention follows STYLE.md: the
 //! kernel's largest error against the f32 reference is at most twice that of the same math done
 //! in fp16 by a reference here (P rounded to fp16 before P·V, output rounded to fp16), plus 1e-4.
 //!
