@@ -208,17 +208,20 @@ async fn main() -> Result<(), String> {
         ms(percentile(&latencies, 100.0))
     );
     let delta = |name: &str| Some(metric(&after, name)? - metric(&before, name).unwrap_or(0.0));
-    if let (Some(forwards), Some(pairs), Some(tokens)) = (
+    if let (Some(forwards), Some(pairs), Some(tokens), Some(busy)) = (
         delta("crossrank_batch_pairs_count"),
         delta("crossrank_pairs_total"),
         delta("crossrank_tokens_total"),
+        delta("crossrank_forward_duration_seconds_sum"),
     ) {
         if forwards > 0.0 {
             println!(
-                "server: {forwards:.0} forwards, {:.1} pairs and {:.0} tokens per forward on average, {:.0} tokens/s",
+                "server: {forwards:.0} forwards, {:.1} pairs and {:.0} tokens per forward on average, {:.0} tokens/s; forwards took {:.0}% of the run ({:.1} ms each)",
                 pairs / forwards,
                 tokens / forwards,
-                tokens / wall
+                tokens / wall,
+                100.0 * busy / wall,
+                1e3 * busy / forwards
             );
         }
     }
