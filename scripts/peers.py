@@ -2,7 +2,9 @@
 """The PyTorch peers of `crossrank bench`, on the same model files and the same inputs.
 
     crossrank bench --shape S --lengths L --export-workload W.json ...   # the inputs
-    python3 scripts/peers.py --model DIR --workload W.json --device cuda --out peers.json
+    python3 scripts/peers.py --model DIR --workload W.json [--workload W2.json] --device cuda --out peers.json
+
+Each system loads (and compiles) the model once and then runs every workload given.
 
 Systems (each one JSON report in crossrank's schema, src/bench/report.rs):
   st-default   sentence-transformers CrossEncoder.predict, fp16, its default batch size (32)
@@ -197,8 +199,8 @@ class StPeer:
         return (scores, order), (None, None, None, None, t1 - t0)
 
 
-def bench_system(system, model_dir, dev, workload, iters, warmup, layers, hidden, inter, hf_lens):
-    """Runs one system over every N; returns its runs and notes."""
+def bench_system(system, model_dir, dev, workloads, iters, warmup, layers, hidden, inter, hf_lens):
+    """Runs one system over every workload and N; returns [(workload, runs, notes)]."""
     notes = []
     if system.startswith("st-"):
         peer = StPeer(model_dir, dev, batch_n=(system == "st-batch-n"))
@@ -208,6 +210,19 @@ def bench_system(system, model_dir, dev, workload, iters, warmup, layers, hidden
             notes.append("st-default: CrossEncoder.predict's default batch_size=32")
     else:
         peer = HfPeer(model_dir, dev, compiled=(system == "hf-compile"))
+    out = []
+    for workload in workloads:
+        runs, wnotes = run_workload(system, peer, dev, workload, iters, warmup, layers, hidden,
+                                    inter, hf_lens)
+        out.append((workload, runs, notes + wnotes))
+    del peer
+    if dev.cuda:
+        torch.cuda.empty_cache()
+    return out
+
+
+def run_workload(system, peer, dev, workload, iters, warmup, layers, hidden, inter, hf_lens):
+    notes = []
     runs = []
     for cs in workload["sets"]:
         n, calls = cs["n"], cs["calls"]
@@ -260,17 +275,16 @@ def bench_system(system, model_dir, dev, workload, iters, warmup, layers, hidden
                       "forward_ms": median(fw), "download_ms": median(down)},
             "tokenize_share": None,
         })
-        print(f"peers: {system} N={n}: e2e p50 {stats(e2e)['p50']:.2f} ms", file=sys.stderr, flush=True)
-    del peer
-    if dev.cuda:
-        torch.cuda.empty_cache()
+        print(f"peers: {system} {workload['lengths']} N={n}: e2e p50 {stats(e2e)['p50']:.2f} ms",
+              file=sys.stderr, flush=True)
     return runs, notes
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="model directory (crossrank make-shape)")
-    ap.add_argument("--workload", required=True, help="JSON from crossrank bench --export-workload")
+    ap.add_argument("--workload", required=True, action="append",
+                    help="JSON from crossrank bench --export-workload (repeatable)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--iters", type=int, default=20)
@@ -285,11 +299,13 @@ def main():
             sys.exit(f"peers.py: system `{s}` is not one of: {', '.join(SYSTEMS)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("peers.py: --device cuda but torch sees no CUDA device")
-    try:
-        with open(args.workload) as f:
-            workload = json.load(f)
-    except (OSError, ValueError) as e:
-        sys.exit(f"peers.py: {args.workload}: {e}")
+    workloads = []
+    for path in args.workload:
+        try:
+            with open(path) as f:
+                workloads.append(json.load(f))
+        except (OSError, ValueError) as e:
+            sys.exit(f"peers.py: {path}: {e}")
     dev = Device(args.device)
     facts = model_facts(args.model, args.name)
     from transformers import AutoTokenizer
@@ -309,19 +325,20 @@ def main():
                 f"sentence-transformers {sentence_transformers.__version__}")
     reports = []
     for system in systems:
-        runs, notes = bench_system(system, args.model, dev, workload, args.iters, args.warmup,
-                                   facts["layers"], facts["hidden"], facts["intermediate"], hf_lens)
-        for r in runs:
-            finish(r, gemm["tflops"])
-        if not dev.cuda:
-            notes.append("CPU dry run: float32, MFU against torch's f32 GEMM rate")
-        reports.append({
-            "schema": SCHEMA, "system": system, "version": versions, "commit": None,
-            "date": datetime.date.today().isoformat(), "device": dev.describe(),
-            "dtype": "f16" if dev.cuda else "f32", "gemm": gemm, "model": facts,
-            "lengths": workload["lengths"], "seed": workload["seed"], "runs": runs,
-            "notes": notes,
-        })
+        for workload, runs, notes in bench_system(
+                system, args.model, dev, workloads, args.iters, args.warmup, facts["layers"],
+                facts["hidden"], facts["intermediate"], hf_lens):
+            for r in runs:
+                finish(r, gemm["tflops"])
+            if not dev.cuda:
+                notes.append("CPU dry run: float32, MFU against torch's f32 GEMM rate")
+            reports.append({
+                "schema": SCHEMA, "system": system, "version": versions, "commit": None,
+                "date": datetime.date.today().isoformat(), "device": dev.describe(),
+                "dtype": "f16" if dev.cuda else "f32", "gemm": gemm, "model": facts,
+                "lengths": workload["lengths"], "seed": workload["seed"], "runs": runs,
+                "notes": notes,
+            })
     with open(args.out, "w") as f:
         json.dump(reports, f, indent=1)
     print(f"peers.py: wrote {len(reports)} reports to {args.out}", file=sys.stderr)
