@@ -374,7 +374,7 @@ pub fn synthetic_unigram(vocab: usize) -> Result<String> {
     for (rank, w) in words.iter().enumerate() {
         for form in word_forms(w) {
             let base = -6.0 - (rank as f64 + 1.0).ln() * 0.5;
-            let keep_whole = Rng::for_name(0, &form).next_u64() % 4 != 0;
+            let keep_whole = !Rng::for_name(0, &form).next_u64().is_multiple_of(4);
             if keep_whole {
                 add(&mut pieces, format!("{SP}{form}"), base);
             }
