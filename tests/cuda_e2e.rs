@@ -122,25 +122,8 @@ fn gpu_scores_match_on_the_real_minilm_encoder() {
     if skip("gpu_scores_match_on_the_real_minilm_encoder") {
         return;
     }
-    let Some(encoder) = minilm_encoder() else {
+    let Some(dir) = minilm_cross_encoder("cuda-minilm-real") else {
         return;
     };
-    // The directory the parity test assembles: the real encoder, the seeded head.
-    let dir = scratch_dir("cuda-minilm-real");
-    std::os::unix::fs::symlink(
-        encoder.join("model.safetensors"),
-        dir.join("encoder.safetensors"),
-    )
-    .unwrap();
-    for f in ["tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(encoder.join(f), dir.join(f)).unwrap();
-    }
-    for f in [
-        "config.json",
-        "head.safetensors",
-        "model.safetensors.index.json",
-    ] {
-        std::fs::copy(data_dir().join("minilm-head").join(f), dir.join(f)).unwrap();
-    }
     check_model("minilm-real", &dir, &golden("minilm-real").groups);
 }

@@ -104,3 +104,27 @@ pub fn minilm_encoder() -> Option<PathBuf> {
     );
     None
 }
+
+/// The real encoder under the seeded head, as one model directory: the encoder file as
+/// encoder.safetensors, the head as head.safetensors, the index naming which holds what.
+/// `None` (after saying it skipped) when the encoder was not fetched.
+pub fn minilm_cross_encoder(tag: &str) -> Option<PathBuf> {
+    let encoder = minilm_encoder()?;
+    let dir = scratch_dir(tag);
+    std::os::unix::fs::symlink(
+        encoder.join("model.safetensors"),
+        dir.join("encoder.safetensors"),
+    )
+    .unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(encoder.join(f), dir.join(f)).unwrap();
+    }
+    for f in [
+        "config.json",
+        "head.safetensors",
+        "model.safetensors.index.json",
+    ] {
+        std::fs::copy(data_dir().join("minilm-head").join(f), dir.join(f)).unwrap();
+    }
+    Some(dir)
+}
