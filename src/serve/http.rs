@@ -156,7 +156,7 @@ async fn health(State(s): State<Arc<Service>>) -> Response {
         error(&ApiError::new(
             503,
             "unhealthy",
-            "the inference thread has stopped (see the server log)",
+            "the inference thread has stopped or a forward panicked (see the server log)",
         ))
     }
 }

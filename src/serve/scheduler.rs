@@ -41,6 +41,37 @@ pub struct Scored {
 
 pub type Reply = std::result::Result<Scored, ApiError>;
 
+/// What the scheduler needs from a model: the two halves of a rerank call. [`Reranker`] is the
+/// one implementation outside tests.
+pub trait PairScorer: Send + Sync + 'static {
+    /// (query, doc) for every doc, truncated to the model's default max length.
+    fn encode(&self, query: &str, docs: &[String]) -> Result<Vec<EncodedPair>>;
+    /// One logit per pair, in order.
+    fn score(&self, pairs: &[&EncodedPair]) -> Result<Vec<f32>>;
+    /// The most tokens in one call of `score` (one pair may exceed it).
+    fn max_batch_tokens(&self) -> usize;
+    /// The max length `encode` truncates to.
+    fn max_length(&self) -> usize;
+}
+
+impl PairScorer for Reranker {
+    fn encode(&self, query: &str, docs: &[String]) -> Result<Vec<EncodedPair>> {
+        Reranker::encode(self, query, docs, None)
+    }
+
+    fn score(&self, pairs: &[&EncodedPair]) -> Result<Vec<f32>> {
+        self.score_pairs(pairs)
+    }
+
+    fn max_batch_tokens(&self) -> usize {
+        Reranker::max_batch_tokens(self)
+    }
+
+    fn max_length(&self) -> usize {
+        self.tokenizer().default_max_length()
+    }
+}
+
 /// Holds one place among the --max-concurrent; freed when the job is answered or dropped.
 struct Permit(Arc<Metrics>);
 
@@ -85,7 +116,7 @@ pub struct Scheduler {
     threads: Mutex<Vec<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
     max_concurrent: usize,
-    /// False once a thread has stopped: /health turns 503.
+    /// False once a thread has stopped or a forward panicked: /health turns 503.
     alive: Arc<AtomicBool>,
 }
 
@@ -100,8 +131,8 @@ impl Drop for AliveGuard {
 
 impl Scheduler {
     /// Starts the tokenizer and inference threads over a loaded model.
-    pub fn start(
-        reranker: Arc<Reranker>,
+    pub fn start<S: PairScorer>(
+        reranker: Arc<S>,
         metrics: Arc<Metrics>,
         max_concurrent: usize,
     ) -> Result<Self> {
@@ -121,12 +152,12 @@ impl Scheduler {
         let (r, m) = (reranker.clone(), metrics.clone());
         let tokenizer = spawn(
             "crossrank-tokenize",
-            Box::new(move || tokenize_loop(&r, &m, jobs, encoded_tx)),
+            Box::new(move || tokenize_loop(&*r, &m, jobs, encoded_tx)),
         )?;
-        let (r, m) = (reranker, metrics.clone());
+        let (r, m, a) = (reranker, metrics.clone(), alive.clone());
         let inference = spawn(
             "crossrank-forward",
-            Box::new(move || inference_loop(&r, &m, encoded_rx)),
+            Box::new(move || inference_loop(&*r, &m, &a, encoded_rx)),
         )?;
         Ok(Scheduler {
             submit: Mutex::new(Some(submit)),
@@ -172,7 +203,7 @@ impl Scheduler {
         Ok(rx)
     }
 
-    /// Both threads are running.
+    /// Both threads are running and no forward has panicked.
     pub fn healthy(&self) -> bool {
         self.alive.load(Ordering::Acquire)
     }
@@ -198,7 +229,12 @@ impl Drop for Scheduler {
     }
 }
 
-fn tokenize_loop(r: &Reranker, metrics: &Metrics, jobs: Receiver<Job>, out: Sender<Encoded>) {
+fn tokenize_loop<S: PairScorer>(
+    r: &S,
+    metrics: &Metrics,
+    jobs: Receiver<Job>,
+    out: Sender<Encoded>,
+) {
     for job in jobs {
         if job.reply.is_closed() {
             metrics.cancelled();
@@ -234,19 +270,17 @@ fn tokenize_loop(r: &Reranker, metrics: &Metrics, jobs: Receiver<Job>, out: Send
 }
 
 /// Every group's pairs, flattened, and the group sizes.
-fn encode(
-    r: &Reranker,
+fn encode<S: PairScorer>(
+    r: &S,
     call: &Call,
 ) -> std::result::Result<(Vec<EncodedPair>, Vec<usize>), ApiError> {
     let mut pairs = Vec::with_capacity(call.documents());
     let mut lens = Vec::with_capacity(call.groups.len());
     for (g, group) in call.groups.iter().enumerate() {
-        let encoded = r
-            .encode(&group.query, &group.docs, None)
-            .map_err(|e| match e {
-                Error::Input(m) => ApiError::validation(m),
-                other => ApiError::backend(other.to_string()),
-            })?;
+        let encoded = r.encode(&group.query, &group.docs).map_err(|e| match e {
+            Error::Input(m) => ApiError::validation(m),
+            other => ApiError::backend(other.to_string()),
+        })?;
         if !call.truncate {
             if let Some(i) = encoded.iter().position(|p| p.truncated) {
                 let at = if call.groups.len() > 1 {
@@ -256,7 +290,7 @@ fn encode(
                 };
                 return Err(ApiError::too_large(format!(
                     "{at} with the query is longer than the model's max length of {} tokens, and truncate is false",
-                    r.tokenizer().default_max_length()
+                    r.max_length()
                 )));
             }
         }
@@ -266,7 +300,14 @@ fn encode(
     Ok((pairs, lens))
 }
 
-fn inference_loop(r: &Reranker, metrics: &Metrics, jobs: Receiver<Encoded>) {
+/// `alive` turns false after a forward panics: the requests in it get a 500 and the loop goes on,
+/// but a model whose forward panicked may be broken (a poisoned arena), so /health says so.
+fn inference_loop<S: PairScorer>(
+    r: &S,
+    metrics: &Metrics,
+    alive: &AtomicBool,
+    jobs: Receiver<Encoded>,
+) {
     let limit = r.max_batch_tokens();
     let mut active: Vec<Active> = Vec::new();
     loop {
@@ -317,7 +358,7 @@ fn inference_loop(r: &Reranker, metrics: &Metrics, jobs: Receiver<Encoded>) {
                 .iter()
                 .flat_map(|&(k, s, e)| active[k].job.pairs[s..e].iter())
                 .collect();
-            catch_unwind(AssertUnwindSafe(|| r.score_pairs(&refs)))
+            catch_unwind(AssertUnwindSafe(|| r.score(&refs)))
         };
         let seconds = t0.elapsed().as_secs_f64();
         let logits = match outcome {
@@ -327,7 +368,10 @@ fn inference_loop(r: &Reranker, metrics: &Metrics, jobs: Receiver<Encoded>) {
                 l.len()
             )),
             Ok(Err(e)) => Err(format!("the forward pass failed: {e}")),
-            Err(_) => Err("the forward pass panicked".to_string()),
+            Err(_) => {
+                alive.store(false, Ordering::Release);
+                Err("the forward pass panicked".to_string())
+            }
         };
         metrics.forward(count, tokens, seconds, logits.is_ok());
 
@@ -398,5 +442,269 @@ impl Active {
             infer: first.elapsed(),
         };
         answer(self.job.reply, self.job.permit, Ok(scored));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The scheduler over a fake model whose forwards are recorded and can be held, so that
+    //! what each forward packs is known exactly.
+
+    use std::sync::Condvar;
+
+    use super::*;
+    use crate::serve::api::{GroupIn, Route};
+
+    /// A doc "T:N" encodes to N tokens of id T, and scores T + N/1000. A forward holding id 999
+    /// fails, one holding 666 panics, and one holding 100 waits until `release`.
+    struct Fake {
+        limit: usize,
+        held: Mutex<bool>,
+        forwards: Mutex<Vec<Vec<u32>>>,
+        queries: Mutex<Vec<String>>,
+        changed: Condvar,
+    }
+
+    impl PairScorer for Fake {
+        fn encode(&self, query: &str, docs: &[String]) -> Result<Vec<EncodedPair>> {
+            let pairs = docs
+                .iter()
+                .map(|d| {
+                    let (t, n) = d.split_once(':').unwrap();
+                    let (t, n): (u32, usize) = (t.parse().unwrap(), n.parse().unwrap());
+                    EncodedPair {
+                        ids: vec![t; n],
+                        type_ids: vec![0; n],
+                        truncated: false,
+                    }
+                })
+                .collect();
+            self.queries.lock().unwrap().push(query.to_string());
+            self.changed.notify_all();
+            Ok(pairs)
+        }
+
+        fn score(&self, pairs: &[&EncodedPair]) -> Result<Vec<f32>> {
+            let tags: Vec<u32> = pairs.iter().map(|p| p.ids[0]).collect();
+            self.forwards.lock().unwrap().push(tags.clone());
+            self.changed.notify_all();
+            if tags.contains(&100) {
+                let held = self.held.lock().unwrap();
+                let _held = self.changed.wait_while(held, |h| *h).unwrap();
+            }
+            if tags.contains(&999) {
+                return Err(Error::Internal("poisoned pair".into()));
+            }
+            assert!(!tags.contains(&666), "a panicking forward");
+            Ok(pairs
+                .iter()
+                .map(|p| p.ids[0] as f32 + p.ids.len() as f32 / 1000.0)
+                .collect())
+        }
+
+        fn max_batch_tokens(&self) -> usize {
+            self.limit
+        }
+
+        fn max_length(&self) -> usize {
+            512
+        }
+    }
+
+    struct Rig {
+        fake: Arc<Fake>,
+        metrics: Arc<Metrics>,
+        scheduler: Scheduler,
+    }
+
+    impl Rig {
+        /// A scheduler whose first forward is held until `release`.
+        fn held(limit: usize, max_concurrent: usize) -> (Rig, oneshot::Receiver<Reply>) {
+            let fake = Arc::new(Fake {
+                limit,
+                held: Mutex::new(true),
+                forwards: Mutex::default(),
+                queries: Mutex::default(),
+                changed: Condvar::new(),
+            });
+            let metrics = Arc::new(Metrics::default());
+            let scheduler =
+                Scheduler::start(fake.clone(), metrics.clone(), max_concurrent).unwrap();
+            let rig = Rig {
+                fake,
+                metrics,
+                scheduler,
+            };
+            let gate = rig.submit("gate", &["100:1"]).unwrap();
+            // The held forward holds the gate alone: wait until it has started.
+            let forwards = rig.fake.forwards.lock().unwrap();
+            let (forwards, timeout) = rig
+                .fake
+                .changed
+                .wait_timeout_while(forwards, Duration::from_secs(10), |f| f.is_empty())
+                .unwrap();
+            assert!(!timeout.timed_out(), "the held forward never started");
+            assert_eq!(*forwards, vec![vec![100]]);
+            drop(forwards);
+            (rig, gate)
+        }
+
+        fn submit(
+            &self,
+            query: &str,
+            docs: &[&str],
+        ) -> std::result::Result<oneshot::Receiver<Reply>, ApiError> {
+            self.scheduler.submit(Arc::new(Call {
+                route: Route::Tei,
+                groups: vec![GroupIn {
+                    query: query.into(),
+                    docs: docs.iter().map(|d| d.to_string()).collect(),
+                    top_n: None,
+                }],
+                raw_scores: true,
+                return_docs: false,
+                truncate: true,
+                model: None,
+            }))
+        }
+
+        /// Waits until every job submitted so far is tokenized and queued (a sentinel job with
+        /// no documents, answered by the tokenizer thread, marks the point), then lets the held
+        /// forward go.
+        fn release(&self) {
+            let sentinel = self.submit("sentinel", &[]).unwrap();
+            let queries = self.fake.queries.lock().unwrap();
+            let (queries, timeout) = self
+                .fake
+                .changed
+                .wait_timeout_while(queries, Duration::from_secs(10), |q| {
+                    !q.iter().any(|x| x == "sentinel")
+                })
+                .unwrap();
+            assert!(!timeout.timed_out(), "the sentinel was never tokenized");
+            drop(queries);
+            assert!(sentinel.blocking_recv().unwrap().is_ok());
+            *self.fake.held.lock().unwrap() = false;
+            self.fake.changed.notify_all();
+        }
+
+        fn forwards(&self) -> Vec<Vec<u32>> {
+            self.fake.forwards.lock().unwrap().clone()
+        }
+    }
+
+    fn logits(rx: oneshot::Receiver<Reply>) -> std::result::Result<Vec<f32>, ApiError> {
+        rx.blocking_recv()
+            .expect("answered")
+            .map(|s| s.groups[0].logits.clone())
+    }
+
+    #[test]
+    fn requests_share_forwards_and_large_ones_are_split_in_order() {
+        let (rig, gate) = Rig::held(10, 16);
+        let a = rig.submit("a", &["1:4", "2:4"]).unwrap();
+        let b = rig.submit("b", &["3:4"]).unwrap();
+        let c = rig.submit("c", &["4:3", "5:3", "6:3", "7:3"]).unwrap();
+        rig.release();
+        assert_eq!(logits(gate).unwrap(), vec![100.001]);
+        assert_eq!(logits(a).unwrap(), vec![1.004, 2.004]);
+        assert_eq!(logits(b).unwrap(), vec![3.004]);
+        assert_eq!(logits(c).unwrap(), vec![4.003, 5.003, 6.003, 7.003]);
+        // Front to back, at most 10 tokens a forward: b shares with c, c spans two forwards.
+        assert_eq!(
+            rig.forwards(),
+            vec![vec![100], vec![1, 2], vec![3, 4, 5], vec![6, 7]]
+        );
+        rig.scheduler.shutdown();
+        assert_eq!(rig.metrics.queue_depth.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn a_failed_forward_fails_only_the_requests_in_it() {
+        let (rig, gate) = Rig::held(10, 16);
+        let a = rig.submit("a", &["1:8"]).unwrap();
+        let poisoned = rig.submit("p", &["999:4"]).unwrap();
+        // c's first pair shares the failing forward; its second pair would have come later.
+        let c = rig.submit("c", &["3:4", "4:4"]).unwrap();
+        let d = rig.submit("d", &["5:2"]).unwrap();
+        rig.release();
+        assert!(logits(gate).is_ok());
+        assert_eq!(logits(a).unwrap(), vec![1.008]);
+        let e = logits(poisoned).unwrap_err();
+        assert_eq!(e.status, 500);
+        assert!(e.message.contains("poisoned pair"), "{}", e.message);
+        assert_eq!(logits(c).unwrap_err().status, 500);
+        assert_eq!(logits(d).unwrap(), vec![5.002]);
+        assert_eq!(
+            rig.forwards(),
+            vec![vec![100], vec![1], vec![999, 3], vec![5]]
+        );
+        // A panicking forward is a 500 too; the scheduler keeps answering, and says it is
+        // unhealthy from then on.
+        assert!(rig.scheduler.healthy());
+        let boom = rig.submit("boom", &["666:1"]).unwrap();
+        let e = logits(boom).unwrap_err();
+        assert!(e.message.contains("panicked"), "{}", e.message);
+        assert!(!rig.scheduler.healthy());
+        assert_eq!(
+            logits(rig.submit("after", &["8:1"]).unwrap()).unwrap(),
+            vec![8.001]
+        );
+        assert!(rig
+            .metrics
+            .render()
+            .contains("crossrank_forward_failures_total 2\n"));
+    }
+
+    #[test]
+    fn a_request_whose_client_left_is_not_scored() {
+        let (rig, gate) = Rig::held(10, 16);
+        drop(rig.submit("gone", &["1:2"]).unwrap());
+        let b = rig.submit("b", &["2:2"]).unwrap();
+        rig.release();
+        assert!(logits(gate).is_ok());
+        assert_eq!(logits(b).unwrap(), vec![2.002]);
+        assert_eq!(rig.forwards(), vec![vec![100], vec![2]]);
+        assert!(rig
+            .metrics
+            .render()
+            .contains("crossrank_cancelled_total 1\n"));
+        rig.scheduler.shutdown();
+        assert_eq!(rig.metrics.queue_depth.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn past_max_concurrent_the_answer_is_503_at_once() {
+        let (rig, gate) = Rig::held(10, 2);
+        let a = rig.submit("a", &["1:1"]).unwrap();
+        let refused = rig.submit("b", &["2:1"]).unwrap_err();
+        assert_eq!((refused.status, refused.kind), (503, "overloaded"));
+        assert!(refused.message.contains("--max-concurrent"));
+        // The sentinel of `release` needs a place: free one by answering the gate first.
+        *rig.fake.held.lock().unwrap() = false;
+        rig.fake.changed.notify_all();
+        assert!(logits(gate).is_ok());
+        assert_eq!(logits(a).unwrap(), vec![1.001]);
+        assert_eq!(
+            logits(rig.submit("c", &["3:1"]).unwrap()).unwrap(),
+            vec![3.001]
+        );
+        assert_eq!(rig.metrics.queue_depth.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn shutdown_answers_every_queued_request() {
+        let (rig, gate) = Rig::held(10, 16);
+        let queued: Vec<_> = (1..=5)
+            .map(|t| rig.submit("q", &[&format!("{t}:3")]).unwrap())
+            .collect();
+        rig.release();
+        rig.scheduler.shutdown();
+        assert!(logits(gate).is_ok());
+        for (t, rx) in (1..=5).zip(queued) {
+            assert_eq!(logits(rx).unwrap(), vec![t as f32 + 0.003]);
+        }
+        let refused = rig.submit("late", &["1:1"]).unwrap_err();
+        assert_eq!(refused.status, 503);
     }
 }
