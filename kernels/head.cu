@@ -1,7 +1,10 @@
-// Classification head on the [CLS] rows: logit[s] = w2 . tanh(W1 x_s + b1) + b2, in fp32.
+// The [CLS] rows and the classification head on them.
 //
-// Shapes: hidden [tokens, width] fp16, row-major; x_s is row cu_seqlens[s] (the first token of
-// sequence s). W1 [width, width] row-major ([out, in], as the checkpoint), b1 [width], w2
+// gather_cls: out[s] = src[cu_seqlens[s]], [n, width] fp16 from [tokens, width]; width % 8 == 0.
+// One block per sequence, 16-byte copies. The last layer runs on these n rows only.
+//
+// cls_head: logit[s] = w2 . tanh(W1 x_s + b1) + b2, in fp32.
+// Shapes: cls [n, width] fp16, row-major; x_s is row s (packed by gather_cls). W1 [width, width] row-major ([out, in], as the checkpoint), b1 [width], w2
 // [width] (the single-logit projection), b2 [1]; logits f32 [n]. width % 8 == 0, width <= 4096.
 // One block per sequence (blockDim.x a multiple of 32): the [CLS] row and the pooled vector live
 // in dynamic shared memory as fp32 (2 * width floats); one warp per output of W1 at a time, its
@@ -12,15 +15,23 @@
 namespace cr {
 
 template <typename T>
-__device__ void cls_head(const T* __restrict__ hidden, const int* __restrict__ cu_seqlens,
-                         const T* __restrict__ w1, const T* __restrict__ b1,
+__device__ void gather_cls(const T* __restrict__ src, const int* __restrict__ cu_seqlens,
+                           T* __restrict__ out, int width) {
+    const int seq = blockIdx.x;
+    const uint4* from = reinterpret_cast<const uint4*>(src + size_t(cu_seqlens[seq]) * width);
+    uint4* to = reinterpret_cast<uint4*>(out + size_t(seq) * width);
+    for (int c = threadIdx.x; c < width / kVec; c += blockDim.x) to[c] = from[c];
+}
+
+template <typename T>
+__device__ void cls_head(const T* __restrict__ cls, const T* __restrict__ w1, const T* __restrict__ b1,
                          const T* __restrict__ w2, const T* __restrict__ b2,
                          float* __restrict__ logits, int width) {
     extern __shared__ float smem[];
     float* x = smem;
     float* pooled = smem + width;
     const int seq = blockIdx.x;
-    const T* row = hidden + size_t(cu_seqlens[seq]) * width;
+    const T* row = cls + size_t(seq) * width;
     for (int c = threadIdx.x * kVec; c < width; c += blockDim.x * kVec) {
         const Vec8 v = load_vec(row + c);
 #pragma unroll
@@ -52,10 +63,14 @@ __device__ void cls_head(const T* __restrict__ hidden, const int* __restrict__ c
 }  // namespace cr
 
 #define CR_HEAD_OPS(T, DT)                                                                  \
+    extern "C" __global__ void __launch_bounds__(128) gather_cls_##DT(                      \
+        const T* src, const int* cu_seqlens, T* out, int width) {                           \
+        cr::gather_cls<T>(src, cu_seqlens, out, width);                                     \
+    }                                                                                       \
     extern "C" __global__ void __launch_bounds__(256) cls_head_##DT(                        \
-        const T* hidden, const int* cu_seqlens, const T* w1, const T* b1, const T* w2,      \
-        const T* b2, float* logits, int width) {                                            \
-        cr::cls_head<T>(hidden, cu_seqlens, w1, b1, w2, b2, logits, width);                 \
+        const T* cls, const T* w1, const T* b1, const T* w2, const T* b2, float* logits,    \
+        int width) {                                                                        \
+        cr::cls_head<T>(cls, w1, b1, w2, b2, logits, width);                                \
     }
 
 CR_HEAD_OPS(__half, f16)

@@ -19,6 +19,9 @@ pub struct Activations<B: Backend> {
     ctx: B::Buf,
     tmp: B::Buf,
     ffn: B::Buf,
+    /// The last layer's [CLS] rows: residual stream and attention context, [seqs, hidden].
+    cls: B::Buf,
+    cls_ctx: B::Buf,
     max_tokens: usize,
     max_seqs: usize,
 }
@@ -33,6 +36,8 @@ impl<B: Backend> Activations<B> {
             ctx: b.alloc(max_tokens * h)?,
             tmp: b.alloc(max_tokens * h)?,
             ffn: b.alloc(max_tokens * cfg.intermediate_size)?,
+            cls: b.alloc(max_seqs * h)?,
+            cls_ctx: b.alloc(max_seqs * h)?,
             max_tokens,
             max_seqs,
         })
@@ -59,19 +64,34 @@ pub fn forward<B: Backend>(
     if batch.is_empty() {
         return Ok(Vec::new());
     }
-    let eps = cfg.layer_norm_eps;
+    let (eps, act, h) = (cfg.layer_norm_eps, Some(cfg.activation), cfg.hidden_size);
+    let Some((last, body)) = w.layers.split_last() else {
+        return Err(Error::Internal("a model with no layers".into()));
+    };
     b.load_batch(batch, &mut a.batch)?;
     b.embed(&a.batch, &w.embeddings, eps, &mut a.hidden)?;
-    for l in &w.layers {
+    for l in body {
         b.linear(&a.hidden, rows, &l.qkv, None, &mut a.qkv)?;
         b.attention(&a.qkv, &a.batch, cfg.num_heads, cfg.head_dim, &mut a.ctx)?;
         b.linear(&a.ctx, rows, &l.attn_out, None, &mut a.tmp)?;
         b.add_layernorm(&a.tmp, rows, &l.ln_attn, eps, &mut a.hidden)?;
-        b.linear(&a.hidden, rows, &l.ffn_in, Some(cfg.activation), &mut a.ffn)?;
+        b.linear(&a.hidden, rows, &l.ffn_in, act, &mut a.ffn)?;
         b.linear(&a.ffn, rows, &l.ffn_out, None, &mut a.tmp)?;
         b.add_layernorm(&a.tmp, rows, &l.ln_ffn, eps, &mut a.hidden)?;
     }
-    b.head(&a.hidden, &a.batch, &w.head)
+    // The last layer: every row is a key and value of attention, but only the [CLS] rows feed
+    // the head, so the output projection, both LayerNorms and the FFN run on those n rows.
+    let n = batch.len();
+    b.linear(&a.hidden, rows, &last.qkv, None, &mut a.qkv)?;
+    b.attention(&a.qkv, &a.batch, cfg.num_heads, cfg.head_dim, &mut a.ctx)?;
+    b.gather_cls(&a.ctx, h, &a.batch, &mut a.cls_ctx)?;
+    b.gather_cls(&a.hidden, h, &a.batch, &mut a.cls)?;
+    b.linear(&a.cls_ctx, n, &last.attn_out, None, &mut a.tmp)?;
+    b.add_layernorm(&a.tmp, n, &last.ln_attn, eps, &mut a.cls)?;
+    b.linear(&a.cls, n, &last.ffn_in, act, &mut a.ffn)?;
+    b.linear(&a.ffn, n, &last.ffn_out, None, &mut a.tmp)?;
+    b.add_layernorm(&a.tmp, n, &last.ln_ffn, eps, &mut a.cls)?;
+    b.head(&a.cls, &a.batch, &w.head)
 }
 
 /// A model on a backend: config, uploaded weights and its arena.

@@ -491,7 +491,8 @@ fn cls_head_matches_cpu() {
         };
         for (set, lens) in length_sets(&mut rng) {
             let b = batch(&mut rng, &lens, 10, 1);
-            let hidden = rng.vec16(b.tokens() * width, 0.0, 1.0);
+            // The head reads the [CLS] rows packed by gather_cls: one row per sequence.
+            let hidden = rng.vec16(b.len() * width, 0.0, 1.0);
             let want = CpuBackend.head(&hidden, &b, &cpu_head).unwrap();
             let Some(g) = &g else { continue };
             let up = |t: &HostTensor| g.upload(t).unwrap();
@@ -522,6 +523,43 @@ fn cls_head_matches_cpu() {
                 1e-4,
             );
             println!("cls_head width {width} {set}: max |err| {e:.2e}");
+        }
+    }
+}
+
+/// gather_cls is a copy: the result must equal the CPU twin bit for bit, every row written.
+#[test]
+fn gather_cls_matches_cpu() {
+    let mut rng = Rng(11);
+    let g = gpu("gather_cls_matches_cpu");
+    for width in WIDTHS {
+        for (set, lens) in length_sets(&mut rng) {
+            let b = batch(&mut rng, &lens, 10, 1);
+            let src = rng.vec16(b.tokens() * width, 0.0, 1.0);
+            let mut want = vec![f32::NAN; b.len() * width];
+            CpuBackend.gather_cls(&src, width, &b, &mut want).unwrap();
+            for s in 0..b.len() {
+                let row = b.cu_seqlens[s] as usize;
+                assert_eq!(
+                    want[s * width..(s + 1) * width],
+                    src[row * width..(row + 1) * width]
+                );
+            }
+            let Some(g) = &g else { continue };
+            let mut db = g.alloc_batch(b.tokens(), b.len()).unwrap();
+            g.load_batch(&b, &mut db).unwrap();
+            let ds = g.upload(&tensor("src", src)).unwrap();
+            let mut out = poisoned(g, b.len() * width);
+            g.gather_cls(&ds, width, &db, &mut out).unwrap();
+            let got = g.download(&out, b.len() * width).unwrap();
+            check(
+                &format!("gather_cls width {width} {set}"),
+                &got,
+                &want,
+                None,
+                0.0,
+                0.0,
+            );
         }
     }
 }

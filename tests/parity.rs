@@ -12,8 +12,10 @@ use crossrank::engine::{Group, Options};
 use crossrank::{Device, LoadOptions, Reranker};
 
 const LOGIT_ATOL: f32 = 1e-4;
-/// Batched against alone: f32 summation order only (see the test).
-const BATCH_ATOL: f32 = 2e-6;
+/// Batched against alone: batching changes only the order of f32 sums (the GEMM crate blocks
+/// its sums by the row count, and a one-sequence batch runs the last layer as a matrix-vector
+/// product). Rule: such order effects must stay a tenth of the parity bound.
+const BATCH_ATOL: f32 = LOGIT_ATOL / 10.0;
 
 fn load(name: &str) -> Reranker {
     Reranker::load(model_dir(name), Device::Cpu, &LoadOptions::default())
@@ -145,9 +147,7 @@ fn batched_scores_equal_one_at_a_time() {
                     .rerank(&group.query, std::slice::from_ref(passage), &raw)
                     .unwrap();
                 let batched = together[g].iter().find(|x| x.index == i).unwrap();
-                // Batching changes only how the GEMM crate blocks its f32 sums (a one-row product
-                // takes another kernel), so the scores agree to f32 rounding, far inside the
-                // parity bound: a few ulps of a logit of order 1.
+                // f32 summation order only: see BATCH_ATOL.
                 let diff = (alone[0].score - batched.score).abs();
                 assert!(
                     diff <= BATCH_ATOL,

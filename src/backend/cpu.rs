@@ -279,19 +279,26 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn head(
+    fn gather_cls(
         &self,
-        hidden: &Vec<f32>,
+        src: &Vec<f32>,
+        width: usize,
         batch: &PackedBatch,
-        head: &Head<Vec<f32>>,
-    ) -> Result<Vec<f32>> {
-        let h = head.dense.in_dim;
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         let n = batch.len();
-        let mut cls = Vec::with_capacity(n * h);
+        check_len("gather_cls src", src.len(), batch.tokens() * width)?;
+        check_len("gather_cls out", out.len(), n * width)?;
         for s in 0..n {
             let row = batch.cu_seqlens[s] as usize;
-            cls.extend_from_slice(&hidden[row * h..(row + 1) * h]);
+            out[s * width..(s + 1) * width].copy_from_slice(&src[row * width..(row + 1) * width]);
         }
+        Ok(())
+    }
+
+    fn head(&self, cls: &Vec<f32>, batch: &PackedBatch, head: &Head<Vec<f32>>) -> Result<Vec<f32>> {
+        let n = batch.len();
+        check_len("head cls rows", cls.len(), n * head.dense.in_dim)?;
         let mut pooled = vec![0f32; n * head.dense.out_dim];
         self.linear(&cls, n, &head.dense, None, &mut pooled)?;
         pooled.iter_mut().for_each(|v| *v = v.tanh());

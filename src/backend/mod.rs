@@ -71,11 +71,21 @@ pub trait Backend: Send + Sync + 'static {
         hidden: &mut Self::Buf,
     ) -> Result<()>;
 
-    /// The classification head on the first row of every sequence: dense + tanh, then the
-    /// one-logit projection. Returns one f32 logit per sequence.
+    /// `out[s] = src[cu_seqlens[s]]`: the first ([CLS]) row of every sequence, `width` wide,
+    /// packed into rows 0..n.
+    fn gather_cls(
+        &self,
+        src: &Self::Buf,
+        width: usize,
+        batch: &Self::Batch,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// The classification head on the [CLS] rows packed by `gather_cls` (row s is sequence s's):
+    /// dense + tanh, then the one-logit projection. Returns one f32 logit per sequence.
     fn head(
         &self,
-        hidden: &Self::Buf,
+        cls: &Self::Buf,
         batch: &Self::Batch,
         head: &Head<Self::Buf>,
     ) -> Result<Vec<f32>>;

@@ -187,6 +187,15 @@ impl<B: Backend + DeviceSync> Backend for Timed<B> {
     ) -> Result<()> {
         self.inner.add_layernorm(delta, rows, ln, eps, hidden)
     }
+    fn gather_cls(
+        &self,
+        src: &Self::Buf,
+        width: usize,
+        batch: &Self::Batch,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.inner.gather_cls(src, width, batch, out)
+    }
     fn head(
         &self,
         hidden: &Self::Buf,

@@ -30,12 +30,14 @@ pub const MAX_LN_WIDTH: usize = 8 * 1024;
 /// Widest hidden size the head kernel takes: 2 * width floats of shared memory.
 pub const MAX_HEAD_WIDTH: usize = 4096;
 const HEAD_THREADS: u32 = 256;
+const GATHER_THREADS: u32 = 128;
 const GELU_THREADS: u32 = 256;
 
 pub struct Kernels {
     embed: CudaFunction,
     add_ln: CudaFunction,
     gelu: CudaFunction,
+    gather_cls: CudaFunction,
     head: CudaFunction,
     attention: Vec<(usize, CudaFunction)>,
 }
@@ -102,6 +104,7 @@ impl Kernels {
             embed: f("embed_layernorm")?,
             add_ln: f("add_layernorm")?,
             gelu: f("gelu")?,
+            gather_cls: f("gather_cls")?,
             head: f("cls_head")?,
             attention,
         })
@@ -288,13 +291,53 @@ impl Kernels {
         Ok(())
     }
 
-    /// The classification head on every sequence's first row; logits f32 [seqs].
+    /// `out[s] = src[cu_seqlens[s]]` for every sequence: the [CLS] rows, packed.
+    pub fn gather_cls(
+        &self,
+        s: &Arc<CudaStream>,
+        b: &BatchViews<'_>,
+        src: &CudaSlice<f16>,
+        width: usize,
+        out: &mut CudaSlice<f16>,
+    ) -> Result<()> {
+        if width == 0 || !width.is_multiple_of(8) {
+            return Err(Error::Cuda(format!(
+                "gather_cls: hidden size {width} is not supported (a multiple of 8)"
+            )));
+        }
+        need("gather_cls src", src.len(), b.tokens * width)?;
+        need("gather_cls out", out.len(), b.seqs * width)?;
+        if b.seqs == 0 {
+            return Ok(());
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (as_u32("gather_cls sequences", b.seqs)?, 1, 1),
+            block_dim: (GATHER_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let w = as_i32("gather_cls width", width)?;
+        // SAFETY: matches `gather_cls_f16`; cu_seqlens[s] < b.tokens for s < seqs, so every
+        // source row lies inside src ([tokens, width]); out holds seqs rows; width % 8 == 0 and
+        // cudarc allocations are 256-byte aligned, so the 16-byte accesses are aligned.
+        unsafe {
+            s.launch_builder(&self.gather_cls)
+                .arg(src)
+                .arg(&b.cu_seqlens)
+                .arg(out)
+                .arg(&w)
+                .launch(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// The classification head on the packed [CLS] rows (row s is sequence s's); logits f32
+    /// [seqs].
     #[allow(clippy::too_many_arguments)]
     pub fn cls_head(
         &self,
         s: &Arc<CudaStream>,
         b: &BatchViews<'_>,
-        hidden: &CudaSlice<f16>,
+        cls: &CudaSlice<f16>,
         w1: &CudaSlice<f16>,
         b1: &CudaSlice<f16>,
         w2: &CudaSlice<f16>,
@@ -307,7 +350,7 @@ impl Kernels {
                 "cls_head: hidden size {width} is not supported (a multiple of 8, at most {MAX_HEAD_WIDTH})"
             )));
         }
-        need("cls_head hidden", hidden.len(), b.tokens * width)?;
+        need("cls_head cls rows", cls.len(), b.seqs * width)?;
         need("cls_head dense weight", w1.len(), width * width)?;
         need("cls_head dense bias", b1.len(), width)?;
         need("cls_head out weight", w2.len(), width)?;
@@ -322,13 +365,11 @@ impl Kernels {
             shared_mem_bytes: (2 * width * std::mem::size_of::<f32>()) as u32,
         };
         let w = as_i32("cls_head width", width)?;
-        // SAFETY: matches `cls_head_f16`; row cu_seqlens[s] < b.tokens for every s < seqs,
-        // so the [CLS] rows lie inside hidden; the weights hold the sizes checked above; the
+        // SAFETY: matches `cls_head_f16`; cls holds seqs rows of width (checked); the weights hold the sizes checked above; the
         // dynamic shared memory holds the 2 * width floats the kernel uses (<= 32 KiB).
         unsafe {
             s.launch_builder(&self.head)
-                .arg(hidden)
-                .arg(&b.cu_seqlens)
+                .arg(cls)
                 .arg(w1)
                 .arg(b1)
                 .arg(w2)

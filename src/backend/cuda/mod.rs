@@ -402,9 +402,20 @@ impl Backend for CudaBackend {
             .add_layernorm(&self.stream, delta, rows, &ln.gamma, &ln.beta, eps, hidden)
     }
 
+    fn gather_cls(
+        &self,
+        src: &CudaSlice<f16>,
+        width: usize,
+        batch: &CudaBatch,
+        out: &mut CudaSlice<f16>,
+    ) -> Result<()> {
+        self.kernels
+            .gather_cls(&self.stream, &batch.views(), src, width, out)
+    }
+
     fn head(
         &self,
-        hidden: &CudaSlice<f16>,
+        cls: &CudaSlice<f16>,
         batch: &CudaBatch,
         head: &Head<CudaSlice<f16>>,
     ) -> Result<Vec<f32>> {
@@ -426,7 +437,7 @@ impl Backend for CudaBackend {
         self.kernels.cls_head(
             &self.stream,
             &batch.views(),
-            hidden,
+            cls,
             &head.dense.w,
             &head.dense.b,
             &head.out.w,
