@@ -112,8 +112,9 @@ impl PairTokenizer {
 
     /// Encodes a text without special tokens.
     fn encode_text(&self, text: &str) -> Result<Encoding> {
+        // encode_fast: no character offsets, which nothing here reads.
         self.tokenizer
-            .encode(text, false)
+            .encode_fast(text, false)
             .map_err(|e| Error::input(format!("tokenizer failed on a text: {e}")))
     }
 
