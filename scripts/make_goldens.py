@@ -548,7 +548,7 @@ def raw_tokenizer_parity(model_dir: Path, tokenizer, q: str, p: str, max_length:
     """tokenizer.json read by the tokenizers library alone must encode as transformers does."""
     raw = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     raw.no_padding()
-    raw.enable_truncation(max_length=max_length, strategy="longest_first")
+    raw.enable_truncation(max_length=max_length, strategy="longest_first", direction=tokenizer.truncation_side)
     e = raw.encode(q, p)
     assert e.ids == enc["input_ids"], (model_dir.name, q[:30], p[:30], e.ids, enc["input_ids"])
     if "token_type_ids" in enc:
@@ -635,6 +635,13 @@ def make_golden(name: str, model_dir: Path, groups, explicit_max_length: int, de
             "groups": golden_groups(model, tokenizer, model_dir, groups, explicit_max_length),
         },
     }
+    # TEI's truncation_direction "left": transformers' truncation_side = "left", longest first.
+    tokenizer.truncation_side = "left"
+    golden["left_truncation"] = {
+        "max_length": explicit_max_length,
+        "groups": golden_groups(model, tokenizer, model_dir, groups, explicit_max_length),
+    }
+    tokenizer.truncation_side = "right"
     low, std = spread(golden["groups"])
     n_trunc = sum(sum(g["truncated"]) for g in golden["groups"])
     print(f"{name}: max_length {default_max_length}, min group spread {low:.3f}, logit std {std:.3f}, "

@@ -10,7 +10,7 @@ use crate::batch::PackedBatch;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::{Model, Scorer};
-use crate::tokenize::{EncodedPair, PairTokenizer};
+use crate::tokenize::{EncodedPair, PairTokenizer, TruncationSide};
 use crate::weights::{self, Checkpoint, DiskDtype};
 
 /// Where the forward pass runs.
@@ -70,6 +70,8 @@ pub struct Options {
     pub raw_scores: bool,
     /// Keep only the best `k`.
     pub top_k: Option<usize>,
+    /// Which end of a too-long pair is cut (default: right, as transformers).
+    pub truncation_side: TruncationSide,
 }
 
 /// One passage's result.
@@ -194,8 +196,20 @@ impl Reranker {
         passages: &[S],
         max_length: Option<usize>,
     ) -> Result<Vec<EncodedPair>> {
+        self.encode_with(query, passages, max_length, TruncationSide::Right)
+    }
+
+    /// `encode`, cutting too-long pairs on `side`.
+    pub fn encode_with<S: AsRef<str> + Sync>(
+        &self,
+        query: &str,
+        passages: &[S],
+        max_length: Option<usize>,
+        side: TruncationSide,
+    ) -> Result<Vec<EncodedPair>> {
         let max_length = self.tokenizer.resolve_max_length(max_length)?;
-        self.tokenizer.encode_group(query, passages, max_length)
+        self.tokenizer
+            .encode_group_with(query, passages, max_length, side)
     }
 
     /// Raw logits for encoded pairs, in order, packed into as few forwards as the arena allows.
@@ -224,7 +238,7 @@ impl Reranker {
         passages: &[S],
         opts: &Options,
     ) -> Result<Vec<Ranked>> {
-        let pairs = self.encode(query, passages, opts.max_length)?;
+        let pairs = self.encode_with(query, passages, opts.max_length, opts.truncation_side)?;
         let refs: Vec<&EncodedPair> = pairs.iter().collect();
         let logits = self.score_pairs(&refs)?;
         Ok(rank(&pairs, &logits, opts))
@@ -238,7 +252,7 @@ impl Reranker {
     ) -> Result<Vec<Vec<Ranked>>> {
         let encoded = groups
             .iter()
-            .map(|g| self.encode(&g.query, &g.passages, opts.max_length))
+            .map(|g| self.encode_with(&g.query, &g.passages, opts.max_length, opts.truncation_side))
             .collect::<Result<Vec<_>>>()?;
         let refs: Vec<&EncodedPair> = encoded.iter().flatten().collect();
         let logits = self.score_pairs(&refs)?;

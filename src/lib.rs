@@ -17,3 +17,4 @@ pub mod weights;
 
 pub use engine::{Device, Group, LoadOptions, Options, Ranked, Reranker};
 pub use error::{Error, Result};
+pub use tokenize::TruncationSide;

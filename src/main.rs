@@ -116,6 +116,7 @@ fn run(command: Command) -> Result<()> {
                 max_length,
                 raw_scores,
                 top_k,
+                ..Options::default()
             };
             let results = reranker.rerank(&query, &passages, &opts)?;
             println!("{}", serde_json::json!({ "results": results }));

@@ -18,6 +18,15 @@ use tokenizers::{Encoding, PostProcessor, Tokenizer};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 
+/// Which end of a too-long pair is cut: transformers' `truncation_side` (TEI's
+/// `truncation_direction`). Right is transformers' default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TruncationSide {
+    #[default]
+    Right,
+    Left,
+}
+
 /// One encoded pair, ready to pack.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedPair {
@@ -118,26 +127,43 @@ impl PairTokenizer {
             .map_err(|e| Error::input(format!("tokenizer failed on a text: {e}")))
     }
 
-    /// Encodes (query, passage) for every passage; the query is encoded once, the passages in
-    /// parallel. `max_length` must come from `resolve_max_length`.
+    /// Encodes (query, passage) for every passage, cutting on the right; the query is encoded
+    /// once, the passages in parallel. `max_length` must come from `resolve_max_length`.
     pub fn encode_group<S: AsRef<str> + Sync>(
         &self,
         query: &str,
         passages: &[S],
         max_length: usize,
     ) -> Result<Vec<EncodedPair>> {
+        self.encode_group_with(query, passages, max_length, TruncationSide::Right)
+    }
+
+    /// `encode_group`, cutting too-long pairs on `side`.
+    pub fn encode_group_with<S: AsRef<str> + Sync>(
+        &self,
+        query: &str,
+        passages: &[S],
+        max_length: usize,
+        side: TruncationSide,
+    ) -> Result<Vec<EncodedPair>> {
         let q = self.encode_text(query)?;
         passages
             .par_iter()
             .map(|p| {
                 let p = self.encode_text(p.as_ref())?;
-                self.pair(q.clone(), p, max_length)
+                self.pair(q.clone(), p, max_length, side)
             })
             .collect()
     }
 
     /// Truncate longest-first, then add the special tokens: transformers' `post_process`.
-    fn pair(&self, q: Encoding, mut p: Encoding, max_length: usize) -> Result<EncodedPair> {
+    fn pair(
+        &self,
+        q: Encoding,
+        mut p: Encoding,
+        max_length: usize,
+        side: TruncationSide,
+    ) -> Result<EncodedPair> {
         p.set_type_ids(vec![1; p.len()]);
         let budget = max_length.saturating_sub(self.added_for_pair);
         let truncated = q.len() + p.len() > budget;
@@ -145,7 +171,10 @@ impl PairTokenizer {
             max_length: budget,
             strategy: TruncationStrategy::LongestFirst,
             stride: 0,
-            direction: TruncationDirection::Right,
+            direction: match side {
+                TruncationSide::Right => TruncationDirection::Right,
+                TruncationSide::Left => TruncationDirection::Left,
+            },
         };
         let fail = |e: tokenizers::Error| Error::input(format!("tokenizer failed on a pair: {e}"));
         let (q, p) = if truncated {

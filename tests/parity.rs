@@ -9,7 +9,7 @@ mod common;
 
 use common::*;
 use crossrank::engine::{Group, Options};
-use crossrank::{Device, LoadOptions, Reranker};
+use crossrank::{Device, LoadOptions, Reranker, TruncationSide};
 
 const LOGIT_ATOL: f32 = 1e-4;
 /// Batched against alone: batching changes only the order of f32 sums (the GEMM crate blocks
@@ -24,15 +24,24 @@ fn load(name: &str) -> Reranker {
 
 /// Checks one golden set: ids, type ids, truncation flags, logits and ranking. Returns the
 /// largest absolute logit difference.
-fn check_set(r: &Reranker, name: &str, groups: &[GoldenGroup], max_length: Option<usize>) -> f32 {
+fn check_set(
+    r: &Reranker,
+    name: &str,
+    groups: &[GoldenGroup],
+    max_length: Option<usize>,
+    side: TruncationSide,
+) -> f32 {
     let raw = Options {
         max_length,
         raw_scores: true,
         top_k: None,
+        truncation_side: side,
     };
     let mut worst = 0f32;
     for (g, group) in groups.iter().enumerate() {
-        let pairs = r.encode(&group.query, &group.passages, max_length).unwrap();
+        let pairs = r
+            .encode_with(&group.query, &group.passages, max_length, side)
+            .unwrap();
         for (i, p) in pairs.iter().enumerate() {
             assert_eq!(
                 p.ids, group.input_ids[i],
@@ -91,10 +100,27 @@ fn logits_and_tokens_match_transformers_on_every_committed_model() {
             gold.max_length,
             "{name}: default max length"
         );
-        let d1 = check_set(&r, &name, &gold.groups, None);
+        let d1 = check_set(&r, &name, &gold.groups, None, TruncationSide::Right);
         let set = &gold.explicit_max_length;
-        let d2 = check_set(&r, &name, &set.groups, Some(set.max_length));
-        eprintln!("{name}: max |logit - transformers| = {:.3e}", d1.max(d2));
+        let d2 = check_set(
+            &r,
+            &name,
+            &set.groups,
+            Some(set.max_length),
+            TruncationSide::Right,
+        );
+        let left = &gold.left_truncation;
+        let d3 = check_set(
+            &r,
+            &name,
+            &left.groups,
+            Some(left.max_length),
+            TruncationSide::Left,
+        );
+        eprintln!(
+            "{name}: max |logit - transformers| = {:.3e}",
+            d1.max(d2).max(d3)
+        );
     }
 }
 
@@ -203,11 +229,25 @@ fn real_minilm_encoder_with_seeded_head_matches_transformers() {
     let gold = golden("minilm-real");
     let r = Reranker::load(&dir, Device::Cpu, &LoadOptions::default()).unwrap();
     assert_eq!(r.tokenizer().default_max_length(), gold.max_length);
-    let d1 = check_set(&r, "minilm-real", &gold.groups, None);
+    let d1 = check_set(&r, "minilm-real", &gold.groups, None, TruncationSide::Right);
     let set = &gold.explicit_max_length;
-    let d2 = check_set(&r, "minilm-real", &set.groups, Some(set.max_length));
+    let d2 = check_set(
+        &r,
+        "minilm-real",
+        &set.groups,
+        Some(set.max_length),
+        TruncationSide::Right,
+    );
+    let left = &gold.left_truncation;
+    let d3 = check_set(
+        &r,
+        "minilm-real",
+        &left.groups,
+        Some(left.max_length),
+        TruncationSide::Left,
+    );
     eprintln!(
         "minilm-real: max |logit - transformers| = {:.3e}",
-        d1.max(d2)
+        d1.max(d2).max(d3)
     );
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use common::*;
 use crossrank::engine::{Group, Options};
 use crossrank::serve::{http, ServeOptions, Service};
-use crossrank::{Device, LoadOptions, Reranker};
+use crossrank::{Device, LoadOptions, Reranker, TruncationSide};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
@@ -416,10 +416,30 @@ async fn every_input_error_is_a_json_4xx() {
         .post("/rerank", json!({"query": "q", "texts": [long]}))
         .await;
     assert_eq!(s, 200);
-    // Left truncation is refused, not approximated.
-    let body = json!({"query": "q", "texts": ["a"], "truncation_direction": "left"});
+    // Left truncation cuts the other end, as transformers' truncation_side = "left": the
+    // scores are the library's with TruncationSide::Left (a single pair is scored alone, so
+    // bit for bit), and differ from right truncation's.
+    let text = format!("{long} the end of a long passage");
+    let body =
+        json!({"query": "q", "texts": [text], "raw_scores": true, "truncation_direction": "left"});
     let (s, v) = server.post("/rerank", body).await;
-    assert_error(s, &v, 422, "truncation_direction \"left\" is not supported");
+    assert_eq!(s, 200, "{v}");
+    let lib = library("bert-f32");
+    let opts = |side| Options {
+        truncation_side: side,
+        ..raw()
+    };
+    let left = lib
+        .rerank("q", &[text.as_str()], &opts(TruncationSide::Left))
+        .unwrap();
+    let right = lib
+        .rerank("q", &[text.as_str()], &opts(TruncationSide::Right))
+        .unwrap();
+    assert_eq!(pairs(&v, "score"), vec![(0, left[0].score)]);
+    assert_ne!(left[0].score, right[0].score);
+    let body = json!({"query": "q", "texts": ["a"], "truncation_direction": "up"});
+    let (s, v) = server.post("/rerank", body).await;
+    assert_error(s, &v, 422, "truncation_direction");
     let body = json!({"query": "q", "texts": ["a"], "truncation_direction": "Right"});
     assert_eq!(server.post("/rerank", body).await.0, 200);
     // Unknown route: 404; wrong method: 405; both JSON.

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::engine::sigmoid;
+use crate::tokenize::TruncationSide;
 
 /// An error answer: an HTTP status and `{"error": message, "error_type": kind}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +112,8 @@ pub struct Call {
     pub return_docs: bool,
     /// Cut over-long pairs (true) or refuse them with 413 (false).
     pub truncate: bool,
+    /// Which end of an over-long pair is cut (TEI's truncation_direction).
+    pub truncation_side: TruncationSide,
     /// The client's `model` field, echoed back.
     pub model: Option<String>,
 }
@@ -196,7 +199,7 @@ pub fn parse_value(route: Route, value: Value, limits: &Limits) -> Result<Call, 
     let call = match route {
         Route::Tei => {
             let r: TeiRequest = serde_json::from_value(value).map_err(bad)?;
-            check_direction(r.truncation_direction.as_deref())?;
+            let truncation_side = direction(r.truncation_direction.as_deref())?;
             Call {
                 route,
                 groups: vec![GroupIn {
@@ -207,6 +210,7 @@ pub fn parse_value(route: Route, value: Value, limits: &Limits) -> Result<Call, 
                 raw_scores: r.raw_scores,
                 return_docs: r.return_text,
                 truncate: r.truncate.unwrap_or(true),
+                truncation_side,
                 model: None,
             }
         }
@@ -222,6 +226,7 @@ pub fn parse_value(route: Route, value: Value, limits: &Limits) -> Result<Call, 
                 raw_scores: false,
                 return_docs: r.return_documents.unwrap_or(false),
                 truncate: true,
+                truncation_side: TruncationSide::Right,
                 model: r.model,
             }
         }
@@ -245,6 +250,7 @@ pub fn parse_value(route: Route, value: Value, limits: &Limits) -> Result<Call, 
                 raw_scores: r.raw_scores,
                 return_docs: r.return_documents,
                 truncate: r.truncate.unwrap_or(true),
+                truncation_side: TruncationSide::Right,
                 model: r.model,
             }
         }
@@ -282,16 +288,11 @@ fn documents(values: Vec<Value>, field: &str) -> Result<Vec<String>, ApiError> {
         .collect()
 }
 
-/// Right truncation is what transformers does by default and what we implement; left is
-/// refused rather than approximated.
-fn check_direction(direction: Option<&str>) -> Result<(), ApiError> {
+/// TEI's truncation_direction: transformers' truncation_side, right by default.
+fn direction(direction: Option<&str>) -> Result<TruncationSide, ApiError> {
     match direction {
-        None | Some("right") | Some("Right") => Ok(()),
-        Some("left") | Some("Left") => Err(ApiError::new(
-            422,
-            "unsupported",
-            "truncation_direction \"left\" is not supported: crossrank truncates pairs on the right, as transformers does by default",
-        )),
+        None | Some("right") | Some("Right") => Ok(TruncationSide::Right),
+        Some("left") | Some("Left") => Ok(TruncationSide::Left),
         Some(other) => Err(ApiError::validation(format!(
             "truncation_direction must be \"right\" or \"left\", got {other:?}"
         ))),
@@ -403,8 +404,10 @@ mod tests {
         assert_eq!(many.status, 413);
         assert!(many.message.contains("--max-client-batch-size 3"));
         let left = br#"{"query": "q", "texts": [], "truncation_direction": "left"}"#;
-        let left = parse_body(tei, left, &l).unwrap_err();
-        assert_eq!((left.status, left.kind), (422, "unsupported"));
+        let left = parse_body(tei, left, &l).unwrap();
+        assert_eq!(left.truncation_side, TruncationSide::Left);
+        let up = br#"{"query": "q", "texts": [], "truncation_direction": "up"}"#;
+        assert_eq!(parse_body(tei, up, &l).unwrap_err().status, 422);
     }
 
     #[test]

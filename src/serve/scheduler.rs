@@ -25,7 +25,7 @@ use super::api::{ApiError, Call, GroupScores};
 use super::metrics::Metrics;
 use crate::engine::Reranker;
 use crate::error::{Error, Result};
-use crate::tokenize::EncodedPair;
+use crate::tokenize::{EncodedPair, TruncationSide};
 
 /// A scored request.
 #[derive(Debug, Clone)]
@@ -44,8 +44,13 @@ pub type Reply = std::result::Result<Scored, ApiError>;
 /// What the scheduler needs from a model: the two halves of a rerank call. [`Reranker`] is the
 /// one implementation outside tests.
 pub trait PairScorer: Send + Sync + 'static {
-    /// (query, doc) for every doc, truncated to the model's default max length.
-    fn encode(&self, query: &str, docs: &[String]) -> Result<Vec<EncodedPair>>;
+    /// (query, doc) for every doc, truncated on `side` to the model's default max length.
+    fn encode(
+        &self,
+        query: &str,
+        docs: &[String],
+        side: TruncationSide,
+    ) -> Result<Vec<EncodedPair>>;
     /// One logit per pair, in order.
     fn score(&self, pairs: &[&EncodedPair]) -> Result<Vec<f32>>;
     /// The most tokens in one call of `score` (one pair may exceed it).
@@ -55,8 +60,13 @@ pub trait PairScorer: Send + Sync + 'static {
 }
 
 impl PairScorer for Reranker {
-    fn encode(&self, query: &str, docs: &[String]) -> Result<Vec<EncodedPair>> {
-        Reranker::encode(self, query, docs, None)
+    fn encode(
+        &self,
+        query: &str,
+        docs: &[String],
+        side: TruncationSide,
+    ) -> Result<Vec<EncodedPair>> {
+        Reranker::encode_with(self, query, docs, None, side)
     }
 
     fn score(&self, pairs: &[&EncodedPair]) -> Result<Vec<f32>> {
@@ -277,10 +287,12 @@ fn encode<S: PairScorer>(
     let mut pairs = Vec::with_capacity(call.documents());
     let mut lens = Vec::with_capacity(call.groups.len());
     for (g, group) in call.groups.iter().enumerate() {
-        let encoded = r.encode(&group.query, &group.docs).map_err(|e| match e {
-            Error::Input(m) => ApiError::validation(m),
-            other => ApiError::backend(other.to_string()),
-        })?;
+        let encoded = r
+            .encode(&group.query, &group.docs, call.truncation_side)
+            .map_err(|e| match e {
+                Error::Input(m) => ApiError::validation(m),
+                other => ApiError::backend(other.to_string()),
+            })?;
         if !call.truncate {
             if let Some(i) = encoded.iter().position(|p| p.truncated) {
                 let at = if call.groups.len() > 1 {
@@ -466,7 +478,12 @@ mod tests {
     }
 
     impl PairScorer for Fake {
-        fn encode(&self, query: &str, docs: &[String]) -> Result<Vec<EncodedPair>> {
+        fn encode(
+            &self,
+            query: &str,
+            docs: &[String],
+            _side: TruncationSide,
+        ) -> Result<Vec<EncodedPair>> {
             let pairs = docs
                 .iter()
                 .map(|d| {
@@ -564,6 +581,7 @@ mod tests {
                 raw_scores: true,
                 return_docs: false,
                 truncate: true,
+                truncation_side: TruncationSide::Right,
                 model: None,
             }))
         }

@@ -55,6 +55,8 @@ pub struct Golden {
     pub max_length: usize,
     pub groups: Vec<GoldenGroup>,
     pub explicit_max_length: GoldenSet,
+    /// The explicit max length with transformers' truncation_side = "left".
+    pub left_truncation: GoldenSet,
 }
 
 pub fn golden(name: &str) -> Golden {
