@@ -17,7 +17,8 @@ if ! "$VENV/bin/python" -c "import cohere, sys; sys.exit(cohere.__version__ != '
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "cohere==$COHERE_VERSION"
 fi
 
-cargo build --quiet --bin crossrank
+# CROSSRANK_FEATURES (e.g. cuda, from scripts/test.sh) reuses the build the tests just made.
+cargo build --quiet --bin crossrank ${CROSSRANK_FEATURES:+--features "$CROSSRANK_FEATURES"}
 LOG="$(mktemp)"
 target/debug/crossrank serve --model "$MODEL" --port 0 --api-key sdk-check-key 2>"$LOG" &
 PID=$!

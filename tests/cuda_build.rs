@@ -48,6 +48,7 @@ fn ptxas_report_shows_no_spills_for_any_kernel_or_architecture() {
         "embed_layernorm_f16",
         "add_layernorm_f16",
         "gelu_f16",
+        "gather_cls_f16",
         "cls_head_f16",
         "attention_d16_f16",
         "attention_d32_f16",
