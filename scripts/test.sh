@@ -27,7 +27,7 @@ CROSSRANK_FEATURES=cuda bash scripts/cohere-sdk-check.sh || STATUS=1
 # cargo captures what passing tests print: show the GPU tests' own word on skipping or running.
 echo "test.sh: GPU tests on this machine:"
 cargo test --quiet --features cuda --test 'cuda_*' -- --nocapture 2>&1 \
-    | grep -E 'SKIPPED|max \|err|ran on' | sed 's/^/  /' | head -n 20 || true
+    | grep -E 'SKIPPED|max \|err|ran on' | sed 's/^[.]*/  /' | head -n 20 || true
 
 # One closing line for the whole suite: every cargo test binary's counts, added up.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
