@@ -14,6 +14,7 @@ pub mod model;
 pub mod serve;
 pub mod tokenize;
 pub mod weights;
+pub mod wordpiece;
 
 pub use engine::{Device, Group, LoadOptions, Options, Ranked, Reranker};
 pub use error::{Error, Result};

@@ -17,6 +17,7 @@ use tokenizers::{Encoding, PostProcessor, Tokenizer};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::wordpiece::FastWordPiece;
 
 /// Which end of a too-long pair is cut: transformers' `truncation_side` (TEI's
 /// `truncation_direction`). Right is transformers' default.
@@ -38,6 +39,8 @@ pub struct EncodedPair {
 
 pub struct PairTokenizer {
     tokenizer: Tokenizer,
+    /// The exact fast path for plain BERT WordPiece tokenizers (src/wordpiece.rs).
+    fast: Option<FastWordPiece>,
     /// Special tokens the post-processor adds around a pair.
     added_for_pair: usize,
     /// The longest pair the model accepts (position table, tokenizer_config.json).
@@ -85,6 +88,7 @@ impl PairTokenizer {
             ));
         }
         Ok(PairTokenizer {
+            fast: FastWordPiece::new(&tokenizer),
             tokenizer,
             added_for_pair,
             max_length_limit: positions,
@@ -121,6 +125,9 @@ impl PairTokenizer {
 
     /// Encodes a text without special tokens.
     fn encode_text(&self, text: &str) -> Result<Encoding> {
+        if let Some(ids) = self.fast.as_ref().and_then(|f| f.encode(text)) {
+            return Ok(ids_encoding(ids));
+        }
         // encode_fast: no character offsets, which nothing here reads.
         self.tokenizer
             .encode_fast(text, false)
@@ -205,6 +212,30 @@ impl PairTokenizer {
 
     pub fn inner(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+}
+
+/// An encoding that carries ids only: truncation and the post-processor read nothing else of
+/// it that reaches a result (token strings and offsets stay empty).
+fn ids_encoding(ids: Vec<u32>) -> Encoding {
+    let n = ids.len();
+    Encoding::new(
+        ids,
+        vec![0; n],
+        vec![String::new(); n],
+        vec![None; n],
+        vec![(0, 0); n],
+        vec![0; n],
+        vec![1; n],
+        Vec::new(),
+        Default::default(),
+    )
+}
+
+impl PairTokenizer {
+    /// Whether this tokenizer takes the exact fast WordPiece path.
+    pub fn has_fast_path(&self) -> bool {
+        self.fast.is_some()
     }
 }
 

@@ -95,6 +95,13 @@ fn logits_and_tokens_match_transformers_on_every_committed_model() {
     for name in committed_models() {
         let gold = golden(&name);
         let r = load(&name);
+        // BERT's WordPiece goes through the fast path (src/wordpiece.rs), so these ids test it.
+        let bert = r.config().family == crossrank::config::Family::Bert;
+        assert_eq!(
+            r.tokenizer().has_fast_path(),
+            bert,
+            "{name}: fast WordPiece path"
+        );
         assert_eq!(
             r.tokenizer().default_max_length(),
             gold.max_length,
@@ -229,6 +236,7 @@ fn real_minilm_encoder_with_seeded_head_matches_transformers() {
     let gold = golden("minilm-real");
     let r = Reranker::load(&dir, Device::Cpu, &LoadOptions::default()).unwrap();
     assert_eq!(r.tokenizer().default_max_length(), gold.max_length);
+    assert!(r.tokenizer().has_fast_path());
     let d1 = check_set(&r, "minilm-real", &gold.groups, None, TruncationSide::Right);
     let set = &gold.explicit_max_length;
     let d2 = check_set(
