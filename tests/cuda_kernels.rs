@@ -228,6 +228,25 @@ fn embed_refuses_ids_outside_the_tables() {
     assert!(err.contains("outside the model's tables"), "{err}");
 }
 
+/// gather_cls reads row cu_seqlens[s]: a batch with an empty sequence (here the last, whose
+/// [CLS] row would be one past the batch) or a nonzero first offset is refused at upload.
+#[test]
+fn load_batch_refuses_empty_sequences() {
+    let Some(g) = gpu("load_batch_refuses_empty_sequences") else {
+        return;
+    };
+    let mut rng = Rng(12);
+    let mut db = g.alloc_batch(8, 4).unwrap();
+    let mut b = batch(&mut rng, &[3, 2], 10, 1);
+    g.load_batch(&b, &mut db).unwrap();
+    b.cu_seqlens.push(5); // a third sequence of no tokens
+    let err = g.load_batch(&b, &mut db).unwrap_err().to_string();
+    assert!(err.contains("a sequence is empty"), "{err}");
+    let mut b = batch(&mut rng, &[3, 2], 10, 1);
+    b.cu_seqlens[0] = 1;
+    assert!(g.load_batch(&b, &mut db).is_err());
+}
+
 #[test]
 fn add_layernorm_matches_cpu() {
     let mut rng = Rng(3);

@@ -129,6 +129,33 @@ impl CudaBatch {
     }
 }
 
+/// What the kernels assume of a packed batch before it goes up: it fits its buffers, every
+/// array has one entry per token, and cu_seqlens runs from 0 to the token count in strictly
+/// increasing steps. gather_cls reads row cu_seqlens[s] of every sequence: an empty sequence
+/// (or a first offset other than 0) would send it past the batch's rows.
+fn check_batch(batch: &PackedBatch, max_tokens: usize, max_seqs: usize) -> Result<()> {
+    let (t, n) = (batch.tokens(), batch.len());
+    if t > max_tokens || n > max_seqs {
+        return Err(Error::Internal(format!(
+            "batch of {t} tokens in {n} sequences exceeds its buffers ({max_tokens} tokens, {max_seqs} sequences)"
+        )));
+    }
+    if batch.token_type_ids.len() != t
+        || batch.position_ids.len() != t
+        || batch.cu_seqlens.len() != n + 1
+        || batch.cu_seqlens.first().copied() != Some(0)
+        || i32::try_from(t).ok() != batch.cu_seqlens.last().copied()
+        || batch.cu_seqlens.windows(2).any(|w| w[1] <= w[0])
+    {
+        return Err(Error::Internal(
+            "packed batch is inconsistent (ids, types, positions and cu_seqlens disagree, \
+             or a sequence is empty)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 impl CudaBackend {
     /// Opens device `ordinal`, loads the embedded kernels and sets up cuBLASLt. Every way this
     /// can fail is an error naming what is missing, never a panic.
@@ -271,24 +298,8 @@ impl Backend for CudaBackend {
     }
 
     fn load_batch(&self, batch: &PackedBatch, dst: &mut CudaBatch) -> Result<()> {
+        check_batch(batch, dst.max_tokens, dst.max_seqs)?;
         let (t, n) = (batch.tokens(), batch.len());
-        if t > dst.max_tokens || n > dst.max_seqs {
-            return Err(Error::Internal(format!(
-                "batch of {t} tokens in {n} sequences exceeds its buffers ({} tokens, {} sequences)",
-                dst.max_tokens, dst.max_seqs
-            )));
-        }
-        if batch.token_type_ids.len() != t
-            || batch.position_ids.len() != t
-            || batch.cu_seqlens.len() != n + 1
-            || batch.cu_seqlens.last().copied() != Some(t as i32)
-            || batch.cu_seqlens.windows(2).any(|w| w[1] < w[0])
-        {
-            return Err(Error::Internal(
-                "packed batch is inconsistent (ids, types, positions and cu_seqlens disagree)"
-                    .into(),
-            ));
-        }
         // The previous upload (if any) must be done before its staging memory is rewritten.
         self.stream.synchronize()?;
         let used = 3 * t + n + 1;
@@ -448,5 +459,59 @@ impl Backend for CudaBackend {
         let out = self.stream.clone_dtoh(&logits.slice(0..n))?;
         self.stream.synchronize()?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_batch;
+    use crate::batch::PackedBatch;
+
+    fn packed(lens: &[usize]) -> PackedBatch {
+        let mut b = PackedBatch {
+            cu_seqlens: vec![0],
+            ..Default::default()
+        };
+        for &len in lens {
+            for p in 0..len {
+                b.input_ids.push(5);
+                b.token_type_ids.push(0);
+                b.position_ids.push(p as u32);
+            }
+            b.cu_seqlens.push(b.input_ids.len() as i32);
+            b.max_seqlen = b.max_seqlen.max(len);
+        }
+        b
+    }
+
+    #[test]
+    fn check_batch_takes_ragged_batches_that_fit() {
+        check_batch(&packed(&[1, 2, 63, 64, 65]), 195, 5).unwrap();
+        check_batch(&packed(&[]), 0, 0).unwrap();
+    }
+
+    #[test]
+    fn check_batch_refuses_what_would_send_a_kernel_past_its_rows() {
+        let err =
+            |b: &PackedBatch, t: usize, n: usize| check_batch(b, t, n).unwrap_err().to_string();
+        assert!(err(&packed(&[3, 2]), 4, 2).contains("exceeds its buffers"));
+        assert!(err(&packed(&[3, 2]), 5, 1).contains("exceeds its buffers"));
+        // A last sequence of no tokens: its [CLS] row would be row 5 of a 5-row batch.
+        let mut b = packed(&[3, 2]);
+        b.cu_seqlens.push(5);
+        assert!(err(&b, 8, 4).contains("a sequence is empty"));
+        // An empty sequence in the middle.
+        let mut b = packed(&[3, 2]);
+        b.cu_seqlens.insert(1, 0);
+        assert!(err(&b, 8, 4).contains("a sequence is empty"));
+        let mut b = packed(&[3, 2]);
+        b.cu_seqlens[0] = 1;
+        assert!(err(&b, 8, 4).contains("inconsistent"));
+        let mut b = packed(&[3, 2]);
+        b.position_ids.pop();
+        assert!(err(&b, 8, 4).contains("inconsistent"));
+        let mut b = packed(&[3, 2]);
+        *b.cu_seqlens.last_mut().unwrap() = 4;
+        assert!(err(&b, 8, 4).contains("inconsistent"));
     }
 }
