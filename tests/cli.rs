@@ -252,7 +252,7 @@ fn edit_weights(
     let mut h = serde_json::Value::Object(out_header)
         .to_string()
         .into_bytes();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut file = (h.len() as u64).to_le_bytes().to_vec();

@@ -23,6 +23,13 @@ struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
+impl SharedMut {
+    /// Through a method, so that closures capture the whole (Send) wrapper, not its field.
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `dst[m, n] = alpha · dst + beta · lhs[m, k] · rhs[k, n]` with explicit (row, column) strides.
 /// The caller guarantees every index reached lies inside the slices.
 #[allow(clippy::too_many_arguments)]
@@ -206,7 +213,6 @@ impl Backend for CpuBackend {
             let k = qkv[start * 3 * h + h + head * d..].as_ptr();
             let v = qkv[start * 3 * h + 2 * h + head * d..].as_ptr();
             let mut p = vec![0f32; len * len];
-            let dst = dst;
             // SAFETY: Q, K and V rows of this sequence lie inside qkv ([rows, 3h]); each job
             // writes only its own sequence rows and head columns of out ([rows, h]).
             unsafe {
@@ -237,7 +243,7 @@ impl Backend for CpuBackend {
                     row.iter_mut().for_each(|x| *x *= inv);
                 }
                 // ctx = P V: V [len, d] (row stride 3h) into out rows (stride h).
-                let o = dst.0.add(start * h + head * d);
+                let o = dst.ptr().add(start * h + head * d);
                 matmul(
                     len,
                     d,
@@ -300,7 +306,7 @@ impl Backend for CpuBackend {
         let n = batch.len();
         check_len("head cls rows", cls.len(), n * head.dense.in_dim)?;
         let mut pooled = vec![0f32; n * head.dense.out_dim];
-        self.linear(&cls, n, &head.dense, None, &mut pooled)?;
+        self.linear(cls, n, &head.dense, None, &mut pooled)?;
         pooled.iter_mut().for_each(|v| *v = v.tanh());
         let mut logits = vec![0f32; n * head.out.out_dim];
         self.linear(&pooled, n, &head.out, None, &mut logits)?;
