@@ -214,6 +214,12 @@ impl Reranker {
 
     /// Raw logits for encoded pairs, in order, packed into as few forwards as the arena allows.
     pub fn score_pairs(&self, pairs: &[&EncodedPair]) -> Result<Vec<f32>> {
+        if let Some(i) = pairs.iter().position(|p| p.ids.is_empty()) {
+            // Only a tokenizer without special tokens can get here (empty query and passage).
+            return Err(Error::input(format!(
+                "pair {i} encodes to no tokens; the model needs at least one"
+            )));
+        }
         let limit = self.scorer.max_batch_tokens();
         let mut logits = Vec::with_capacity(pairs.len());
         let mut start = 0;

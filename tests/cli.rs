@@ -366,6 +366,25 @@ fn bad_models_are_refused_naming_file_field_or_tensor() {
 }
 
 #[test]
+fn a_pair_with_no_tokens_is_refused() {
+    // Only a tokenizer without a post-processor (no special tokens) can encode a pair to
+    // nothing: an empty query with an empty passage.
+    let dir = copy_model("bert-f32", "no-tokens");
+    let p = dir.join("tokenizer.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    v["post_processor"] = serde_json::Value::Null;
+    std::fs::write(&p, v.to_string()).unwrap();
+    let docs = write(&dir, "d.txt", b"not empty\n\n");
+    let m = dir.to_str().unwrap();
+    let out = crossrank(
+        &["rerank", "--model", m, "--query", "", "--docs", &docs],
+        None,
+    );
+    assert_refused(&out, &["pair 1 encodes to no tokens"]);
+}
+
+#[test]
 fn info_reports_backends_and_the_model() {
     let out = crossrank(
         &["info", "--model", model_dir("xlmr-bf16").to_str().unwrap()],
