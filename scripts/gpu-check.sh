@@ -139,7 +139,10 @@ run() {
     fi
 
     # 1. The GPU test binaries. On a GPU machine a SKIPPED test is a failure: it means the
-    #    driver, the device or cuBLASLt was not found.
+    #    driver, the device or cuBLASLt was not found. One skip is expected there and not
+    #    counted: the real all-MiniLM-L6-v2 encoder (91 MB of f32) cannot ship within the 64 MiB
+    #    a GPU machine receives, so cuda_e2e's real-MiniLM test says so and skips; the seeded
+    #    MiniLM-L6 shape of step 2 stands in for it.
     local passed=0 failed=0 skipped=0 t out
     for t in "$BUNDLE"/tests/*; do
         echo "=== $(basename "$t")"
@@ -151,7 +154,11 @@ run() {
         local p f s
         p=$(printf '%s\n' "$out" | sed -n 's/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\1/p' | tail -n 1)
         f=$(printf '%s\n' "$out" | sed -n 's/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\2/p' | tail -n 1)
-        s=$(printf '%s\n' "$out" | grep -c 'SKIPPED' || true)
+        s=$(printf '%s\n' "$out" | grep 'SKIPPED' | grep -vc 'all-MiniLM-L6-v2 encoder is not at' || true)
+        local minilm
+        minilm=$(printf '%s\n' "$out" | grep -c 'all-MiniLM-L6-v2 encoder is not at' || true)
+        [ "$minilm" -gt 0 ] &&
+            echo "note: the real all-MiniLM-L6-v2 e2e test did not run (weights not shipped); not counted as a skip"
         if [ -z "$p" ]; then p=0; f=$((f + 1)); echo "(no test summary: exit status $rc)"; fi
         passed=$((passed + p))
         failed=$((failed + ${f:-0}))
@@ -278,7 +285,9 @@ case "$MODE" in
         [ $DRY = 1 ] && REPORT_DIR=target/gpu-check-dry-run
         mkdir -p "$REPORT_DIR"
         set +e
-        run 2>&1 | tee "$REPORT_DIR/gpu-check.log"
+        # Also straight into $OUT when set: a run killed at the device call's time limit still
+        # brings its log back.
+        run 2>&1 | tee "$REPORT_DIR/gpu-check.log" ${OUT:+"$OUT/gpu-check.log"}
         status=${PIPESTATUS[0]}
         set -e
         if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
