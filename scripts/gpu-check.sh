@@ -235,6 +235,7 @@ out = {
     "driver": driver,
     "tests": {"passed": int(passed), "failed": int(failed), "skipped": int(skipped)},
     "parity": parity.get("parity", {}),
+    "parity_torch_fp16": parity.get("parity_torch_fp16", {}),
     "sanitizer": sanitizer,
     "throughput": parity.get("throughput", {}),
     "parity_pairs": parity.get("pairs"),
@@ -264,10 +265,12 @@ print(f"gpu-check  {r['device']}  driver {r['driver']}  commit {r['commit']}")
 t = r["tests"]
 print(f"  tests      {t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped")
 print(f"  sanitizer  {r['sanitizer']}")
-print(f"  {'model':<12} {'max |logit err|':>16} {'pairs/s':>10}")
+print(f"  {'model':<12} {'max |logit err|':>16} {'torch fp16 err':>15} {'pairs/s':>10}")
 for name in sorted(set(r["parity"]) | set(r["throughput"])):
     p, tp = r["parity"].get(name), r["throughput"].get(name)
-    print(f"  {name:<12} {p if p is None else format(p, '.2e'):>16} {tp if tp is not None else '-':>10}")
+    p16 = r.get("parity_torch_fp16", {}).get(name)
+    print(f"  {name:<12} {p if p is None else format(p, '.2e'):>16} "
+          f"{p16 if p16 is None else format(p16, '.2e'):>15} {tp if tp is not None else '-':>10}")
 PY
     if [ $ok = 1 ]; then
         echo "gpu-check: PASSED ($REPORT)"

@@ -15,6 +15,7 @@ Prints one JSON object (and writes it to --out): {"parity": {...}, "throughput":
 """
 
 import argparse
+import copy
 import json
 import os
 import random
@@ -146,29 +147,35 @@ def main():
     tdev = "cuda" if a.device.startswith("cuda") else "cpu"
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    report = {"parity": {}, "throughput": {}, "pairs": a.pairs,
+    # parity_torch_fp16: the same pairs through transformers with the model in fp16, against its
+    # fp32 logits: what fp16 storage alone costs on that shape, to judge "parity" against.
+    report = {"parity": {}, "parity_torch_fp16": {}, "throughput": {}, "pairs": a.pairs,
               "torch": torch.__version__, "transformers": transformers.__version__}
     for name in a.models.split(","):
         t0 = time.time()
         mdir = work / name
         model = build_model(name, mdir, torch, transformers).to(tdev)
+        model16 = copy.deepcopy(model).half()
         tok = transformers.AutoTokenizer.from_pretrained(mdir)
         # 25 passages per query: 4 crossrank calls (each loads the model) for 100 pairs.
         per_query = max(1, min(25, a.pairs))
         gs = groups(7, -(-a.pairs // per_query), per_query)
-        worst = 0.0
+        worst = worst16 = 0.0
         for q, ps in gs:
             with torch.no_grad():
                 want = []
                 for p in ps:  # one pair at a time: no padding in the reference
                     enc = tok(q, p, truncation=True, max_length=512, return_tensors="pt").to(tdev)
                     want.append(float(model(**enc).logits[0, 0]))
+                    worst16 = max(worst16, abs(float(model16(**enc).logits[0, 0]) - want[-1]))
             got = crossrank_scores(a.bin, mdir, q, ps, a.device, work)
             worst = max(worst, max(abs(x - y) for x, y in zip(got, want)))
         report["parity"][name] = worst
+        report["parity_torch_fp16"][name] = worst16
         log(f"gpu_parity: {name}: max |crossrank - transformers| = {worst:.3e} "
-            f"({len(gs) * per_query} pairs, {time.time() - t0:.1f} s)")
-        del model
+            f"(transformers in fp16: {worst16:.3e}; {len(gs) * per_query} pairs, "
+            f"{time.time() - t0:.1f} s)")
+        del model, model16
         if tdev == "cuda":
             torch.cuda.empty_cache()
 
