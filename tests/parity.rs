@@ -259,3 +259,35 @@ fn real_minilm_encoder_with_seeded_head_matches_transformers() {
         d1.max(d2).max(d3)
     );
 }
+
+/// The fp16-storage emulation that GPU results are held to (tests/cuda_e2e.rs): its logits
+/// must move off the f32 goldens (rounding really happens) by about what fp16 storage costs
+/// (well under 0.1 on these models), and it must keep the ranking of clearly separated pairs.
+#[test]
+fn fp16_emulation_is_a_sane_reference() {
+    for name in committed_models() {
+        let gold = golden(&name);
+        let r = load(&name);
+        let mut worst = 0f32;
+        for g in &gold.groups {
+            let pairs = r.encode(&g.query, &g.passages, None).unwrap();
+            let emu = fp16_emulated_logits(&model_dir(&name), &pairs);
+            for (i, (&e, &want)) in emu.iter().zip(&g.logits).enumerate() {
+                worst = worst.max((e - want).abs());
+                for (j, &other) in g.logits.iter().enumerate() {
+                    if want - other > 0.1 {
+                        assert!(
+                            e > emu[j],
+                            "{name}: fp16 emulation reorders pairs {i} and {j}"
+                        );
+                    }
+                }
+            }
+        }
+        eprintln!("{name}: fp16 emulation max |logit - transformers f32| = {worst:.2e}");
+        assert!(
+            worst > 0.0 && worst < 0.1,
+            "{name}: fp16 emulation error {worst}"
+        );
+    }
+}

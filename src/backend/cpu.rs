@@ -313,3 +313,109 @@ impl Backend for CpuBackend {
         Ok(logits)
     }
 }
+
+/// The CPU reference with fp16 storage: weights and every activation an op writes are rounded
+/// to fp16, the arithmetic inside each op stays f32 (f64 sums). It is the "same math done in
+/// fp16 by a reference" that fp16 backends are held to: their error against the f32 reference
+/// should be of the order of this backend's, not of an absolute constant.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Fp16Emulation;
+
+fn round16(buf: &mut [f32]) {
+    buf.iter_mut()
+        .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+}
+
+impl Backend for Fp16Emulation {
+    type Buf = Vec<f32>;
+    type Batch = PackedBatch;
+
+    fn device_name(&self) -> String {
+        "cpu (fp16 storage emulated)".into()
+    }
+
+    fn upload(&self, t: &HostTensor) -> Result<Vec<f32>> {
+        let mut w = CpuBackend.upload(t)?;
+        round16(&mut w);
+        Ok(w)
+    }
+
+    fn alloc(&self, len: usize) -> Result<Vec<f32>> {
+        CpuBackend.alloc(len)
+    }
+
+    fn alloc_batch(&self, max_tokens: usize, max_seqs: usize) -> Result<PackedBatch> {
+        CpuBackend.alloc_batch(max_tokens, max_seqs)
+    }
+
+    fn load_batch(&self, batch: &PackedBatch, dst: &mut PackedBatch) -> Result<()> {
+        CpuBackend.load_batch(batch, dst)
+    }
+
+    fn embed(
+        &self,
+        batch: &PackedBatch,
+        emb: &Embeddings<Vec<f32>>,
+        eps: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        CpuBackend.embed(batch, emb, eps, out)?;
+        round16(&mut out[..batch.tokens() * emb.ln.gamma.len()]);
+        Ok(())
+    }
+
+    fn linear(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        lin: &Linear<Vec<f32>>,
+        act: Option<Activation>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        CpuBackend.linear(x, rows, lin, act, out)?;
+        round16(&mut out[..rows * lin.out_dim]);
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        qkv: &Vec<f32>,
+        batch: &PackedBatch,
+        heads: usize,
+        head_dim: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        CpuBackend.attention(qkv, batch, heads, head_dim, out)?;
+        round16(&mut out[..batch.tokens() * heads * head_dim]);
+        Ok(())
+    }
+
+    fn add_layernorm(
+        &self,
+        delta: &Vec<f32>,
+        rows: usize,
+        ln: &LayerNorm<Vec<f32>>,
+        eps: f32,
+        hidden: &mut Vec<f32>,
+    ) -> Result<()> {
+        CpuBackend.add_layernorm(delta, rows, ln, eps, hidden)?;
+        round16(&mut hidden[..rows * ln.gamma.len()]);
+        Ok(())
+    }
+
+    fn gather_cls(
+        &self,
+        src: &Vec<f32>,
+        width: usize,
+        batch: &PackedBatch,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        CpuBackend.gather_cls(src, width, batch, out)
+    }
+
+    fn head(&self, cls: &Vec<f32>, batch: &PackedBatch, head: &Head<Vec<f32>>) -> Result<Vec<f32>> {
+        // The GPU head reads fp16 rows and weights but keeps the pooled vector and the logit
+        // in f32, as the CPU head does.
+        CpuBackend.head(cls, batch, head)
+    }
+}

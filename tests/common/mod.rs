@@ -130,3 +130,22 @@ pub fn minilm_cross_encoder(tag: &str) -> Option<PathBuf> {
     }
     Some(dir)
 }
+
+/// Logits of the fp16-storage emulation (`Fp16Emulation`) for encoded pairs of the model in
+/// `dir`: the reference error an fp16 backend is measured against.
+pub fn fp16_emulated_logits(dir: &Path, pairs: &[crossrank::tokenize::EncodedPair]) -> Vec<f32> {
+    use crossrank::model::{Model, Scorer};
+    let cfg = crossrank::config::ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let ckpt = crossrank::weights::Checkpoint::open(dir).unwrap();
+    let host = crossrank::weights::load(&ckpt, &cfg).unwrap();
+    let tokens: usize = pairs.iter().map(|p| p.ids.len()).sum();
+    let batch = crossrank::batch::PackedBatch::pack(pairs, &cfg);
+    let model = Model::new(
+        crossrank::backend::cpu::Fp16Emulation,
+        cfg,
+        host,
+        tokens.max(1),
+    )
+    .unwrap();
+    model.score(&batch).unwrap()
+}
