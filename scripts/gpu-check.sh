@@ -100,6 +100,16 @@ find_cublaslt() {
     echo "not found"
 }
 
+# One device call runs at most 600 s: every step's timeout is cut to what is left of
+# GPU_CHECK_BUDGET (default 560 s from the start of `run`), keeping 20 s for the report, so a
+# slow step ends early with a report instead of the whole call dying without one.
+RUN_START=$(date +%s)
+within() {
+    local left=$(( ${GPU_CHECK_BUDGET:-560} - ($(date +%s) - RUN_START) - 20 ))
+    [ "$left" -lt 1 ] && left=1
+    [ "$1" -lt "$left" ] && echo "$1" || echo "$left"
+}
+
 run() {
     set -e  # the caller turned it off around the pipeline that logs this function
     [ -x "$BUNDLE/crossrank" ] && [ -f "$BUNDLE/MANIFEST" ] ||
@@ -147,7 +157,7 @@ run() {
     for t in "$BUNDLE"/tests/*; do
         echo "=== $(basename "$t")"
         set +e
-        out=$(timeout 600 "$t" --test-threads=1 --nocapture 2>&1)
+        out=$(timeout "$(within 600)" "$t" --test-threads=1 --nocapture 2>&1)
         local rc=$?
         set -e
         printf '%s\n' "$out"
@@ -179,7 +189,7 @@ run() {
     fi
     echo "=== parity: $py scripts/gpu_parity.py ${parity_args[*]}"
     set +e
-    PYTHONUNBUFFERED=1 timeout 900 "$py" scripts/gpu_parity.py "${parity_args[@]}"
+    PYTHONUNBUFFERED=1 timeout "$(within 900)" "$py" scripts/gpu_parity.py "${parity_args[@]}"
     local parity_rc=$?
     set -e
     [ $parity_rc = 0 ] || echo "parity step failed (exit status $parity_rc)"
@@ -200,7 +210,7 @@ run() {
             for tool in memcheck racecheck; do
                 echo "=== compute-sanitizer --tool $tool"
                 set +e
-                timeout 300 "$cs" --tool "$tool" --error-exitcode 99 "$BUNDLE/crossrank" rerank \
+                timeout "$(within 300)" "$cs" --tool "$tool" --error-exitcode 99 "$BUNDLE/crossrank" rerank \
                     --model tests/data/models/xlmr-bf16 --query "how do rerankers work" \
                     --docs "$work/small.jsonl" --device cuda >"$work/$tool.txt" 2>&1
                 local rc=$?
