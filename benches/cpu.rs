@@ -95,6 +95,24 @@ fn tokenize(c: &mut Criterion) {
             let tokens: usize = p.pairs.iter().flatten().map(|x| x.ids.len()).sum();
             g.throughput(Throughput::Elements((tokens / CALLS) as u64));
             let calls = &p.workload.sets[0].calls;
+            if let Some(fast) = crossrank::wordpiece::FastWordPiece::new(p.tokenizer.inner()) {
+                let calls = &p.workload.sets[0].calls;
+                g.bench_function(
+                    BenchmarkId::new("wordpiece-only", format!("{lengths}/100")),
+                    |b| {
+                        let mut i = 0;
+                        b.iter(|| {
+                            use rayon::prelude::*;
+                            let call = &calls[i % CALLS];
+                            i += 1;
+                            call.passages
+                                .par_iter()
+                                .map(|t| fast.encode(t).unwrap().len())
+                                .sum::<usize>()
+                        })
+                    },
+                );
+            }
             g.bench_function(BenchmarkId::new(tag, format!("{lengths}/100")), |b| {
                 let mut i = 0;
                 b.iter(|| {

@@ -39,7 +39,12 @@ fn is_whitespace(c: char) -> bool {
 }
 
 fn is_control(c: char) -> bool {
-    !matches!(c, '\t' | '\n' | '\r') && c.is_other()
+    if c.is_ascii() {
+        // ASCII's only "other" characters are the Cc controls 0x00-0x1F and 0x7F; the Unicode
+        // tables are binary searches, too slow to run on every character.
+        return (c < ' ' && !matches!(c, '\t' | '\n' | '\r')) || c == '\x7f';
+    }
+    c.is_other()
 }
 
 fn is_chinese_char(c: char) -> bool {
@@ -48,9 +53,13 @@ fn is_chinese_char(c: char) -> bool {
         0x2B740..=0x2B81F | 0x2B920..=0x2CEAF | 0xF900..=0xFAFF | 0x2F800..=0x2FA1F)
 }
 
-/// tokenizers' BertPreTokenizer punctuation.
+/// tokenizers' BertPreTokenizer punctuation. Every ASCII character in a Unicode P* category
+/// is also ASCII punctuation, so ASCII needs no table lookup.
 fn is_punctuation(c: char) -> bool {
-    c.is_ascii_punctuation() || c.is_punctuation()
+    if c.is_ascii() {
+        return c.is_ascii_punctuation();
+    }
+    c.is_punctuation()
 }
 
 impl FastWordPiece {
@@ -202,6 +211,26 @@ impl FastWordPiece {
                     return;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ASCII shortcuts agree with the Unicode tables tokenizers uses, on every ASCII char.
+    #[test]
+    fn ascii_shortcuts_equal_the_unicode_tables() {
+        for b in 0u8..128 {
+            let c = b as char;
+            let control = !matches!(c, '\t' | '\n' | '\r') && c.is_other();
+            assert_eq!(is_control(c), control, "{b:#x}");
+            assert_eq!(
+                is_punctuation(c),
+                c.is_ascii_punctuation() || c.is_punctuation(),
+                "{b:#x}"
+            );
         }
     }
 }
