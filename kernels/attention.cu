@@ -195,7 +195,7 @@ __device__ void attention(const T* __restrict__ qkv, const int* __restrict__ cu_
 }  // namespace cr
 
 #define CR_ATTENTION_OP(T, DT, D)                                                          \
-    extern "C" __global__ void __launch_bounds__(cr::AttentionTraits<D>::kThreads)         \
+    extern "C" __global__ __launch_bounds__(cr::AttentionTraits<D>::kThreads) void         \
         attention_d##D##_##DT(const T* qkv, const int* cu_seqlens, T* ctx, int heads,      \
                               float scale_log2) {                                          \
         cr::attention<T, D>(qkv, cu_seqlens, ctx, heads, scale_log2);                      \

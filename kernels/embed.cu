@@ -35,7 +35,7 @@ __device__ void embed_layernorm(const uint32_t* __restrict__ ids,
 }  // namespace cr
 
 #define CR_EMBED_OPS(T, DT)                                                                   \
-    extern "C" __global__ void __launch_bounds__(1024) embed_layernorm_##DT(                  \
+    extern "C" __global__ __launch_bounds__(1024) void embed_layernorm_##DT(                  \
         const uint32_t* ids, const uint32_t* types, const uint32_t* pos, const T* word,       \
         const T* position, const T* token_type, const T* gamma, const T* beta, T* out,        \
         int width, float eps) {                                                               \

@@ -29,7 +29,7 @@ __device__ void gelu(T* __restrict__ x, size_t n) {
 }  // namespace cr
 
 #define CR_GELU_OPS(T, DT)                                                              \
-    extern "C" __global__ void __launch_bounds__(256) gelu_##DT(T* x, size_t n) {       \
+    extern "C" __global__ __launch_bounds__(256) void gelu_##DT(T* x, size_t n) {       \
         cr::gelu<T>(x, n);                                                              \
     }
 

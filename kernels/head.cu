@@ -63,11 +63,11 @@ __device__ void cls_head(const T* __restrict__ cls, const T* __restrict__ w1, co
 }  // namespace cr
 
 #define CR_HEAD_OPS(T, DT)                                                                  \
-    extern "C" __global__ void __launch_bounds__(128) gather_cls_##DT(                      \
+    extern "C" __global__ __launch_bounds__(128) void gather_cls_##DT(                      \
         const T* src, const int* cu_seqlens, T* out, int width) {                           \
         cr::gather_cls<T>(src, cu_seqlens, out, width);                                     \
     }                                                                                       \
-    extern "C" __global__ void __launch_bounds__(256) cls_head_##DT(                        \
+    extern "C" __global__ __launch_bounds__(256) void cls_head_##DT(                        \
         const T* cls, const T* w1, const T* b1, const T* w2, const T* b2, float* logits,    \
         int width) {                                                                        \
         cr::cls_head<T>(cls, w1, b1, w2, b2, logits, width);                                \

@@ -31,7 +31,7 @@ __device__ void add_layernorm(const T* __restrict__ delta, T* __restrict__ hidde
 }  // namespace cr
 
 #define CR_LAYERNORM_OPS(T, DT)                                                           \
-    extern "C" __global__ void __launch_bounds__(1024) add_layernorm_##DT(                \
+    extern "C" __global__ __launch_bounds__(1024) void add_layernorm_##DT(                \
         const T* delta, T* hidden, const T* gamma, const T* beta, int width, float eps) { \
         cr::add_layernorm<T>(delta, hidden, gamma, beta, width, eps);                     \
     }
