@@ -1,7 +1,7 @@
 // The [CLS] rows and the classification head on them.
 //
-// gather_cls: out[s] = src[cu_seqlens[s]], [n, width] fp16 from [tokens, width]; width % 8 == 0.
-// One block per sequence, 16-byte copies. The last layer runs on these n rows only.
+// gather_cls: out[s] = src[cu_seqlens[s]], [n, width] fp16 from [tokens, width]; width % 8 == 0;
+// an empty sequence gets a zero row. One block per sequence, 16-byte copies. The last layer runs on these n rows only.
 //
 // cls_head: logit[s] = w2 . tanh(W1 x_s + b1) + b2, in fp32.
 // Shapes: cls [n, width] fp16, row-major; x_s is row s (packed by gather_cls). W1 [width, width] row-major ([out, in], as the checkpoint), b1 [width], w2
@@ -18,8 +18,15 @@ template <typename T>
 __device__ void gather_cls(const T* __restrict__ src, const int* __restrict__ cu_seqlens,
                            T* __restrict__ out, int width) {
     const int seq = blockIdx.x;
-    const uint4* from = reinterpret_cast<const uint4*>(src + size_t(cu_seqlens[seq]) * width);
+    const int start = cu_seqlens[seq];
     uint4* to = reinterpret_cast<uint4*>(out + size_t(seq) * width);
+    if (cu_seqlens[seq + 1] == start) {
+        // An empty sequence (a padded batch's) has no [CLS] row, and row `start` may lie past
+        // the batch: a zero row keeps the head's output finite.
+        for (int c = threadIdx.x; c < width / kVec; c += blockDim.x) to[c] = make_uint4(0, 0, 0, 0);
+        return;
+    }
+    const uint4* from = reinterpret_cast<const uint4*>(src + size_t(start) * width);
     for (int c = threadIdx.x; c < width / kVec; c += blockDim.x) to[c] = from[c];
 }
 

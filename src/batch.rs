@@ -74,6 +74,80 @@ impl PackedBatch {
     }
 }
 
+/// The shape a batch is laid out in on the device when the forward is replayed from a CUDA
+/// graph: a graph fixes every launch's grid and every GEMM's row count, so batches are padded
+/// up to a few shapes and each shape's graph serves every batch that fits it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BatchShape {
+    /// Rows: the tokens, then padding rows that belong to no sequence.
+    pub tokens: usize,
+    /// Sequences: the real ones, then empty ones.
+    pub seqs: usize,
+    /// Longest sequence the attention grid covers: a multiple of 64 (its query tile).
+    pub max_seqlen: usize,
+}
+
+/// The attention kernel's query tile: grids are counted in these.
+const SEQLEN_STEP: usize = 64;
+
+/// `n` rounded up to a step of 1/`parts` of its power-of-two octave, at least `min_step`:
+/// at most `parts` shapes per octave, and never more than 2/`parts` of the rows wasted.
+fn round_up_in_octave(n: usize, parts: usize, min_step: usize) -> usize {
+    let step = (n.max(1).next_power_of_two() / parts).max(min_step);
+    n.div_ceil(step) * step
+}
+
+impl BatchShape {
+    /// The shape a batch of `tokens` tokens in `seqs` sequences, the longest `max_seqlen`, is
+    /// padded to: tokens to 1/16 of their octave (at least 64), so that padding rows cost at
+    /// most 1/8 of the GEMM work; sequences to 1/4 of theirs (at least 8: an empty sequence
+    /// costs almost nothing); the longest sequence to the attention tile. Never beyond the
+    /// arena (`max_tokens` rows, `max_seqs` sequences), never below the batch itself.
+    pub fn fit(
+        tokens: usize,
+        seqs: usize,
+        max_seqlen: usize,
+        max_tokens: usize,
+        max_seqs: usize,
+    ) -> Self {
+        BatchShape {
+            tokens: round_up_in_octave(tokens, 16, 64)
+                .min(max_tokens)
+                .max(tokens),
+            seqs: round_up_in_octave(seqs, 4, 8).min(max_seqs).max(seqs),
+            max_seqlen: max_seqlen.div_ceil(SEQLEN_STEP) * SEQLEN_STEP,
+        }
+    }
+}
+
+impl PackedBatch {
+    /// This batch laid out in `shape`: padding rows get id, type and position 0 (valid entries
+    /// of every table, so every row stays finite) and belong to no sequence; the extra
+    /// sequences are empty and start at the last token. Rows are computed independently by
+    /// every op but attention, which reads only the rows of its sequence: the real rows see
+    /// nothing of the padding, and their results are those of the unpadded batch.
+    pub fn padded_to(&self, shape: BatchShape) -> PackedBatch {
+        let (t, n) = (self.tokens(), self.len());
+        let extra = shape.tokens.saturating_sub(t);
+        let pad = |v: &[u32]| {
+            let mut out = Vec::with_capacity(t + extra);
+            out.extend_from_slice(v);
+            out.resize(t + extra, 0);
+            out
+        };
+        let mut cu_seqlens = Vec::with_capacity(shape.seqs.max(n) + 1);
+        cu_seqlens.extend_from_slice(&self.cu_seqlens);
+        cu_seqlens.resize(shape.seqs.max(n) + 1, t as i32);
+        PackedBatch {
+            input_ids: pad(&self.input_ids),
+            token_type_ids: pad(&self.token_type_ids),
+            position_ids: pad(&self.position_ids),
+            cu_seqlens,
+            max_seqlen: shape.max_seqlen.max(self.max_seqlen),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +187,66 @@ mod tests {
         let pairs = [pair(&[0, 5, 1, 6, 2]), pair(&[0, 2])];
         let b = PackedBatch::pack(&pairs, &cfg("XLMRobertaForSequenceClassification"));
         assert_eq!(b.position_ids, vec![2, 3, 1, 4, 5, 2, 3]);
+    }
+
+    #[test]
+    fn shapes_bound_the_padding_and_never_shrink_a_batch() {
+        for tokens in (1..20_000).step_by(7) {
+            let s = BatchShape::fit(tokens, 100, 200, 16384, 16384);
+            if tokens <= 16384 {
+                assert!(s.tokens >= tokens && s.tokens <= 16384, "{tokens} -> {s:?}");
+                // At most 1/8 of the rows, or 63 rows, are padding.
+                assert!(
+                    s.tokens - tokens <= (tokens / 8).max(63),
+                    "{tokens} -> {s:?}"
+                );
+            } else {
+                assert_eq!(s.tokens, tokens);
+            }
+        }
+        for seqs in 1..600 {
+            let s = BatchShape::fit(seqs, seqs, 1, 1 << 20, 512);
+            assert!(
+                s.seqs >= seqs && (s.seqs <= 512 || s.seqs == seqs),
+                "{seqs} -> {s:?}"
+            );
+            assert!(s.seqs - seqs <= (seqs / 2).max(7), "{seqs} -> {s:?}");
+        }
+        assert_eq!(
+            BatchShape::fit(9000, 100, 190, 16384, 16384).max_seqlen,
+            192
+        );
+        assert_eq!(
+            BatchShape::fit(9000, 100, 192, 16384, 16384).max_seqlen,
+            192
+        );
+        assert_eq!(
+            BatchShape::fit(9000, 100, 193, 16384, 16384).max_seqlen,
+            256
+        );
+        // Few shapes: one octave of token counts maps to at most 16 shapes.
+        let shapes: std::collections::HashSet<_> = (4097..=8192)
+            .map(|t| BatchShape::fit(t, 100, 200, 16384, 16384).tokens)
+            .collect();
+        assert!(shapes.len() <= 16, "{}", shapes.len());
+    }
+
+    #[test]
+    fn padding_adds_rows_of_no_sequence_and_empty_sequences() {
+        let pairs = [pair(&[2, 5, 3]), pair(&[2, 6, 7, 3])];
+        let b = PackedBatch::pack(&pairs, &cfg("BertForSequenceClassification"));
+        let shape = BatchShape {
+            tokens: 10,
+            seqs: 4,
+            max_seqlen: 64,
+        };
+        let p = b.padded_to(shape);
+        assert_eq!(p.input_ids, vec![2, 5, 3, 2, 6, 7, 3, 0, 0, 0]);
+        assert_eq!(p.position_ids, vec![0, 1, 2, 0, 1, 2, 3, 0, 0, 0]);
+        assert_eq!(p.token_type_ids.len(), 10);
+        assert_eq!(p.cu_seqlens, vec![0, 3, 7, 7, 7]);
+        assert_eq!((p.len(), p.tokens(), p.max_seqlen), (4, 10, 64));
+        assert_eq!(p.range(1), b.range(1));
+        assert!(p.range(3).is_empty());
     }
 }

@@ -51,13 +51,36 @@ impl std::fmt::Display for Device {
 pub struct LoadOptions {
     /// The most tokens one forward pass takes; bigger calls are split. Sizes the arena.
     pub max_batch_tokens: usize,
+    pub cuda: CudaOptions,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             max_batch_tokens: 16384,
+            cuda: CudaOptions::default(),
         }
+    }
+}
+
+/// How the CUDA backend runs the forward; the CPU backend ignores them. Off by default until a
+/// GPU run has measured them (perf/README.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::Args, serde::Serialize)]
+pub struct CudaOptions {
+    /// CUDA: record the forward once per batch shape as a CUDA graph and replay it (batches
+    /// are padded to a few shapes: at most 1/8 more rows).
+    #[arg(long)]
+    pub cuda_graphs: bool,
+}
+
+impl CudaOptions {
+    /// The bench's system name: `crossrank`, then `+graphs` for each option that is on.
+    pub fn system_name(&self) -> String {
+        let mut name = String::from("crossrank");
+        if self.cuda_graphs {
+            name.push_str("+graphs");
+        }
+        name
     }
 }
 
@@ -154,7 +177,7 @@ impl Reranker {
         let max_tokens = opts.max_batch_tokens.max(tokenizer.max_length_limit());
         let scorer: Box<dyn Scorer> = match device {
             Device::Cpu => Box::new(Model::new(CpuBackend, cfg.clone(), host, max_tokens)?),
-            Device::Cuda(ordinal) => cuda_scorer(ordinal, &cfg, host, max_tokens)?,
+            Device::Cuda(ordinal) => cuda_scorer(ordinal, &cfg, host, max_tokens, opts.cuda)?,
         };
         Ok(Reranker {
             cfg,
@@ -312,6 +335,7 @@ fn cuda_scorer(
     _cfg: &ModelConfig,
     _host: weights::Weights<weights::HostTensor>,
     _max_tokens: usize,
+    _opts: CudaOptions,
 ) -> Result<Box<dyn Scorer>> {
     Err(Error::CudaNotCompiled)
 }
@@ -322,14 +346,12 @@ fn cuda_scorer(
     cfg: &ModelConfig,
     host: weights::Weights<weights::HostTensor>,
     max_tokens: usize,
+    opts: CudaOptions,
 ) -> Result<Box<dyn Scorer>> {
     let backend = crate::backend::cuda::CudaBackend::new(ordinal)?;
-    Ok(Box::new(Model::new(
-        backend,
-        cfg.clone(),
-        host,
-        max_tokens,
-    )?))
+    Ok(Box::new(
+        Model::new(backend, cfg.clone(), host, max_tokens)?.with_graphs(opts.cuda_graphs),
+    ))
 }
 
 /// The backends compiled into this build.

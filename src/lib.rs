@@ -16,6 +16,6 @@ pub mod tokenize;
 pub mod weights;
 pub mod wordpiece;
 
-pub use engine::{Device, Group, LoadOptions, Options, Ranked, Reranker};
+pub use engine::{CudaOptions, Device, Group, LoadOptions, Options, Ranked, Reranker};
 pub use error::{Error, Result};
 pub use tokenize::TruncationSide;

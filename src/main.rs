@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use crossrank::engine::{self, Device, LoadOptions, Options, Reranker};
+use crossrank::engine::{self, CudaOptions, Device, LoadOptions, Options, Reranker};
 use crossrank::{Error, Result};
 
 #[derive(Parser)]
@@ -46,6 +46,8 @@ enum Command {
         /// The most tokens in one forward pass; bigger calls are split.
         #[arg(long, default_value_t = 16384)]
         max_batch_tokens: usize,
+        #[command(flatten)]
+        cuda: CudaOptions,
     },
     /// Serve reranking over HTTP (TEI /rerank, Cohere/Jina /v1 and /v2/rerank, /rerank/batch),
     /// or as JSON lines on stdin/stdout with --stdio.
@@ -105,13 +107,21 @@ fn run(command: Command) -> Result<()> {
             top_k,
             device,
             max_batch_tokens,
+            cuda,
         } => {
             let device: Device = device.parse()?;
             let passages = crossrank::docs::read_docs(&docs)?;
             if max_batch_tokens == 0 {
                 return Err(Error::input("--max-batch-tokens must be at least 1"));
             }
-            let reranker = Reranker::load(&model, device, &LoadOptions { max_batch_tokens })?;
+            let reranker = Reranker::load(
+                &model,
+                device,
+                &LoadOptions {
+                    max_batch_tokens,
+                    cuda,
+                },
+            )?;
             let opts = Options {
                 max_length,
                 raw_scores,

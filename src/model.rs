@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 
 use crate::backend::Backend;
-use crate::batch::PackedBatch;
+use crate::batch::{BatchShape, PackedBatch};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::weights::{HostTensor, Weights};
@@ -22,6 +22,7 @@ pub struct Activations<B: Backend> {
     /// The last layer's [CLS] rows: residual stream and attention context, [seqs, hidden].
     cls: B::Buf,
     cls_ctx: B::Buf,
+    logits: B::Logits,
     max_tokens: usize,
     max_seqs: usize,
 }
@@ -38,6 +39,7 @@ impl<B: Backend> Activations<B> {
             ffn: b.alloc(max_tokens * cfg.intermediate_size)?,
             cls: b.alloc(max_seqs * h)?,
             cls_ctx: b.alloc(max_seqs * h)?,
+            logits: b.alloc_logits(max_seqs)?,
             max_tokens,
             max_seqs,
         })
@@ -45,30 +47,77 @@ impl<B: Backend> Activations<B> {
 }
 
 /// Scores one packed batch: one logit per sequence.
+///
+/// With `graphs`, the batch is first padded to its [`BatchShape`] and the device work is handed
+/// to [`Backend::run`] with that shape, so that a backend that records it (CUDA graphs) replays
+/// one recording for every batch of the shape. The padding changes no real row's result.
 pub fn forward<B: Backend>(
     b: &B,
     cfg: &ModelConfig,
     w: &Weights<B::Buf>,
     batch: &PackedBatch,
     a: &mut Activations<B>,
+    graphs: bool,
 ) -> Result<Vec<f32>> {
-    let rows = batch.tokens();
-    if rows > a.max_tokens || batch.len() > a.max_seqs {
+    let (tokens, n) = (batch.tokens(), batch.len());
+    if tokens > a.max_tokens || n > a.max_seqs {
         return Err(Error::Internal(format!(
-            "batch of {rows} tokens in {} sequences exceeds the arena ({} tokens, {} sequences)",
-            batch.len(),
-            a.max_tokens,
-            a.max_seqs
+            "batch of {tokens} tokens in {n} sequences exceeds the arena ({} tokens, {} sequences)",
+            a.max_tokens, a.max_seqs
         )));
     }
     if batch.is_empty() {
         return Ok(Vec::new());
     }
+    // Here, not only in the backends' embed: a replayed recording runs no host code.
+    check_tables(batch, cfg)?;
+    let shape = graphs.then(|| {
+        let longest = (0..n).map(|s| batch.range(s).len()).max().unwrap_or(0);
+        BatchShape::fit(tokens, n, longest, a.max_tokens, a.max_seqs)
+    });
+    let padded = shape.map(|s| batch.padded_to(s));
+    let dev = padded.as_ref().unwrap_or(batch);
+    b.load_batch(dev, &mut a.batch)?;
+    let (rows, seqs) = (dev.tokens(), dev.len());
+    b.run(shape, &mut || layers(b, cfg, w, rows, seqs, a))?;
+    b.read_logits(&a.logits, n)
+}
+
+/// The largest id, position and type must index the model's tables.
+fn check_tables(batch: &PackedBatch, cfg: &ModelConfig) -> Result<()> {
+    let max = |v: &[u32]| v.iter().copied().max().unwrap_or(0) as usize;
+    let (id, pos, ty) = (
+        max(&batch.input_ids),
+        max(&batch.position_ids),
+        max(&batch.token_type_ids),
+    );
+    let (vocab, positions, types) = (
+        cfg.vocab_size,
+        cfg.max_position_embeddings,
+        cfg.type_vocab_size,
+    );
+    if id >= vocab || pos >= positions || ty >= types {
+        return Err(Error::input(format!(
+            "a token id, position or type (largest: {id}, {pos}, {ty}) is outside the model's tables ({vocab}, {positions}, {types})"
+        )));
+    }
+    Ok(())
+}
+
+/// The device work of one forward over the batch loaded in `a`: `rows` rows in `seqs`
+/// sequences (padding included), from the embeddings to the logits. It only queues work.
+fn layers<B: Backend>(
+    b: &B,
+    cfg: &ModelConfig,
+    w: &Weights<B::Buf>,
+    rows: usize,
+    seqs: usize,
+    a: &mut Activations<B>,
+) -> Result<()> {
     let (eps, act, h) = (cfg.layer_norm_eps, Some(cfg.activation), cfg.hidden_size);
     let Some((last, body)) = w.layers.split_last() else {
         return Err(Error::Internal("a model with no layers".into()));
     };
-    b.load_batch(batch, &mut a.batch)?;
     b.embed(&a.batch, &w.embeddings, eps, &mut a.hidden)?;
     for l in body {
         b.linear(&a.hidden, rows, &l.qkv, None, &mut a.qkv)?;
@@ -80,8 +129,8 @@ pub fn forward<B: Backend>(
         b.add_layernorm(&a.tmp, rows, &l.ln_ffn, eps, &mut a.hidden)?;
     }
     // The last layer: every row is a key and value of attention, but only the [CLS] rows feed
-    // the head, so the output projection, both LayerNorms and the FFN run on those n rows.
-    let n = batch.len();
+    // the head, so the output projection, both LayerNorms and the FFN run on those rows.
+    let n = seqs;
     b.linear(&a.hidden, rows, &last.qkv, None, &mut a.qkv)?;
     b.attention(&a.qkv, &a.batch, cfg.num_heads, cfg.head_dim, &mut a.ctx)?;
     b.gather_cls(&a.ctx, h, &a.batch, &mut a.cls_ctx)?;
@@ -91,7 +140,7 @@ pub fn forward<B: Backend>(
     b.linear(&a.cls, n, &last.ffn_in, act, &mut a.ffn)?;
     b.linear(&a.ffn, n, &last.ffn_out, None, &mut a.tmp)?;
     b.add_layernorm(&a.tmp, n, &last.ln_ffn, eps, &mut a.cls)?;
-    b.head(&a.cls, &a.batch, &w.head)
+    b.head(&a.cls, &a.batch, &w.head, &mut a.logits)
 }
 
 /// A model on a backend: config, uploaded weights and its arena.
@@ -101,6 +150,7 @@ pub struct Model<B: Backend> {
     weights: Weights<B::Buf>,
     arena: Mutex<Activations<B>>,
     max_tokens: usize,
+    graphs: bool,
 }
 
 impl<B: Backend> Model<B> {
@@ -120,7 +170,19 @@ impl<B: Backend> Model<B> {
             weights,
             arena: Mutex::new(arena),
             max_tokens,
+            graphs: false,
         })
+    }
+
+    /// Pads every batch to its [`BatchShape`] and lets the backend record and replay the
+    /// device work per shape (CUDA graphs); off by default.
+    pub fn with_graphs(mut self, on: bool) -> Self {
+        self.graphs = on;
+        self
+    }
+
+    pub fn graphs(&self) -> bool {
+        self.graphs
     }
 }
 
@@ -138,7 +200,14 @@ impl<B: Backend> Scorer for Model<B> {
             .arena
             .lock()
             .map_err(|_| Error::Internal("a previous forward panicked".into()))?;
-        forward(&self.backend, &self.cfg, &self.weights, batch, &mut arena)
+        forward(
+            &self.backend,
+            &self.cfg,
+            &self.weights,
+            batch,
+            &mut arena,
+            self.graphs,
+        )
     }
 
     fn max_batch_tokens(&self) -> usize {

@@ -51,13 +51,9 @@ fn cuda_without_driver_or_device_is_a_clear_error() {
     }
 }
 
-/// Scores every golden group on both devices and checks them. Returns the worst |gpu - cpu|
-/// and |gpu - golden|.
-fn check_model(name: &str, dir: &std::path::Path, groups: &[GoldenGroup]) -> (f32, f32) {
-    let cpu = Reranker::load(dir, Device::Cpu, &LoadOptions::default()).unwrap();
-    let gpu = Reranker::load(dir, Device::Cuda(0), &LoadOptions::default())
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    // The fp16-storage reference's own error sets the bound.
+/// The fp16-storage reference's own error on `groups`, and the bound it sets:
+/// max(LOGIT_ATOL, 2 × that error).
+fn fp16_bound(cpu: &Reranker, dir: &std::path::Path, groups: &[GoldenGroup]) -> (f32, f32) {
     let mut emu_err = 0f32;
     for group in groups {
         let pairs = cpu.encode(&group.query, &group.passages, None).unwrap();
@@ -66,7 +62,16 @@ fn check_model(name: &str, dir: &std::path::Path, groups: &[GoldenGroup]) -> (f3
             emu_err = emu_err.max((e - gold).abs());
         }
     }
-    let bound = LOGIT_ATOL.max(2.0 * emu_err);
+    (emu_err, LOGIT_ATOL.max(2.0 * emu_err))
+}
+
+/// Scores every golden group on both devices and checks them. Returns the worst |gpu - cpu|
+/// and |gpu - golden|.
+fn check_model(name: &str, dir: &std::path::Path, groups: &[GoldenGroup]) -> (f32, f32) {
+    let cpu = Reranker::load(dir, Device::Cpu, &LoadOptions::default()).unwrap();
+    let gpu = Reranker::load(dir, Device::Cuda(0), &LoadOptions::default())
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let (emu_err, bound) = fp16_bound(&cpu, dir, groups);
     let (mut vs_cpu, mut vs_gold) = (0f32, 0f32);
     let mut all = Vec::new();
     let mut all_gpu = Vec::new();
@@ -142,4 +147,65 @@ fn gpu_scores_match_on_the_real_minilm_encoder() {
         return;
     };
     check_model("minilm-real", &dir, &golden("minilm-real").groups);
+}
+
+/// CUDA graphs (--cuda-graphs): a batch shape runs eagerly (padded) the first time, is recorded
+/// and launched the second, replayed after. All three must give the same bits (the recording
+/// runs the same kernels on the same rows); a batch of the same shape with other content (the
+/// same pairs reversed) must get its own scores, not the recorded call's; and the padded
+/// forward must agree with the unpadded one within the model's fp16 bound (a padded GEMM may
+/// take another cuBLASLt algorithm, so not bit for bit).
+#[test]
+fn cuda_graphs_replay_what_the_eager_forward_computes() {
+    use crossrank::backend::cuda::CudaBackend;
+    use crossrank::batch::PackedBatch;
+    use crossrank::model::{Model, Scorer};
+    if skip("cuda_graphs_replay_what_the_eager_forward_computes") {
+        return;
+    }
+    for name in committed_models() {
+        let gold = golden(&name);
+        let dir = model_dir(&name);
+        let cpu = Reranker::load(&dir, Device::Cpu, &LoadOptions::default()).unwrap();
+        let (_, bound) = fp16_bound(&cpu, &dir, &gold.groups);
+        let cfg = crossrank::config::ModelConfig::from_file(&dir.join("config.json")).unwrap();
+        let model = |graphs: bool| {
+            let ckpt = crossrank::weights::Checkpoint::open(&dir).unwrap();
+            let host = crossrank::weights::load(&ckpt, &cfg).unwrap();
+            let backend = CudaBackend::new(0).unwrap();
+            Model::new(backend, cfg.clone(), host, 4096)
+                .unwrap()
+                .with_graphs(graphs)
+        };
+        let (eager, graphs) = (model(false), model(true));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (g, group) in gold.groups.iter().enumerate() {
+            let mut pairs = cpu.encode(&group.query, &group.passages, None).unwrap();
+            let batch = PackedBatch::pack(&pairs, &cfg);
+            pairs.reverse();
+            let reversed = PackedBatch::pack(&pairs, &cfg);
+            let want = eager.score(&batch).unwrap();
+            let first = graphs.score(&batch).unwrap();
+            let second = graphs.score(&batch).unwrap();
+            let mut other = graphs.score(&reversed).unwrap();
+            let third = graphs.score(&batch).unwrap();
+            assert_eq!(
+                bits(&first),
+                bits(&second),
+                "{name} group {g}: recorded run"
+            );
+            assert_eq!(bits(&first), bits(&third), "{name} group {g}: replay");
+            other.reverse();
+            for (i, ((&a, &b), &w)) in first.iter().zip(&other).zip(&want).enumerate() {
+                assert!(
+                    (a - b).abs() <= bound && (a - w).abs() <= bound,
+                    "{name} group {g} pair {i}: graph {a}, same shape reversed {b}, eager {w} (bound {bound:.2e})"
+                );
+            }
+        }
+        let (recorded, off) = graphs.backend.graph_status();
+        assert_eq!(off, None, "{name}: graphs were switched off");
+        assert!(recorded > 0, "{name}: no graph was recorded");
+        println!("{name}: {recorded} CUDA graphs recorded, replays match the eager forward");
+    }
 }

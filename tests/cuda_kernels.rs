@@ -17,7 +17,7 @@
 use crossrank::backend::cpu::CpuBackend;
 use crossrank::backend::cuda::{unavailable_reason, CudaBackend};
 use crossrank::backend::Backend;
-use crossrank::batch::PackedBatch;
+use crossrank::batch::{BatchShape, PackedBatch};
 use crossrank::config::Activation;
 use crossrank::weights::{Embeddings, Head, HostTensor, LayerNorm, Linear};
 use half::f16;
@@ -228,22 +228,26 @@ fn embed_refuses_ids_outside_the_tables() {
     assert!(err.contains("outside the model's tables"), "{err}");
 }
 
-/// gather_cls reads row cu_seqlens[s]: a batch with an empty sequence (here the last, whose
-/// [CLS] row would be one past the batch) or a nonzero first offset is refused at upload.
+/// The kernels read rows through cu_seqlens: a batch whose offsets start past 0, step down or
+/// end past its rows is refused at upload. Empty sequences and rows of no sequence (a padded
+/// batch's) are taken: gather_cls_matches_cpu runs them.
 #[test]
-fn load_batch_refuses_empty_sequences() {
-    let Some(g) = gpu("load_batch_refuses_empty_sequences") else {
+fn load_batch_refuses_offsets_past_the_rows() {
+    let Some(g) = gpu("load_batch_refuses_offsets_past_the_rows") else {
         return;
     };
     let mut rng = Rng(12);
     let mut db = g.alloc_batch(8, 4).unwrap();
     let mut b = batch(&mut rng, &[3, 2], 10, 1);
     g.load_batch(&b, &mut db).unwrap();
-    b.cu_seqlens.push(5); // a third sequence of no tokens
+    b.cu_seqlens.push(6); // a third sequence ending past the 5 rows
     let err = g.load_batch(&b, &mut db).unwrap_err().to_string();
-    assert!(err.contains("a sequence is empty"), "{err}");
+    assert!(err.contains("inconsistent"), "{err}");
     let mut b = batch(&mut rng, &[3, 2], 10, 1);
     b.cu_seqlens[0] = 1;
+    assert!(g.load_batch(&b, &mut db).is_err());
+    let mut b = batch(&mut rng, &[3, 2], 10, 1);
+    b.cu_seqlens.insert(2, 2);
     assert!(g.load_batch(&b, &mut db).is_err());
 }
 
@@ -512,7 +516,8 @@ fn cls_head_matches_cpu() {
             let b = batch(&mut rng, &lens, 10, 1);
             // The head reads the [CLS] rows packed by gather_cls: one row per sequence.
             let hidden = rng.vec16(b.len() * width, 0.0, 1.0);
-            let want = CpuBackend.head(&hidden, &b, &cpu_head).unwrap();
+            let mut want = vec![f32::NAN; b.len()];
+            CpuBackend.head(&hidden, &b, &cpu_head, &mut want).unwrap();
             let Some(g) = &g else { continue };
             let up = |t: &HostTensor| g.upload(t).unwrap();
             let dev_head = Head {
@@ -532,7 +537,10 @@ fn cls_head_matches_cpu() {
             let mut db = g.alloc_batch(b.tokens(), b.len()).unwrap();
             g.load_batch(&b, &mut db).unwrap();
             let hd = g.upload(&tensor("hidden", hidden)).unwrap();
-            let got = g.head(&hd, &db, &dev_head).unwrap();
+            // Poisoned: a logit the kernel does not write stays NaN and fails the check.
+            let mut dl = g.stream().clone_htod(&vec![f32::NAN; b.len()]).unwrap();
+            g.head(&hd, &db, &dev_head, &mut dl).unwrap();
+            let got = g.read_logits(&dl, b.len()).unwrap();
             let e = check(
                 &format!("cls_head width {width} {set}"),
                 &got,
@@ -547,38 +555,54 @@ fn cls_head_matches_cpu() {
 }
 
 /// gather_cls is a copy: the result must equal the CPU twin bit for bit, every row written.
+/// Each length set runs as packed and padded to its BatchShape (rows of no sequence, empty
+/// sequences whose start is the last row or one past it): an empty sequence gets a zero row.
 #[test]
 fn gather_cls_matches_cpu() {
     let mut rng = Rng(11);
     let g = gpu("gather_cls_matches_cpu");
     for width in WIDTHS {
         for (set, lens) in length_sets(&mut rng) {
-            let b = batch(&mut rng, &lens, 10, 1);
-            let src = rng.vec16(b.tokens() * width, 0.0, 1.0);
-            let mut want = vec![f32::NAN; b.len() * width];
-            CpuBackend.gather_cls(&src, width, &b, &mut want).unwrap();
-            for s in 0..b.len() {
-                let row = b.cu_seqlens[s] as usize;
-                assert_eq!(
-                    want[s * width..(s + 1) * width],
-                    src[row * width..(row + 1) * width]
+            let packed = batch(&mut rng, &lens, 10, 1);
+            let (t, n) = (packed.tokens(), packed.len());
+            let shape = BatchShape {
+                tokens: t + 5,
+                seqs: n + 3,
+                max_seqlen: packed.max_seqlen,
+            };
+            let padded = packed.padded_to(shape);
+            // No padding rows: the empty sequences start one past the batch's last row.
+            let tight = packed.padded_to(BatchShape { tokens: t, ..shape });
+            for (b, kind) in [(&packed, "packed"), (&padded, "padded"), (&tight, "tight")] {
+                let set = format!("{set} {kind}");
+                let src = rng.vec16(b.tokens() * width, 0.0, 1.0);
+                let mut want = vec![f32::NAN; b.len() * width];
+                CpuBackend.gather_cls(&src, width, b, &mut want).unwrap();
+                for s in 0..b.len() {
+                    let row = b.cu_seqlens[s] as usize;
+                    let want = &want[s * width..(s + 1) * width];
+                    if b.range(s).is_empty() {
+                        assert!(want.iter().all(|&v| v == 0.0));
+                    } else {
+                        assert_eq!(want, &src[row * width..(row + 1) * width]);
+                    }
+                }
+                let Some(g) = &g else { continue };
+                let mut db = g.alloc_batch(b.tokens(), b.len()).unwrap();
+                g.load_batch(b, &mut db).unwrap();
+                let ds = g.upload(&tensor("src", src)).unwrap();
+                let mut out = poisoned(g, b.len() * width);
+                g.gather_cls(&ds, width, &db, &mut out).unwrap();
+                let got = g.download(&out, b.len() * width).unwrap();
+                check(
+                    &format!("gather_cls width {width} {set}"),
+                    &got,
+                    &want,
+                    None,
+                    0.0,
+                    0.0,
                 );
             }
-            let Some(g) = &g else { continue };
-            let mut db = g.alloc_batch(b.tokens(), b.len()).unwrap();
-            g.load_batch(&b, &mut db).unwrap();
-            let ds = g.upload(&tensor("src", src)).unwrap();
-            let mut out = poisoned(g, b.len() * width);
-            g.gather_cls(&ds, width, &db, &mut out).unwrap();
-            let got = g.download(&out, b.len() * width).unwrap();
-            check(
-                &format!("gather_cls width {width} {set}"),
-                &got,
-                &want,
-                None,
-                0.0,
-                0.0,
-            );
         }
     }
 }

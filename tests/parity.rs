@@ -291,3 +291,50 @@ fn fp16_emulation_is_a_sane_reference() {
         );
     }
 }
+
+/// With graphs on, every batch is padded to its BatchShape (rows of no sequence, empty
+/// sequences) before the forward; the CPU backend runs that padded batch as is, so this checks
+/// on every committed model that padding changes no real row's logit beyond summation order
+/// (BATCH_ATOL: the GEMM crate blocks its sums by the row count). Two arenas: one with room
+/// for padding rows, and one exactly the batch's size, where the empty sequences start one
+/// past the last row (gather_cls must give them zero rows, not read past the batch).
+#[test]
+fn padded_batches_score_like_packed_ones() {
+    use crossrank::batch::PackedBatch;
+    use crossrank::model::{Model, Scorer};
+    for name in committed_models() {
+        let gold = golden(&name);
+        let r = load(&name);
+        let dir = model_dir(&name);
+        let cfg = crossrank::config::ModelConfig::from_file(&dir.join("config.json")).unwrap();
+        let host = || {
+            let ckpt = crossrank::weights::Checkpoint::open(&dir).unwrap();
+            crossrank::weights::load(&ckpt, &cfg).unwrap()
+        };
+        let pairs: Vec<_> = gold
+            .groups
+            .iter()
+            .flat_map(|g| r.encode(&g.query, &g.passages, None).unwrap())
+            .collect();
+        let batch = PackedBatch::pack(&pairs, &cfg);
+        let cpu = crossrank::backend::cpu::CpuBackend;
+        let packed = Model::new(cpu, cfg.clone(), host(), batch.tokens()).unwrap();
+        let want = packed.score(&batch).unwrap();
+        for room in [batch.tokens() + 200, batch.tokens()] {
+            let padded = Model::new(cpu, cfg.clone(), host(), room)
+                .unwrap()
+                .with_graphs(true);
+            let got = padded.score(&batch).unwrap();
+            assert_eq!(got.len(), want.len(), "{name}");
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| (g - w).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= BATCH_ATOL,
+                "{name} (arena {room} rows): padded vs packed |diff| {worst:e}"
+            );
+        }
+    }
+}

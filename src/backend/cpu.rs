@@ -82,6 +82,7 @@ fn check_len(what: &str, have: usize, need: usize) -> Result<()> {
 impl Backend for CpuBackend {
     type Buf = Vec<f32>;
     type Batch = PackedBatch;
+    type Logits = Vec<f32>;
 
     fn device_name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
@@ -97,6 +98,10 @@ impl Backend for CpuBackend {
 
     fn alloc_batch(&self, _max_tokens: usize, _max_seqs: usize) -> Result<PackedBatch> {
         Ok(PackedBatch::default())
+    }
+
+    fn alloc_logits(&self, max_seqs: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; max_seqs])
     }
 
     fn load_batch(&self, batch: &PackedBatch, dst: &mut PackedBatch) -> Result<()> {
@@ -209,6 +214,9 @@ impl Backend for CpuBackend {
             let (s, head) = (job / heads, job % heads);
             let r = batch.range(s);
             let (start, len) = (r.start, r.len());
+            if len == 0 {
+                return;
+            }
             let q = qkv[start * 3 * h + head * d..].as_ptr();
             let k = qkv[start * 3 * h + h + head * d..].as_ptr();
             let v = qkv[start * 3 * h + 2 * h + head * d..].as_ptr();
@@ -296,21 +304,37 @@ impl Backend for CpuBackend {
         check_len("gather_cls src", src.len(), batch.tokens() * width)?;
         check_len("gather_cls out", out.len(), n * width)?;
         for s in 0..n {
-            let row = batch.cu_seqlens[s] as usize;
-            out[s * width..(s + 1) * width].copy_from_slice(&src[row * width..(row + 1) * width]);
+            let dst = &mut out[s * width..(s + 1) * width];
+            if batch.range(s).is_empty() {
+                // A sequence of no tokens (a padded batch's) has no [CLS] row: zeros.
+                dst.fill(0.0);
+            } else {
+                let row = batch.cu_seqlens[s] as usize;
+                dst.copy_from_slice(&src[row * width..(row + 1) * width]);
+            }
         }
         Ok(())
     }
 
-    fn head(&self, cls: &Vec<f32>, batch: &PackedBatch, head: &Head<Vec<f32>>) -> Result<Vec<f32>> {
+    fn head(
+        &self,
+        cls: &Vec<f32>,
+        batch: &PackedBatch,
+        head: &Head<Vec<f32>>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         let n = batch.len();
         check_len("head cls rows", cls.len(), n * head.dense.in_dim)?;
+        check_len("head logits", out.len(), n * head.out.out_dim)?;
         let mut pooled = vec![0f32; n * head.dense.out_dim];
         self.linear(cls, n, &head.dense, None, &mut pooled)?;
         pooled.iter_mut().for_each(|v| *v = v.tanh());
-        let mut logits = vec![0f32; n * head.out.out_dim];
-        self.linear(&pooled, n, &head.out, None, &mut logits)?;
-        Ok(logits)
+        self.linear(&pooled, n, &head.out, None, out)
+    }
+
+    fn read_logits(&self, logits: &Vec<f32>, n: usize) -> Result<Vec<f32>> {
+        check_len("read_logits", logits.len(), n)?;
+        Ok(logits[..n].to_vec())
     }
 }
 
@@ -329,6 +353,7 @@ fn round16(buf: &mut [f32]) {
 impl Backend for Fp16Emulation {
     type Buf = Vec<f32>;
     type Batch = PackedBatch;
+    type Logits = Vec<f32>;
 
     fn device_name(&self) -> String {
         "cpu (fp16 storage emulated)".into()
@@ -346,6 +371,10 @@ impl Backend for Fp16Emulation {
 
     fn alloc_batch(&self, max_tokens: usize, max_seqs: usize) -> Result<PackedBatch> {
         CpuBackend.alloc_batch(max_tokens, max_seqs)
+    }
+
+    fn alloc_logits(&self, max_seqs: usize) -> Result<Vec<f32>> {
+        CpuBackend.alloc_logits(max_seqs)
     }
 
     fn load_batch(&self, batch: &PackedBatch, dst: &mut PackedBatch) -> Result<()> {
@@ -413,9 +442,19 @@ impl Backend for Fp16Emulation {
         CpuBackend.gather_cls(src, width, batch, out)
     }
 
-    fn head(&self, cls: &Vec<f32>, batch: &PackedBatch, head: &Head<Vec<f32>>) -> Result<Vec<f32>> {
+    fn head(
+        &self,
+        cls: &Vec<f32>,
+        batch: &PackedBatch,
+        head: &Head<Vec<f32>>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         // The GPU head reads fp16 rows and weights but keeps the pooled vector and the logit
         // in f32, as the CPU head does.
-        CpuBackend.head(cls, batch, head)
+        CpuBackend.head(cls, batch, head, out)
+    }
+
+    fn read_logits(&self, logits: &Vec<f32>, n: usize) -> Result<Vec<f32>> {
+        CpuBackend.read_logits(logits, n)
     }
 }

@@ -8,7 +8,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
-use crate::batch::PackedBatch;
+use crate::batch::{BatchShape, PackedBatch};
 use crate::config::Activation;
 use crate::error::Result;
 use crate::weights::{Embeddings, Head, HostTensor, LayerNorm, Linear};
@@ -18,6 +18,8 @@ pub trait Backend: Send + Sync + 'static {
     type Buf: Send + Sync;
     /// The packed batch as the backend holds it (ids, type ids, positions, cu_seqlens).
     type Batch: Send;
+    /// Room for f32 logits, one per sequence.
+    type Logits: Send;
 
     /// A short description of the device, for logs and `info`.
     fn device_name(&self) -> String;
@@ -28,6 +30,8 @@ pub trait Backend: Send + Sync + 'static {
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
     /// Room for a packed batch of up to `max_tokens` tokens in `max_seqs` sequences.
     fn alloc_batch(&self, max_tokens: usize, max_seqs: usize) -> Result<Self::Batch>;
+    /// Room for the logits of up to `max_seqs` sequences.
+    fn alloc_logits(&self, max_seqs: usize) -> Result<Self::Logits>;
     /// Moves a packed batch into `dst`; the batch fits what `dst` was allocated for.
     fn load_batch(&self, batch: &PackedBatch, dst: &mut Self::Batch) -> Result<()>;
 
@@ -82,11 +86,25 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<()>;
 
     /// The classification head on the [CLS] rows packed by `gather_cls` (row s is sequence s's):
-    /// dense + tanh, then the one-logit projection. Returns one f32 logit per sequence.
+    /// dense + tanh, then the one-logit projection, one f32 logit per sequence into `out`.
     fn head(
         &self,
         cls: &Self::Buf,
         batch: &Self::Batch,
         head: &Head<Self::Buf>,
-    ) -> Result<Vec<f32>>;
+        out: &mut Self::Logits,
+    ) -> Result<()>;
+
+    /// The first `n` logits `head` wrote, once the device has finished them.
+    fn read_logits(&self, logits: &Self::Logits, n: usize) -> Result<Vec<f32>>;
+
+    /// Runs `body`, the device work of one forward (every op from `embed` to `head`, nothing
+    /// that waits for the device). With a `shape` (the batch was padded to it, see
+    /// [`BatchShape`]) a backend may record that work once and replay the recording for every
+    /// later batch of the same shape instead of calling `body`: the CUDA backend does, with a
+    /// CUDA graph. The default runs `body`.
+    fn run(&self, shape: Option<BatchShape>, body: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        let _ = shape;
+        body()
+    }
 }

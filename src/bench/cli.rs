@@ -58,6 +58,8 @@ pub enum BenchCommand {
         /// Skip measuring the dense GEMM rate (no MFU).
         #[arg(long)]
         no_gemm: bool,
+        #[command(flatten)]
+        cuda: crate::engine::CudaOptions,
         /// Write the workload (every query and passage) here as JSON, for scripts/peers.py.
         #[arg(long)]
         export_workload: Option<PathBuf>,
@@ -149,6 +151,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             seed,
             max_length,
             no_gemm,
+            cuda,
             export_workload,
             tokenizer,
             shape_dir,
@@ -176,6 +179,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                 seed,
                 max_length,
                 gemm: !no_gemm,
+                cuda,
                 export_workload,
             };
             let report = run::run(&args)?;

@@ -8,8 +8,8 @@
 //! 1. end to end: strings in, ranked scores out (`e2e_ms`), with tokenize and pack timed inside;
 //! 2. the forward alone on the already packed batches (`forward_ms`): upload, forward, download;
 //! 3. the split: the same forwards with the backend wrapped in [`Timed`], which synchronises the
-//!    device after the upload and before the head, so that upload, forward and the head's
-//!    download are timed apart. Those syncs cost a little, which is why pass 2 runs without them.
+//!    device after the upload and after the last kernel, so that upload, forward and the
+//!    download of the logits are timed apart. Those syncs cost a little, which is why pass 2 runs without them.
 //!
 //! Iterations rotate through `calls` distinct calls so that caches do not flatter repeats.
 
@@ -22,7 +22,7 @@ use super::report::{self, Gemm, ModelFacts, Report, Run, Split, Stats};
 use super::workload::{Lengths, Workload};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
-use crate::batch::PackedBatch;
+use crate::batch::{BatchShape, PackedBatch};
 use crate::config::{Activation, ModelConfig};
 use crate::engine::{self, Device, Options};
 use crate::error::{Error, Result};
@@ -47,6 +47,8 @@ pub struct BenchArgs {
     pub max_length: Option<usize>,
     /// Measure the dense GEMM rate for MFU.
     pub gemm: bool,
+    /// CUDA graphs and the like: the report's system is named after them.
+    pub cuda: crate::engine::CudaOptions,
     /// Also write the workload here, as JSON, for the peers.
     pub export_workload: Option<PathBuf>,
 }
@@ -80,8 +82,9 @@ struct Marks {
     download: f64,
 }
 
-/// A backend wrapper that, when switched on, synchronises and times the upload, the forward and
-/// the head (which ends with the download of the logits). Switched off it only delegates.
+/// A backend wrapper that, when switched on, synchronises and times the upload, the device work
+/// (every kernel, the head's included) and the download of the logits. Switched off it only
+/// delegates.
 pub struct Timed<B> {
     pub inner: B,
     on: AtomicBool,
@@ -121,6 +124,7 @@ impl<B: Backend + DeviceSync> Timed<B> {
 impl<B: Backend + DeviceSync> Backend for Timed<B> {
     type Buf = B::Buf;
     type Batch = B::Batch;
+    type Logits = B::Logits;
 
     fn device_name(&self) -> String {
         self.inner.device_name()
@@ -133,6 +137,9 @@ impl<B: Backend + DeviceSync> Backend for Timed<B> {
     }
     fn alloc_batch(&self, max_tokens: usize, max_seqs: usize) -> Result<Self::Batch> {
         self.inner.alloc_batch(max_tokens, max_seqs)
+    }
+    fn alloc_logits(&self, max_seqs: usize) -> Result<Self::Logits> {
+        self.inner.alloc_logits(max_seqs)
     }
     fn load_batch(&self, batch: &PackedBatch, dst: &mut Self::Batch) -> Result<()> {
         if !self.on.load(Ordering::SeqCst) {
@@ -198,22 +205,31 @@ impl<B: Backend + DeviceSync> Backend for Timed<B> {
     }
     fn head(
         &self,
-        hidden: &Self::Buf,
+        cls: &Self::Buf,
         batch: &Self::Batch,
         head: &Head<Self::Buf>,
-    ) -> Result<Vec<f32>> {
+        out: &mut Self::Logits,
+    ) -> Result<()> {
+        self.inner.head(cls, batch, head, out)
+    }
+    fn read_logits(&self, logits: &Self::Logits, n: usize) -> Result<Vec<f32>> {
         if !self.on.load(Ordering::SeqCst) {
-            return self.inner.head(hidden, batch, head);
+            return self.inner.read_logits(logits, n);
         }
+        let t0 = Instant::now();
+        let out = self.inner.read_logits(logits, n)?;
+        let download = t0.elapsed().as_secs_f64();
+        self.update(|m| m.download = download)?;
+        Ok(out)
+    }
+    fn run(&self, shape: Option<BatchShape>, body: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        if !self.on.load(Ordering::SeqCst) {
+            return self.inner.run(shape, body);
+        }
+        self.inner.run(shape, body)?;
         self.inner.sync()?;
-        let t1 = Instant::now();
-        let logits = self.inner.head(hidden, batch, head)?;
-        let t2 = Instant::now();
-        self.update(|m| {
-            m.forward = m.upload_end.map_or(0.0, |u| (t1 - u).as_secs_f64());
-            m.download = (t2 - t1).as_secs_f64();
-        })?;
-        Ok(logits)
+        let end = Instant::now();
+        self.update(|m| m.forward = m.upload_end.map_or(0.0, |u| (end - u).as_secs_f64()))
     }
 }
 
@@ -297,7 +313,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     }
     let mut report = Report {
         schema: report::SCHEMA,
-        system: "crossrank".into(),
+        system: args.cuda.system_name(),
         version: env!("CARGO_PKG_VERSION").into(),
         commit: commit(),
         date: today(),
@@ -373,7 +389,8 @@ impl Ctx<'_> {
         } else {
             None
         };
-        let model = Model::new(Timed::new(backend), self.cfg.clone(), host, max_tokens)?;
+        let model = Model::new(Timed::new(backend), self.cfg.clone(), host, max_tokens)?
+            .with_graphs(self.args.cuda.cuda_graphs);
         let device = model.device_name();
         let mut runs = Vec::with_capacity(self.workload.sets.len());
         let mut non_finite = 0;
@@ -392,8 +409,8 @@ impl Ctx<'_> {
             );
         }
         notes.push(
-            "split: upload, forward and download (the head on [CLS] rows and the copy of the logits) \
-             timed with device syncs between them, in a separate pass"
+            "split: upload, forward (every kernel, the head included) and download (the copy of the \
+             logits) timed with device syncs between them, in a separate pass"
                 .into(),
         );
         Ok((device, dtype, gemm, runs, notes))
@@ -658,6 +675,7 @@ mod tests {
             seed: 4,
             max_length: None,
             gemm: true,
+            cuda: Default::default(),
             export_workload: Some(export.clone()),
         };
         let r = run(&args).unwrap();

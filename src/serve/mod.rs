@@ -55,6 +55,8 @@ pub struct ServeOptions {
     /// JSON lines on stdin and stdout instead of HTTP.
     #[arg(long)]
     pub stdio: bool,
+    #[command(flatten)]
+    pub cuda: engine::CudaOptions,
 }
 
 impl ServeOptions {
@@ -71,6 +73,7 @@ impl ServeOptions {
             max_concurrent: 512,
             max_body_bytes: 8 * 1024 * 1024,
             stdio: false,
+            cuda: engine::CudaOptions::default(),
         }
     }
 
@@ -125,6 +128,7 @@ impl Service {
             opts.device,
             &LoadOptions {
                 max_batch_tokens: opts.max_batch_tokens,
+                cuda: opts.cuda,
             },
         )?;
         let loaded = t0.elapsed();

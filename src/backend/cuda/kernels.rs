@@ -276,8 +276,9 @@ impl Kernels {
         };
         let h = as_i32("attention heads", heads)?;
         let scale_log2 = std::f32::consts::LOG2_E / (head_dim as f32).sqrt();
-        // SAFETY: matches `attention_d{D}_f16`; cu_seqlens holds seqs + 1 prefix sums ending
-        // at b.tokens (built by PackedBatch), so every row read or written is < b.tokens,
+        // SAFETY: matches `attention_d{D}_f16`; cu_seqlens holds seqs + 1 non-decreasing prefix
+        // sums ending at most at b.tokens (checked by load_batch), so every row read or
+        // written is < b.tokens,
         // inside qkv and ctx (checked above); max_seqlen bounds every sequence's length.
         unsafe {
             s.launch_builder(f)
@@ -291,7 +292,8 @@ impl Kernels {
         Ok(())
     }
 
-    /// `out[s] = src[cu_seqlens[s]]` for every sequence: the [CLS] rows, packed.
+    /// `out[s] = src[cu_seqlens[s]]` for every sequence: the [CLS] rows, packed (a zero row
+    /// for an empty sequence).
     pub fn gather_cls(
         &self,
         s: &Arc<CudaStream>,
@@ -316,8 +318,9 @@ impl Kernels {
             shared_mem_bytes: 0,
         };
         let w = as_i32("gather_cls width", width)?;
-        // SAFETY: matches `gather_cls_f16`; cu_seqlens[s] < b.tokens for s < seqs, so every
-        // source row lies inside src ([tokens, width]); out holds seqs rows; width % 8 == 0 and
+        // SAFETY: matches `gather_cls_f16`; cu_seqlens (seqs + 1 entries, checked by
+        // load_batch) never decreases and ends at most at b.tokens, so a non-empty sequence's
+        // first row lies inside src ([tokens, width]) and an empty one reads nothing; out holds seqs rows; width % 8 == 0 and
         // cudarc allocations are 256-byte aligned, so the 16-byte accesses are aligned.
         unsafe {
             s.launch_builder(&self.gather_cls)

@@ -11,16 +11,17 @@ mod embedded {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
-    result as drv, sys as drv_sys, CudaContext, CudaSlice, CudaStream, PinnedHostSlice,
+    result as drv, sys as drv_sys, CudaContext, CudaGraph, CudaSlice, CudaStream, PinnedHostSlice,
 };
 use cudarc::nvrtc::Ptx;
 use half::f16;
 
 use super::Backend;
-use crate::batch::PackedBatch;
+use crate::batch::{BatchShape, PackedBatch};
 use crate::config::Activation;
 use crate::error::{Error, Result};
 use crate::weights::{Embeddings, Head, HostTensor, LayerNorm, Linear};
@@ -93,16 +94,33 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     kernels: Kernels,
     gemm: gemm::Gemm,
+    graphs: Mutex<Graphs>,
     name: String,
 }
 
+/// The most shapes that get a CUDA graph; batches of further shapes run without one.
+pub const MAX_GRAPHS: usize = 256;
+
+/// The forward's CUDA graphs, one per batch shape (see `Backend::run`). A shape is recorded the
+/// second time it comes: one seen once is not worth a capture, and the first, eager run settles
+/// everything done lazily (cuBLASLt's algorithm choice) before anything is captured.
+#[derive(Default)]
+struct Graphs {
+    shapes: HashMap<BatchShape, Option<CudaGraph>>,
+    /// Why graphs were switched off (a capture failed); every forward then runs eagerly.
+    off: Option<String>,
+}
+
+// SAFETY: a CudaGraph is a pair of driver handles, which the driver lets any thread use as long
+// as no two threads use one at once: every use is under the backend's Mutex.
+unsafe impl Send for Graphs {}
+
 /// The packed batch on the device: ids | types | positions | cu_seqlens in one buffer, filled by
-/// one copy from pinned memory, and room for the logits.
+/// one copy from pinned memory. The layout depends only on the token and sequence counts, so a
+/// graph recorded for a batch shape reads every batch of that shape at the same addresses.
 pub struct CudaBatch {
     dev: CudaSlice<u32>,
     staging: PinnedHostSlice<u32>,
-    /// The head writes here while the batch is only borrowed: hence the lock (never contended).
-    logits: Mutex<CudaSlice<f32>>,
     max_tokens: usize,
     max_seqs: usize,
     tokens: usize,
@@ -130,9 +148,10 @@ impl CudaBatch {
 }
 
 /// What the kernels assume of a packed batch before it goes up: it fits its buffers, every
-/// array has one entry per token, and cu_seqlens runs from 0 to the token count in strictly
-/// increasing steps. gather_cls reads row cu_seqlens[s] of every sequence: an empty sequence
-/// (or a first offset other than 0) would send it past the batch's rows.
+/// array has one entry per token, and cu_seqlens runs from 0 up to at most the token count
+/// without decreasing. Rows past the last sequence are padding (a padded batch's, see
+/// `BatchShape`); a sequence may be empty (gather_cls gives it a zero row). A first offset
+/// other than 0, a step down or an end past the rows would send a kernel past the batch.
 fn check_batch(batch: &PackedBatch, max_tokens: usize, max_seqs: usize) -> Result<()> {
     let (t, n) = (batch.tokens(), batch.len());
     if t > max_tokens || n > max_seqs {
@@ -144,13 +163,14 @@ fn check_batch(batch: &PackedBatch, max_tokens: usize, max_seqs: usize) -> Resul
         || batch.position_ids.len() != t
         || batch.cu_seqlens.len() != n + 1
         || batch.cu_seqlens.first().copied() != Some(0)
-        || i32::try_from(t).ok() != batch.cu_seqlens.last().copied()
-        || batch.cu_seqlens.windows(2).any(|w| w[1] <= w[0])
+        || batch
+            .cu_seqlens
+            .last()
+            .is_none_or(|&e| e < 0 || e as usize > t)
+        || batch.cu_seqlens.windows(2).any(|w| w[1] < w[0])
     {
         return Err(Error::Internal(
-            "packed batch is inconsistent (ids, types, positions and cu_seqlens disagree, \
-             or a sequence is empty)"
-                .into(),
+            "packed batch is inconsistent (ids, types, positions and cu_seqlens disagree)".into(),
         ));
     }
     Ok(())
@@ -210,6 +230,7 @@ impl CudaBackend {
             stream,
             kernels,
             gemm,
+            graphs: Mutex::new(Graphs::default()),
             name: format!("cuda:{ordinal} {name} (sm_{major}{minor})"),
         })
     }
@@ -243,11 +264,20 @@ impl CudaBackend {
     pub fn cached_gemm_algorithms(&self) -> usize {
         self.gemm.cached_algorithms()
     }
+
+    /// CUDA graphs recorded so far, and why graphs are off if a capture failed.
+    pub fn graph_status(&self) -> (usize, Option<String>) {
+        match self.graphs.lock() {
+            Ok(g) => (g.shapes.values().flatten().count(), g.off.clone()),
+            Err(_) => (0, Some("a previous forward panicked".into())),
+        }
+    }
 }
 
 impl Backend for CudaBackend {
     type Buf = CudaSlice<f16>;
     type Batch = CudaBatch;
+    type Logits = CudaSlice<f32>;
 
     fn device_name(&self) -> String {
         self.name.clone()
@@ -281,11 +311,9 @@ impl Backend for CudaBackend {
         // SAFETY: pinned memory starts uninitialised; it is only read after `load_batch`
         // wrote the prefix that is copied.
         let staging = unsafe { self.ctx.alloc_pinned::<u32>(len) }?;
-        let logits = Mutex::new(self.stream.alloc_zeros::<f32>(max_seqs.max(1))?);
         Ok(CudaBatch {
             dev,
             staging,
-            logits,
             max_tokens,
             max_seqs,
             tokens: 0,
@@ -295,6 +323,10 @@ impl Backend for CudaBackend {
             max_pos: 0,
             max_type: 0,
         })
+    }
+
+    fn alloc_logits(&self, max_seqs: usize) -> Result<CudaSlice<f32>> {
+        Ok(self.stream.alloc_zeros::<f32>(max_seqs.max(1))?)
     }
 
     fn load_batch(&self, batch: &PackedBatch, dst: &mut CudaBatch) -> Result<()> {
@@ -314,7 +346,10 @@ impl Backend for CudaBackend {
         self.stream.memcpy_htod(&host[..used], &mut view)?;
         dst.tokens = t;
         dst.seqs = n;
-        dst.max_seqlen = (0..n).map(|s| batch.range(s).len()).max().unwrap_or(0);
+        // The field may be larger (a padded batch's shape fixes the attention grid), never
+        // smaller than the longest sequence: a grid too short would skip rows.
+        let longest = (0..n).map(|s| batch.range(s).len()).max().unwrap_or(0);
+        dst.max_seqlen = batch.max_seqlen.max(longest);
         dst.max_id = batch.input_ids.iter().copied().max().unwrap_or(0);
         dst.max_pos = batch.position_ids.iter().copied().max().unwrap_or(0);
         dst.max_type = batch.token_type_ids.iter().copied().max().unwrap_or(0);
@@ -429,7 +464,8 @@ impl Backend for CudaBackend {
         cls: &CudaSlice<f16>,
         batch: &CudaBatch,
         head: &Head<CudaSlice<f16>>,
-    ) -> Result<Vec<f32>> {
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
         let width = head.dense.in_dim;
         if head.dense.out_dim != width || head.out.in_dim != width || head.out.out_dim != 1 {
             return Err(Error::Cuda(format!(
@@ -437,14 +473,6 @@ impl Backend for CudaBackend {
                 head.dense.in_dim, head.dense.out_dim, head.out.in_dim, head.out.out_dim
             )));
         }
-        let n = batch.seqs;
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        let mut logits = batch
-            .logits
-            .lock()
-            .map_err(|_| Error::Internal("a previous head launch panicked".into()))?;
         self.kernels.cls_head(
             &self.stream,
             &batch.views(),
@@ -454,11 +482,72 @@ impl Backend for CudaBackend {
             &head.out.w,
             &head.out.b,
             width,
-            &mut logits,
-        )?;
+            out,
+        )
+    }
+
+    fn read_logits(&self, logits: &CudaSlice<f32>, n: usize) -> Result<Vec<f32>> {
+        if n > logits.len() {
+            return Err(Error::Internal(format!(
+                "read_logits: {n} logits from a buffer of {}",
+                logits.len()
+            )));
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         let out = self.stream.clone_dtoh(&logits.slice(0..n))?;
         self.stream.synchronize()?;
         Ok(out)
+    }
+
+    fn run(&self, shape: Option<BatchShape>, body: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        let Some(shape) = shape else {
+            return body();
+        };
+        let mut g = self
+            .graphs
+            .lock()
+            .map_err(|_| Error::Internal("a previous forward panicked".into()))?;
+        match g.shapes.get(&shape) {
+            Some(Some(graph)) => return Ok(graph.launch()?),
+            Some(None) if g.off.is_none() => {} // the second time: record it
+            Some(None) => return body(),
+            None => {
+                if g.shapes.len() < MAX_GRAPHS {
+                    g.shapes.insert(shape, None);
+                }
+                return body();
+            }
+        }
+        // Thread-local capture: other threads' CUDA calls (another model's) are not caught in it.
+        self.stream
+            .begin_capture(drv_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let queued = body();
+        let captured = self
+            .stream
+            .end_capture(drv_sys::CUgraphInstantiate_flags(0));
+        match (queued, captured) {
+            (Ok(()), Ok(Some(graph))) => {
+                graph.launch()?;
+                g.shapes.insert(shape, Some(graph));
+                Ok(())
+            }
+            (queued, captured) => {
+                // Nothing captured ran. Whatever went wrong, the eager path is the reference:
+                // run it, and stop capturing (an op's own error comes back from it again).
+                let why = match (queued, captured) {
+                    (Err(e), _) => e.to_string(),
+                    (_, Err(e)) => e.to_string(),
+                    _ => "the capture recorded nothing".to_string(),
+                };
+                eprintln!(
+                    "crossrank: recording a CUDA graph failed ({why}); every forward now runs without graphs"
+                );
+                g.off = Some(why);
+                body()
+            }
+        }
     }
 }
 
@@ -485,9 +574,17 @@ mod tests {
     }
 
     #[test]
-    fn check_batch_takes_ragged_batches_that_fit() {
+    fn check_batch_takes_ragged_and_padded_batches_that_fit() {
         check_batch(&packed(&[1, 2, 63, 64, 65]), 195, 5).unwrap();
         check_batch(&packed(&[]), 0, 0).unwrap();
+        // A padded batch (BatchShape): rows of no sequence and empty sequences at the end.
+        let p = packed(&[3, 2]).padded_to(crate::batch::BatchShape {
+            tokens: 8,
+            seqs: 4,
+            max_seqlen: 64,
+        });
+        assert_eq!(p.cu_seqlens, vec![0, 3, 5, 5, 5]);
+        check_batch(&p, 8, 4).unwrap();
     }
 
     #[test]
@@ -496,14 +593,14 @@ mod tests {
             |b: &PackedBatch, t: usize, n: usize| check_batch(b, t, n).unwrap_err().to_string();
         assert!(err(&packed(&[3, 2]), 4, 2).contains("exceeds its buffers"));
         assert!(err(&packed(&[3, 2]), 5, 1).contains("exceeds its buffers"));
-        // A last sequence of no tokens: its [CLS] row would be row 5 of a 5-row batch.
+        // A sequence that ends past the batch's rows.
         let mut b = packed(&[3, 2]);
-        b.cu_seqlens.push(5);
-        assert!(err(&b, 8, 4).contains("a sequence is empty"));
-        // An empty sequence in the middle.
+        b.cu_seqlens.push(6);
+        assert!(err(&b, 8, 4).contains("inconsistent"));
+        // A step down.
         let mut b = packed(&[3, 2]);
-        b.cu_seqlens.insert(1, 0);
-        assert!(err(&b, 8, 4).contains("a sequence is empty"));
+        b.cu_seqlens.insert(2, 2);
+        assert!(err(&b, 8, 4).contains("inconsistent"));
         let mut b = packed(&[3, 2]);
         b.cu_seqlens[0] = 1;
         assert!(err(&b, 8, 4).contains("inconsistent"));
@@ -511,7 +608,7 @@ mod tests {
         b.position_ids.pop();
         assert!(err(&b, 8, 4).contains("inconsistent"));
         let mut b = packed(&[3, 2]);
-        *b.cu_seqlens.last_mut().unwrap() = 4;
+        b.cu_seqlens[2] = -1;
         assert!(err(&b, 8, 4).contains("inconsistent"));
     }
 }
