@@ -21,11 +21,15 @@
 #   SHAPES         default "minilm-l6 bge-base bge-large"
 #   LENGTHS        default "marco rag"
 #   CANDIDATES     default 40,80,100,120
+#   VARIANTS       crossrank's configurations, each a report of its own named after it (so the
+#                  table gives each one's ratio to plain crossrank: the optimisation's effect):
+#                  default (no option), graphs (--cuda-graphs). Default "default graphs".
 #   ITERS / WARMUP crossrank's timed and warm-up calls per N (default 30 / 5)
 #   PEER_ITERS / PEER_WARMUP / PEER_SYSTEMS  the peers' (default 10 / 3 / all four)
 #   PYTHON         default python3
 #   DEVICE         default cuda; DEVICE=cpu SHAPES=tiny-bert runs the whole flow as a dry run
-# Sized for a 15-minute GPU slot: about 3 minutes of crossrank and 6 of peers on an H100
+# Sized (an estimate: not yet run on a GPU) for a 15-minute GPU slot: about 3 minutes of
+# crossrank per variant and 6 of peers on an H100
 # (torch.compile compiles once per shape). On failure of a peer the script goes on and says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +43,7 @@ esac
 SHAPES="${SHAPES:-minilm-l6 bge-base bge-large}"
 LENGTHS="${LENGTHS:-marco rag}"
 CANDIDATES="${CANDIDATES:-40,80,100,120}"
+VARIANTS="${VARIANTS:-default graphs}"
 ITERS="${ITERS:-30}"
 WARMUP="${WARMUP:-5}"
 PEER_ITERS="${PEER_ITERS:-10}"
@@ -94,18 +99,35 @@ shape_dir() {
     echo "$SHAPE_DIR/$shape"
 }
 
+# A variant's crossrank options.
+variant_flags() {
+    case "$1" in
+    default) ;;
+    graphs) echo --cuda-graphs ;;
+    *)
+        echo "bench-gpu.sh: variant \`$1\` is not one of: default, graphs" >&2
+        return 1
+        ;;
+    esac
+}
+for variant in $VARIANTS; do variant_flags "$variant" >/dev/null || exit 2; done
+
 if [ "$STAGE" = all ] || [ "$STAGE" = crossrank ]; then
     for shape in $SHAPES; do
         dir="$(shape_dir "$shape")"
         for lengths in $LENGTHS; do
-            out="$WORK/crossrank-$shape-$lengths.json"
-            [ -s "$out" ] && { log "crossrank $shape $lengths: done before"; continue; }
-            log "crossrank $shape $lengths"
-            "$BIN" bench --model "$dir" --device "$DEVICE" --lengths "$lengths" \
-                --candidates "$CANDIDATES" --iters "$ITERS" --warmup "$WARMUP" \
-                --export-workload "$WORK/workload-$shape-$lengths.json" --out "$out.tmp" \
-                | tee -a "$LOG" >&2
-            mv "$out.tmp" "$out"
+            for variant in $VARIANTS; do
+                out="$WORK/crossrank-$variant-$shape-$lengths.json"
+                [ -s "$out" ] && { log "crossrank ($variant) $shape $lengths: done before"; continue; }
+                log "crossrank ($variant) $shape $lengths"
+                # shellcheck disable=SC2046 # the flags are words
+                "$BIN" bench --model "$dir" --device "$DEVICE" --lengths "$lengths" \
+                    --candidates "$CANDIDATES" --iters "$ITERS" --warmup "$WARMUP" \
+                    $(variant_flags "$variant") \
+                    --export-workload "$WORK/workload-$shape-$lengths.json" --out "$out.tmp" \
+                    | tee -a "$LOG" >&2
+                mv "$out.tmp" "$out"
+            done
         done
     done
 fi
