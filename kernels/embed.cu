@@ -1,4 +1,4 @@
-// Embeddings: out[t] = LayerNorm(word[ids[t]] + position[pos[t]] + token_type[types[t]]).
+// Embeddings: out[t] = LayerNorm(word[ids[t]] + token_type[types[t]] + position[pos[t]]).
 //
 // Shapes: ids / types / pos u32 [rows] (the launcher has checked every index against its table);
 // tables [entries, width] and out [rows, width], row-major fp16, width % 8 == 0, width <= 8192.
@@ -24,9 +24,9 @@ __device__ void embed_layernorm(const uint32_t* __restrict__ ids,
         const Vec8 w = load_vec(word + size_t(ids[row]) * width + col);
         const Vec8 p = load_vec(position + size_t(pos[row]) * width + col);
         const Vec8 t = load_vec(token_type + size_t(types[row]) * width + col);
-        // Same order as the reference: (word + position) + token_type.
+        // transformers' order (and the reference's): (word + token_type) + position.
 #pragma unroll
-        for (int i = 0; i < kVec; ++i) x.v[i] = (w.v[i] + p.v[i]) + t.v[i];
+        for (int i = 0; i < kVec; ++i) x.v[i] = (w.v[i] + t.v[i]) + p.v[i];
     }
     const Vec8 y = layer_norm_vec(x, active, width, gamma, beta, col, eps);
     if (active) store_vec(out + row * width + col, y);

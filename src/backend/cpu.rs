@@ -146,9 +146,10 @@ impl Backend for CpuBackend {
                     batch.token_type_ids[t] as usize,
                 );
                 for (j, v) in row.iter_mut().enumerate() {
+                    // transformers' order: (word + token_type) + position.
                     *v = emb.word[id * h + j]
-                        + emb.position[pos * h + j]
-                        + emb.token_type[ty * h + j];
+                        + emb.token_type[ty * h + j]
+                        + emb.position[pos * h + j];
                 }
                 layer_norm_row(row, &emb.ln.gamma, &emb.ln.beta, eps);
             });
