@@ -217,9 +217,15 @@ fn stdio_answers_every_line_then_exits_0() {
     assert!(unparsed.iter().any(|a| a["error_type"] == "invalid_json"));
 }
 
-/// Starts `crossrank serve --port 0`, returns the child, its base URL, and its stderr lines.
-fn start_http(name: &str) -> (Child, String, mpsc::Receiver<String>) {
-    let mut child = crossrank()
+/// Starts `crossrank serve --port 0` (with CROSSRANK_API_KEY set to `key`, if any), returns
+/// the child, its base URL, and its stderr lines.
+fn start_http(name: &str, key: Option<&str>) -> (Child, String, mpsc::Receiver<String>) {
+    let mut cmd = crossrank();
+    cmd.env_remove("CROSSRANK_API_KEY");
+    if let Some(key) = key {
+        cmd.env("CROSSRANK_API_KEY", key);
+    }
+    let mut child = cmd
         .args(["serve", "--port", "0", "--model"])
         .arg(model_dir(name))
         .stdin(Stdio::null())
@@ -277,7 +283,7 @@ fn drain_lines(rx: &mpsc::Receiver<String>, limit: Duration) -> Vec<String> {
 #[test]
 fn sigterm_finishes_accepted_requests_then_exits_0() {
     let name = "bert-f32";
-    let (mut child, base, stderr) = start_http(name);
+    let (mut child, base, stderr) = start_http(name, None);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -358,15 +364,26 @@ fn sigterm_finishes_accepted_requests_then_exits_0() {
     );
 }
 
+/// One HTTP/1.1 GET over a fresh connection; the whole reply.
+fn get(base: &str, path: &str, headers: &str) -> String {
+    let mut c = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n");
+    c.write_all(req.as_bytes()).unwrap();
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).unwrap();
+    reply
+}
+
+/// Also: the API key comes from CROSSRANK_API_KEY when --api-key is not given (so it stays out
+/// of `ps`); /health needs none.
 #[test]
 fn sigint_on_an_idle_server_exits_0() {
-    let (mut child, base, _stderr) = start_http("xlmr-bf16");
-    let mut health = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
-    health
-        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut reply = String::new();
-    health.read_to_string(&mut reply).unwrap();
+    let (mut child, base, _stderr) = start_http("xlmr-bf16", Some("s3cret"));
+    let reply = get(&base, "/health", "");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let reply = get(&base, "/info", "");
+    assert!(reply.starts_with("HTTP/1.1 401"), "{reply}");
+    let reply = get(&base, "/info", "Authorization: Bearer s3cret\r\n");
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     signal(&child, "-INT");
     let status = wait_exit(&mut child, Duration::from_secs(30));

@@ -37,8 +37,9 @@ pub struct ServeOptions {
     /// 0 picks a free port (printed at start-up).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Require `Authorization: Bearer KEY` on every route but /health.
-    #[arg(long)]
+    /// Require `Authorization: Bearer KEY` on every route but /health. Read from the
+    /// environment when not given, which keeps it out of `ps`.
+    #[arg(long, env = "CROSSRANK_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// The most tokens in one forward pass; requests are packed together up to it.
     #[arg(long, default_value_t = 16384)]

@@ -293,15 +293,26 @@ fn encode<S: PairScorer>(
                 Error::Input(m) => ApiError::validation(m),
                 other => ApiError::backend(other.to_string()),
             })?;
+        let at = |i: usize| {
+            if call.groups.len() > 1 {
+                format!("groups[{g}].documents[{i}]")
+            } else {
+                format!("document {i}")
+            }
+        };
+        // Refused here, with this request's own 4xx: inside a shared forward it would fail
+        // every request of the batch.
+        if let Some(i) = encoded.iter().position(|p| p.ids.is_empty()) {
+            return Err(ApiError::validation(format!(
+                "{} with the query encodes to no tokens; the model needs at least one",
+                at(i)
+            )));
+        }
         if !call.truncate {
             if let Some(i) = encoded.iter().position(|p| p.truncated) {
-                let at = if call.groups.len() > 1 {
-                    format!("groups[{g}].documents[{i}]")
-                } else {
-                    format!("document {i}")
-                };
                 return Err(ApiError::too_large(format!(
-                    "{at} with the query is longer than the model's max length of {} tokens, and truncate is false",
+                    "{} with the query is longer than the model's max length of {} tokens, and truncate is false",
+                    at(i),
                     r.max_length()
                 )));
             }
@@ -635,6 +646,27 @@ mod tests {
         );
         rig.scheduler.shutdown();
         assert_eq!(rig.metrics.queue_depth.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn a_pair_of_no_tokens_is_its_own_requests_422_not_a_failed_forward() {
+        let (rig, gate) = Rig::held(10, 16);
+        let a = rig.submit("a", &["1:3"]).unwrap();
+        let empty = rig.submit("e", &["2:2", "5:0"]).unwrap();
+        let c = rig.submit("c", &["3:2"]).unwrap();
+        rig.release();
+        assert!(logits(gate).is_ok());
+        let e = logits(empty).unwrap_err();
+        assert_eq!(e.status, 422);
+        assert!(
+            e.message
+                .contains("document 1 with the query encodes to no tokens"),
+            "{}",
+            e.message
+        );
+        assert_eq!(logits(a).unwrap(), vec![1.003]);
+        assert_eq!(logits(c).unwrap(), vec![3.002]);
+        assert!(rig.forwards().iter().flatten().all(|&t| t != 2 && t != 5));
     }
 
     #[test]
