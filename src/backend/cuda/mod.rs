@@ -5,6 +5,7 @@
 //! brings back only the N logits.
 
 mod gemm;
+mod tune;
 pub mod kernels;
 
 mod embedded {
