@@ -104,9 +104,10 @@ impl Problem {
         })
     }
 
-    fn failed(&self, e: CublasError) -> Error {
+    /// `what` ("GEMM", "algorithm search") of this problem failed.
+    fn failed(&self, what: &str, e: CublasError) -> Error {
         let (r, o, i) = (self.rows, self.out_dim, self.in_dim);
-        Error::Cuda(format!("cuBLASLt: {r}x{i} · {i}x{o} GEMM failed: {e}"))
+        Error::Cuda(format!("cuBLASLt: {what} of {r}x{i} · {i}x{o} failed: {e}"))
     }
 }
 
@@ -220,9 +221,9 @@ impl Gemm {
             )) => {
                 // The bucket's algorithm does not take this exact shape: ask for one that does.
                 let exact = heuristic(&st.handle, &desc, &p)?;
-                run(&exact).map_err(|e| p.failed(e))
+                run(&exact).map_err(|e| p.failed("GEMM", e))
             }
-            Err(e) => Err(p.failed(e)),
+            Err(e) => Err(p.failed("GEMM", e)),
         }
     }
 
@@ -266,7 +267,8 @@ impl Gemm {
         for &(rows, out_dim, in_dim) in keys {
             let desc = linear_desc(b_ptr)?;
             let p = Problem::new(rows, out_dim, in_dim)?;
-            let found = candidates(handle, &desc, &p, max_candidates).map_err(|e| p.failed(e))?;
+            let found = candidates(handle, &desc, &p, max_candidates)
+                .map_err(|e| p.failed("algorithm search", e))?;
             let (stride, slots) = rotation(out_dim * in_dim, scratch.w.len());
             let mut trials = Vec::with_capacity(found.len());
             for h in &found {
@@ -292,7 +294,7 @@ impl Gemm {
                     unsafe { matmul(handle, &desc, &p, &h.algo, ops, stream) }
                 };
                 trials.push(clock.time(reps, &mut run).map_err(|e| match e {
-                    TimeError::Cublas(e) => p.failed(e),
+                    TimeError::Cublas(e) => p.failed("GEMM", e),
                     TimeError::Other(e) => e,
                 })?);
             }
@@ -304,8 +306,8 @@ impl Gemm {
         }
         drop((_x_sync, _w_sync, _b_sync, _o_sync));
         drop(scratch);
-        // The default memory pool hands freed blocks back to the device at a synchronisation:
-        // after this, tuning holds no device memory.
+        // cudarc frees stream-ordered where the driver can, into the default pool, which
+        // releases its free blocks at the next synchronisation: after it, tuning holds nothing.
         stream.synchronize()?;
         Ok(timings)
     }
@@ -320,30 +322,50 @@ struct Scratch {
     out: CudaSlice<f16>,
 }
 
+/// Element counts of the tuning scratch buffers.
+#[derive(Debug, PartialEq)]
+struct ScratchSizes {
+    x: usize,
+    w: usize,
+    bias: usize,
+    out: usize,
+}
+
+/// x and out for the largest row count times the widest side, and a weight region of twice L2
+/// (`l2_bytes` f16 elements) or two copies of the largest weight, whichever is more, so that
+/// consecutive runs never read the same copy.
+fn scratch_sizes(keys: &[Key], l2_bytes: usize) -> Result<ScratchSizes> {
+    let too_big = || {
+        Error::Internal(format!(
+            "GEMM tuning scratch for {} keys up to {:?} overflows usize",
+            keys.len(),
+            keys.iter().max().copied().unwrap_or_default()
+        ))
+    };
+    let (mut x, mut out, mut w, mut bias) = (0usize, 0usize, 0usize, 0usize);
+    for &(rows, o, i) in keys {
+        x = x.max(rows.checked_mul(i).ok_or_else(too_big)?);
+        out = out.max(rows.checked_mul(o).ok_or_else(too_big)?);
+        w = w.max(o.checked_mul(i).ok_or_else(too_big)?);
+        bias = bias.max(o);
+    }
+    let one_weight = rotation(w, usize::MAX).0;
+    Ok(ScratchSizes {
+        x: x.max(1),
+        w: l2_bytes.max(one_weight.checked_mul(2).ok_or_else(too_big)?),
+        bias: bias.max(1),
+        out: out.max(1),
+    })
+}
+
 impl Scratch {
     fn new(stream: &Arc<CudaStream>, keys: &[Key], l2_bytes: usize) -> Result<Self> {
-        let too_big = || {
-            Error::Internal(format!(
-                "GEMM tuning scratch for shapes up to {:?} overflows usize",
-                keys.iter().max()
-            ))
-        };
-        let (mut x, mut out, mut w, mut bias) = (0usize, 0usize, 0usize, 0usize);
-        for &(rows, o, i) in keys {
-            x = x.max(rows.checked_mul(i).ok_or_else(too_big)?);
-            out = out.max(rows.checked_mul(o).ok_or_else(too_big)?);
-            w = w.max(o.checked_mul(i).ok_or_else(too_big)?);
-            bias = bias.max(o);
-        }
-        // Twice L2 is `l2_bytes` f16 elements; and room for two copies of the largest weight,
-        // so that consecutive runs never read the same one.
-        let one_weight = rotation(w, usize::MAX).0;
-        let region = l2_bytes.max(one_weight.checked_mul(2).ok_or_else(too_big)?);
+        let n = scratch_sizes(keys, l2_bytes)?;
         let mut s = Scratch {
-            x: stream.alloc_zeros::<f16>(x.max(1))?,
-            w: stream.alloc_zeros::<f16>(region.max(1))?,
-            bias: stream.alloc_zeros::<f16>(bias.max(1))?,
-            out: stream.alloc_zeros::<f16>(out.max(1))?,
+            x: stream.alloc_zeros::<f16>(n.x)?,
+            w: stream.alloc_zeros::<f16>(n.w)?,
+            bias: stream.alloc_zeros::<f16>(n.bias)?,
+            out: stream.alloc_zeros::<f16>(n.out)?,
         };
         // Inputs ±[0.25, 0.5), weights ±[1/64, 1/32): outputs stay well inside fp16 for any
         // width a model has, and no operand is the zeros a kernel could be flattered by.
@@ -852,6 +874,35 @@ mod tests {
         }
         // Twice L2 (50 MB on an H100, in f16 elements) holds 12 copies of bge-large's FFN weight.
         assert_eq!(rotation(4096 * 1024, 50 << 20).1, 12);
+    }
+
+    #[test]
+    fn scratch_is_sized_for_the_largest_key_and_twice_l2() {
+        // bge-large's top bucket on an H100 (50 MiB of L2).
+        let keys = [
+            (16384, 3072, 1024),
+            (16384, 1024, 1024),
+            (16384, 4096, 1024),
+            (16384, 1024, 4096),
+            (64, 1024, 4096),
+        ];
+        let n = scratch_sizes(&keys, 50 << 20).unwrap();
+        let expected = ScratchSizes {
+            x: 16384 * 4096,
+            w: 50 << 20,
+            bias: 4096,
+            out: 16384 * 4096,
+        };
+        assert_eq!(n, expected);
+        // 128 + 100 + 128 MiB of fp16.
+        assert_eq!((2 * (n.x + n.w + n.out)) >> 20, 356);
+        // A small L2: two copies of the largest weight, 256-byte aligned.
+        let n = scratch_sizes(&[(64, 100, 48)], 0).unwrap();
+        assert_eq!((n.x, n.w, n.bias, n.out), (64 * 48, 2 * 4864, 100, 6400));
+        let err = scratch_sizes(&[(usize::MAX, 2, 2)], 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("overflows"), "{err}");
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //! - Small buckets are bound by launches and weight reads (≤ 10 µs a run): 1728 runs ≤ 20 ms;
 //!   36 heuristic queries and 288 event waits: about 10 ms.
 //! - Scratch: x and out 16384 × 4096 fp16 (128 MiB each) and a 100 MiB weight region (twice
-//!   the 50 MB L2), about 230 MiB uploaded from pageable memory: about 25 ms.
+//!   the 50 MiB L2), 356 MiB of device memory while tuning runs; x and the weights, 228 MiB,
+//!   uploaded from pageable memory: about 25 ms.
 //!
 //! So about 0.15 to 0.35 s, once per load; `GemmTuning::seconds` reports the measured time.
 
