@@ -23,7 +23,8 @@
 #   CANDIDATES     default 40,80,100,120
 #   VARIANTS       crossrank's configurations, each a report of its own named after it (so the
 #                  table gives each one's ratio to plain crossrank: the optimisation's effect):
-#                  default (no option), graphs (--cuda-graphs). Default "default graphs".
+#                  default (no option), graphs (--cuda-graphs), tuned (--tune-gemm),
+#                  graphs+tuned (both). Default "default graphs tuned".
 #   ITERS / WARMUP crossrank's timed and warm-up calls per N (default 30 / 5)
 #   PEER_ITERS / PEER_WARMUP / PEER_SYSTEMS  the peers' (default 10 / 3 / all four)
 #   PYTHON         default python3
@@ -43,7 +44,7 @@ esac
 SHAPES="${SHAPES:-minilm-l6 bge-base bge-large}"
 LENGTHS="${LENGTHS:-marco rag}"
 CANDIDATES="${CANDIDATES:-40,80,100,120}"
-VARIANTS="${VARIANTS:-default graphs}"
+VARIANTS="${VARIANTS:-default graphs tuned}"
 ITERS="${ITERS:-30}"
 WARMUP="${WARMUP:-5}"
 PEER_ITERS="${PEER_ITERS:-10}"
@@ -104,8 +105,10 @@ variant_flags() {
     case "$1" in
     default) ;;
     graphs) echo --cuda-graphs ;;
+    tuned) echo --tune-gemm ;;
+    graphs+tuned) echo --cuda-graphs --tune-gemm ;;
     *)
-        echo "bench-gpu.sh: variant \`$1\` is not one of: default, graphs" >&2
+        echo "bench-gpu.sh: variant \`$1\` is not one of: default, graphs, tuned, graphs+tuned" >&2
         return 1
         ;;
     esac

@@ -7,8 +7,8 @@
 #   bash scripts/gpu-check.sh run          # there, in the repository root, target/gpu-bundle/ carried
 #   bash scripts/gpu-check.sh run --dry-run  # here: rehearses every step that needs no GPU
 #
-# `run` does, in a few minutes: nvidia-smi facts; the GPU test binaries (cuda_kernels, cuda_e2e,
-# cuda_build); end-to-end parity against transformers itself on seeded random models of the sizes
+# `run` does, in a few minutes: nvidia-smi facts; the GPU test binaries (cuda_kernels, cuda_e2e
+# with CUDA graphs, cuda_build, cuda_tune); end-to-end parity against transformers itself on seeded random models of the sizes
 # of MiniLM-L6, bge-reranker-base and bge-reranker-large, 100 pairs each (scripts/gpu_parity.py);
 # compute-sanitizer memcheck and racecheck over one small end-to-end run; a throughput figure per
 # model shape. It writes perf/gpu-report.json and perf/gpu-check.log (a dry run: the same under
@@ -52,7 +52,7 @@ for line in sys.stdin:
         tests[t["name"]] = m["executable"]
     elif "bin" in t["kind"] and t["name"] == "crossrank" and not m["profile"]["test"]:
         binary = m["executable"]
-want = {"cuda_kernels", "cuda_e2e", "cuda_build"}
+want = {"cuda_kernels", "cuda_e2e", "cuda_build", "cuda_tune"}
 if set(tests) != want or binary is None:
     sys.exit(f"gpu-check prepare: expected test binaries {sorted(want)} and the bin, got {sorted(tests)}, {binary}")
 for name, path in tests.items():

@@ -71,14 +71,21 @@ pub struct CudaOptions {
     /// are padded to a few shapes: at most 1/8 more rows).
     #[arg(long)]
     pub cuda_graphs: bool,
+    /// CUDA: at load, time cuBLASLt's candidate algorithms for every GEMM shape a forward runs
+    /// and keep the fastest (a fraction of a second; summary on stderr).
+    #[arg(long)]
+    pub tune_gemm: bool,
 }
 
 impl CudaOptions {
-    /// The bench's system name: `crossrank`, then `+graphs` for each option that is on.
+    /// The bench's system name: `crossrank`, then `+graphs`, `+tuned` for the options on.
     pub fn system_name(&self) -> String {
         let mut name = String::from("crossrank");
         if self.cuda_graphs {
             name.push_str("+graphs");
+        }
+        if self.tune_gemm {
+            name.push_str("+tuned");
         }
         name
     }
@@ -349,6 +356,11 @@ fn cuda_scorer(
     opts: CudaOptions,
 ) -> Result<Box<dyn Scorer>> {
     let backend = crate::backend::cuda::CudaBackend::new(ordinal)?;
+    if opts.tune_gemm {
+        // Before the first forward: a recorded graph keeps the algorithms it was recorded with.
+        let tuning = backend.tune_gemm(cfg, max_tokens)?;
+        eprintln!("crossrank: {tuning}");
+    }
     Ok(Box::new(
         Model::new(backend, cfg.clone(), host, max_tokens)?.with_graphs(opts.cuda_graphs),
     ))

@@ -342,7 +342,22 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
 #[cfg(feature = "cuda")]
 fn cuda(ctx: &Ctx, ordinal: usize, host: Weights<HostTensor>, max_tokens: usize) -> Result<Out> {
     let backend = crate::backend::cuda::CudaBackend::new(ordinal)?;
-    ctx.run_on(backend, host, max_tokens, "f16")
+    let tuning = if ctx.args.cuda.tune_gemm {
+        Some(backend.tune_gemm(ctx.cfg, max_tokens)?)
+    } else {
+        None
+    };
+    let mut out = ctx.run_on(backend, host, max_tokens, "f16")?;
+    if let Some(t) = tuning {
+        out.4.push(format!("--tune-gemm: {t}"));
+    }
+    if ctx.args.cuda.cuda_graphs {
+        out.4.push(
+            "--cuda-graphs: batches padded to their BatchShape, forwards replayed from CUDA graphs"
+                .into(),
+        );
+    }
+    Ok(out)
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -5,8 +5,8 @@
 //! brings back only the N logits.
 
 mod gemm;
-mod tune;
 pub mod kernels;
+mod tune;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
@@ -29,6 +29,7 @@ use crate::weights::{Embeddings, Head, HostTensor, LayerNorm, Linear};
 
 pub use embedded::{ARCHITECTURES, PTXAS_REPORT};
 use kernels::{BatchViews, Kernels};
+pub use tune::GemmTuning;
 
 /// The architectures whose code is embedded in this build: SASS, then PTX.
 pub fn architectures() -> Vec<String> {
