@@ -5,21 +5,28 @@
 //!
 //! `cargo bench --bench cpu` (about a minute on 2 cores). The tokenization benches use the real
 //! all-MiniLM-L6-v2 BERT tokenizer when scripts/fetch-minilm.sh has fetched it, else the
-//! committed test tokenizer (and say so), and the synthetic XLM-R Unigram tokenizer.
+//! committed test tokenizer (and say so), and the synthetic XLM-R Unigram tokenizer. The
+//! `wordpiece-only` and `unigram-only` lines time the exact fast path (src/wordpiece.rs,
+//! src/unigram.rs) alone on the passages; the `bert-wordpiece` and `xlmr-unigram` lines time a
+//! whole `encode_group` (which takes the fast path where it applies).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use crossrank::backend::cpu::CpuBackend;
 use crossrank::batch::PackedBatch;
 use crossrank::bench::report::mean_batch_flops;
 use crossrank::bench::run::{encode_workload, token_count};
 use crossrank::bench::shapes::{ensure_shape, Shape, DEFAULT_BERT_TOKENIZER, DEFAULT_SEED};
-use crossrank::bench::workload::{Lengths, Workload};
+use crossrank::bench::workload::{Call, Lengths, Workload};
 use crossrank::engine;
 use crossrank::model::{Model, Scorer};
 use crossrank::weights;
+use rayon::prelude::*;
 
 const CALLS: usize = 4;
 
@@ -95,25 +102,14 @@ fn tokenize(c: &mut Criterion) {
             let tokens: usize = p.pairs.iter().flatten().map(|x| x.ids.len()).sum();
             g.throughput(Throughput::Elements((tokens / CALLS) as u64));
             let calls = &p.workload.sets[0].calls;
+            let id = |name: &str| BenchmarkId::new(name, format!("{lengths}/100"));
             if let Some(fast) = crossrank::wordpiece::FastWordPiece::new(p.tokenizer.inner()) {
-                let calls = &p.workload.sets[0].calls;
-                g.bench_function(
-                    BenchmarkId::new("wordpiece-only", format!("{lengths}/100")),
-                    |b| {
-                        let mut i = 0;
-                        b.iter(|| {
-                            use rayon::prelude::*;
-                            let call = &calls[i % CALLS];
-                            i += 1;
-                            call.passages
-                                .par_iter()
-                                .map(|t| fast.encode(t).unwrap().len())
-                                .sum::<usize>()
-                        })
-                    },
-                );
+                fast_only(&mut g, id("wordpiece-only"), calls, &|t| fast.encode(t));
             }
-            g.bench_function(BenchmarkId::new(tag, format!("{lengths}/100")), |b| {
+            if let Some(fast) = crossrank::unigram::FastUnigram::new(p.tokenizer.inner()) {
+                fast_only(&mut g, id("unigram-only"), calls, &|t| fast.encode(t));
+            }
+            g.bench_function(id(tag), |b| {
                 let mut i = 0;
                 b.iter(|| {
                     let call = &calls[i % CALLS];
@@ -126,6 +122,27 @@ fn tokenize(c: &mut Criterion) {
         }
     }
     g.finish();
+}
+
+/// A fast tokenizer path alone on the passages of each call (in parallel, as encode_group runs
+/// them): no query, no pairing, no truncation.
+fn fast_only(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    id: BenchmarkId,
+    calls: &[Call],
+    encode: &(dyn Fn(&str) -> Option<Vec<u32>> + Sync),
+) {
+    g.bench_function(id, |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let call = &calls[i % CALLS];
+            i += 1;
+            call.passages
+                .par_iter()
+                .map(|t| encode(t).expect("bench texts hold no added token").len())
+                .sum::<usize>()
+        })
+    });
 }
 
 fn pack(c: &mut Criterion) {

@@ -17,6 +17,7 @@ use tokenizers::{Encoding, PostProcessor, Tokenizer};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::unigram::FastUnigram;
 use crate::wordpiece::FastWordPiece;
 
 /// Which end of a too-long pair is cut: transformers' `truncation_side` (TEI's
@@ -39,8 +40,8 @@ pub struct EncodedPair {
 
 pub struct PairTokenizer {
     tokenizer: Tokenizer,
-    /// The exact fast path for plain BERT WordPiece tokenizers (src/wordpiece.rs).
-    fast: Option<FastWordPiece>,
+    /// The exact fast path for plain BERT WordPiece or XLM-R Unigram tokenizers.
+    fast: Option<FastPath>,
     /// Special tokens the post-processor adds around a pair.
     added_for_pair: usize,
     /// The longest pair the model accepts (position table, tokenizer_config.json).
@@ -88,7 +89,7 @@ impl PairTokenizer {
             ));
         }
         Ok(PairTokenizer {
-            fast: FastWordPiece::new(&tokenizer),
+            fast: FastPath::new(&tokenizer),
             tokenizer,
             added_for_pair,
             max_length_limit: positions,
@@ -232,8 +233,31 @@ fn ids_encoding(ids: Vec<u32>) -> Encoding {
     )
 }
 
+/// The exact fast paths: src/wordpiece.rs, src/unigram.rs. Each refuses any pipeline it does
+/// not reproduce exactly, and gives `None` for a text that must go the general way.
+enum FastPath {
+    WordPiece(FastWordPiece),
+    /// Boxed: its trie's root table makes it some 9 KB.
+    Unigram(Box<FastUnigram>),
+}
+
+impl FastPath {
+    fn new(t: &Tokenizer) -> Option<Self> {
+        FastWordPiece::new(t)
+            .map(FastPath::WordPiece)
+            .or_else(|| FastUnigram::new(t).map(|f| FastPath::Unigram(Box::new(f))))
+    }
+
+    fn encode(&self, text: &str) -> Option<Vec<u32>> {
+        match self {
+            FastPath::WordPiece(f) => f.encode(text),
+            FastPath::Unigram(f) => f.encode(text),
+        }
+    }
+}
+
 impl PairTokenizer {
-    /// Whether this tokenizer takes the exact fast WordPiece path.
+    /// Whether this tokenizer takes an exact fast path (WordPiece or Unigram).
     pub fn has_fast_path(&self) -> bool {
         self.fast.is_some()
     }

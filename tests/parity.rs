@@ -95,13 +95,9 @@ fn logits_and_tokens_match_transformers_on_every_committed_model() {
     for name in committed_models() {
         let gold = golden(&name);
         let r = load(&name);
-        // BERT's WordPiece goes through the fast path (src/wordpiece.rs), so these ids test it.
-        let bert = r.config().family == crossrank::config::Family::Bert;
-        assert_eq!(
-            r.tokenizer().has_fast_path(),
-            bert,
-            "{name}: fast WordPiece path"
-        );
+        // BERT's WordPiece and XLM-R's Unigram go through the fast paths (src/wordpiece.rs,
+        // src/unigram.rs), so these ids test them.
+        assert!(r.tokenizer().has_fast_path(), "{name}: fast tokenizer path");
         assert_eq!(
             r.tokenizer().default_max_length(),
             gold.max_length,
