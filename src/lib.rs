@@ -13,6 +13,7 @@ pub mod error;
 pub mod model;
 pub mod serve;
 pub mod tokenize;
+pub mod tokenizer_class;
 pub mod unigram;
 pub mod weights;
 pub mod wordpiece;

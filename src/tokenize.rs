@@ -65,8 +65,9 @@ impl PairTokenizer {
                 "missing: crossrank needs the fast tokenizer file tokenizer.json",
             ));
         }
-        let mut tokenizer = Tokenizer::from_file(&path)
-            .map_err(|e| Error::model(&path, format!("tokenizer does not load: {e}")))?;
+        let config = crate::tokenizer_class::read_config(dir)?;
+        // As transformers 5 runs it: for BERT and XLM-R, the class's pipeline, not the file's.
+        let mut tokenizer = crate::tokenizer_class::load(dir, config.as_ref())?;
         // Settings stored in tokenizer.json are not ours: every call sets its own.
         tokenizer
             .with_truncation(None)
@@ -78,7 +79,7 @@ impl PairTokenizer {
             .map(|p| p.added_tokens(true))
             .unwrap_or(0);
         let positions = cfg.max_positions();
-        let model_max = model_max_length(dir)?;
+        let model_max = model_max_length(config.as_ref());
         let default_max_length = match model_max {
             Some(m) if m > 0 && m < positions => m,
             _ => positions,
@@ -433,18 +434,12 @@ impl PairTokenizer {
 
 /// `model_max_length` from tokenizer_config.json; transformers writes a huge sentinel
 /// (1e30) when unset, which we treat as absent.
-fn model_max_length(dir: &Path) -> Result<Option<usize>> {
-    let path = dir.join("tokenizer_config.json");
-    if !path.exists() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::model(&path, format!("not valid JSON: {e}")))?;
-    Ok(v.get("model_max_length")
+fn model_max_length(config: Option<&serde_json::Value>) -> Option<usize> {
+    config?
+        .get("model_max_length")
         .and_then(|m| m.as_f64())
         .filter(|m| *m >= 1.0 && *m < 1e7)
-        .map(|m| m as usize))
+        .map(|m| m as usize)
 }
 
 #[cfg(test)]

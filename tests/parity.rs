@@ -388,3 +388,49 @@ fn pairs_framed_from_ids_equal_the_librarys() {
         eprintln!("{name}: {compared} pairs framed from ids, all equal to the library's");
     }
 }
+
+/// tokenizer.json files (or tokenizer_config.json settings) that disagree with their class:
+/// transformers 5 runs the class's pipeline (src/tokenizer_class.rs), and so must we. Goldens
+/// from scripts/make_tokenizer_goldens.py: the hub's XLM-R converter pipeline (a trailing space
+/// becomes a `▁` token if the file is run as it is), add_prefix_space false, do_lower_case false
+/// under a lowercasing file, and a BERT file with another pre-tokenizer. Ids must be equal, and
+/// BERT's type ids.
+#[test]
+fn tokenizer_files_run_as_transformers_runs_their_class() {
+    use crossrank::config::ModelConfig;
+    use crossrank::tokenize::PairTokenizer;
+    let path = data_dir().join("goldens").join("tokenizer-classes.json");
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let variants = golden["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 4);
+    for v in variants {
+        let name = v["name"].as_str().unwrap();
+        let dir = data_dir().join("tokenizers").join(name);
+        let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+        let t = PairTokenizer::load(&dir, &cfg).unwrap();
+        assert!(
+            t.has_fast_path(),
+            "{name}: the class's pipeline takes the fast path"
+        );
+        let pairs = v["pairs"].as_array().unwrap();
+        for p in pairs {
+            let (q, passage) = (p["query"].as_str().unwrap(), p["passage"].as_str().unwrap());
+            let max_length = t
+                .resolve_max_length(p["max_length"].as_u64().map(|m| m as usize))
+                .unwrap();
+            let got = t.encode_group(q, &[passage], max_length).unwrap().remove(0);
+            let want: Vec<u32> = serde_json::from_value(p["input_ids"].clone()).unwrap();
+            assert_eq!(got.ids, want, "{name}: {q:?} / {passage:?} at {max_length}");
+            if let Ok(types) = serde_json::from_value::<Vec<u32>>(p["token_type_ids"].clone()) {
+                if cfg.uses_token_types() {
+                    assert_eq!(
+                        got.type_ids, types,
+                        "{name}: type ids of {q:?} / {passage:?}"
+                    );
+                }
+            }
+        }
+        eprintln!("{name}: {} pairs equal to transformers", pairs.len());
+    }
+}
