@@ -107,4 +107,10 @@ pub trait Backend: Send + Sync + 'static {
         let _ = shape;
         body()
     }
+
+    /// Lines for a report on what the backend did beyond the ops (graphs recorded, or why
+    /// they were switched off). None by default.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

@@ -222,6 +222,9 @@ impl<B: Backend + DeviceSync> Backend for Timed<B> {
         self.update(|m| m.download = download)?;
         Ok(out)
     }
+    fn notes(&self) -> Vec<String> {
+        self.inner.notes()
+    }
     fn run(&self, shape: Option<BatchShape>, body: &mut dyn FnMut() -> Result<()>) -> Result<()> {
         if !self.on.load(Ordering::SeqCst) {
             return self.inner.run(shape, body);
@@ -417,6 +420,7 @@ impl Ctx<'_> {
         if non_finite > 0 {
             notes.push(format!("{non_finite} logits were not finite"));
         }
+        notes.extend(model.backend.notes());
         if dtype == "f32" {
             notes.push(
                 "CPU: the f32 reference backend; MFU is against the measured f32 GEMM rate of this CPU"

@@ -503,6 +503,19 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
+    fn notes(&self) -> Vec<String> {
+        let (recorded, off) = self.graph_status();
+        let seen = self.graphs.lock().map(|g| g.shapes.len()).unwrap_or(0);
+        if seen == 0 {
+            return Vec::new();
+        }
+        let mut line = format!("CUDA graphs: {seen} batch shapes seen, {recorded} recorded");
+        if let Some(why) = off {
+            line.push_str(&format!("; switched off after a failed recording: {why}"));
+        }
+        vec![line]
+    }
+
     fn run(&self, shape: Option<BatchShape>, body: &mut dyn FnMut() -> Result<()>) -> Result<()> {
         let Some(shape) = shape else {
             return body();
