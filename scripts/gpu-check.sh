@@ -59,9 +59,10 @@ for name, path in tests.items():
     shutil.copy(path, f"'"$BUNDLE"'/tests/{name}")
 shutil.copy(binary, "'"$BUNDLE"'/crossrank-test-profile")
 '
-    # Debug info is most of a test binary's size and none of its use there.
+    # Debug info and symbols are most of a binary's size and none of its use there (a panic's
+    # message and the test names need neither); everything shipped must fit 64 MiB.
     for f in "$BUNDLE"/crossrank "$BUNDLE"/crossrank-test-profile "$BUNDLE"/tests/*; do
-        strip --strip-debug "$f" 2>/dev/null || objcopy --strip-debug "$f"
+        strip --strip-all "$f" 2>/dev/null || objcopy --strip-all "$f"
     done
     {
         echo "commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)"
