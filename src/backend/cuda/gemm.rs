@@ -127,6 +127,10 @@ struct State {
     handle: Handle,
     workspace: CudaSlice<u8>,
     algos: HashMap<Key, sys::cublasLtMatmulAlgo_t>,
+    /// Exact (rows, out, in) shapes whose bucket's algorithm refused them, with the one the
+    /// heuristic gave for the exact shape: asked once, on an eager forward, so that no heuristic
+    /// query runs inside a CUDA graph capture (cuBLASLt may refuse one there) or on every call.
+    exact: HashMap<Key, sys::cublasLtMatmulAlgo_t>,
 }
 
 // SAFETY: `cublasLtMatmulAlgo_t` is plain data (an opaque array of u64); the handle is covered
@@ -152,6 +156,7 @@ impl Gemm {
                 handle,
                 workspace,
                 algos: HashMap::new(),
+                exact: HashMap::new(),
             }),
             stream,
         })
@@ -189,7 +194,8 @@ impl Gemm {
         let desc = linear_desc(b_ptr)?;
         let p = Problem::new(rows, out_dim, in_dim)?;
         let key = (bucket(rows), out_dim, in_dim);
-        let algo = match st.algos.get(&key) {
+        let exact_key = (rows, out_dim, in_dim);
+        let algo = match st.exact.get(&exact_key).or_else(|| st.algos.get(&key)) {
             Some(a) => *a,
             None => {
                 let a = heuristic(&st.handle, &desc, &Problem::new(key.0, out_dim, in_dim)?)?;
@@ -219,9 +225,12 @@ impl Gemm {
                 sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED
                 | sys::cublasStatus_t::CUBLAS_STATUS_INVALID_VALUE,
             )) => {
-                // The bucket's algorithm does not take this exact shape: ask for one that does.
+                // The bucket's algorithm does not take this exact shape: ask for one that does,
+                // once.
                 let exact = heuristic(&st.handle, &desc, &p)?;
-                run(&exact).map_err(|e| p.failed("GEMM", e))
+                run(&exact).map_err(|e| p.failed("GEMM", e))?;
+                st.exact.insert(exact_key, exact);
+                Ok(())
             }
             Err(e) => Err(p.failed("GEMM", e)),
         }
@@ -243,7 +252,10 @@ impl Gemm {
             handle,
             workspace,
             algos,
+            exact,
         } = &mut *guard;
+        // Exact-shape answers were fallbacks from the buckets' old algorithms: ask again.
+        exact.clear();
         let stream = &self.stream;
         let ctx = stream.context();
         ctx.bind_to_thread()?;

@@ -92,11 +92,13 @@ fn describe(ordinal: i32) -> Result<String> {
 }
 
 pub struct CudaBackend {
+    /// First, so that it is dropped first: the graphs launch the kernels and the cuBLASLt
+    /// workspace of the fields below.
+    graphs: Mutex<Graphs>,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     kernels: Kernels,
     gemm: gemm::Gemm,
-    graphs: Mutex<Graphs>,
     name: String,
 }
 
@@ -213,10 +215,12 @@ impl CudaBackend {
                     .into(),
             ));
         }
-        let stream = ctx.new_stream()?;
         // SAFETY: everything this backend does runs on its one stream, in order, so cudarc's
-        // cross-stream events are not needed; no slice is shared with another stream.
+        // cross-stream events are not needed; no slice is shared with another stream. Before
+        // the stream: with tracking on, cudarc synchronises the whole context when it makes the
+        // first stream, which would invalidate another model's graph capture in progress.
         unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream()?;
         let module = ctx
             .load_module(Ptx::from_binary(embedded::FATBIN.to_vec()))
             .map_err(|e| {
@@ -265,6 +269,24 @@ impl CudaBackend {
     /// Algorithms cuBLASLt has chosen so far, one per (row bucket, out, in).
     pub fn cached_gemm_algorithms(&self) -> usize {
         self.gemm.cached_algorithms()
+    }
+
+    /// Ends a stream capture that is still open after a failure, dropping what it recorded.
+    fn abandon_capture(&self) {
+        let cu = self.stream.cu_stream();
+        // SAFETY: `cu` is this backend's live stream; a graph returned by ending its capture is
+        // ours alone and destroyed at once.
+        unsafe {
+            let capturing = drv::stream::is_capturing(cu)
+                .is_ok_and(|s| s != drv_sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE);
+            if capturing {
+                if let Ok(graph) = drv::stream::end_capture(cu) {
+                    if !graph.is_null() {
+                        let _ = drv::graph::destroy(graph);
+                    }
+                }
+            }
+        }
     }
 
     /// CUDA graphs recorded so far, and why graphs are off if a capture failed.
@@ -536,26 +558,37 @@ impl Backend for CudaBackend {
             }
         }
         // Thread-local capture: other threads' CUDA calls (another model's) are not caught in it.
-        self.stream
-            .begin_capture(drv_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-        let queued = body();
-        let captured = self
+        let recorded = self
             .stream
-            .end_capture(drv_sys::CUgraphInstantiate_flags(0));
-        match (queued, captured) {
-            (Ok(()), Ok(Some(graph))) => {
-                graph.launch()?;
+            .begin_capture(drv_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                let queued = body();
+                let captured = self
+                    .stream
+                    .end_capture(drv_sys::CUgraphInstantiate_flags(0));
+                match (queued, captured) {
+                    (Ok(()), Ok(Some(graph))) => graph
+                        .launch()
+                        .map(|()| graph)
+                        .map_err(|e| format!("the recorded graph did not launch: {e}")),
+                    (Err(e), _) => Err(e.to_string()),
+                    (_, Err(e)) => Err(e.to_string()),
+                    (Ok(()), Ok(None)) => Err("the capture recorded nothing".to_string()),
+                }
+            });
+        match recorded {
+            Ok(graph) => {
                 g.shapes.insert(shape, Some(graph));
                 Ok(())
             }
-            (queued, captured) => {
+            Err(why) => {
+                // cudarc's end_capture can fail before it ends the capture (an error an earlier
+                // drop left in the context comes back first): end it here, or the eager run
+                // below would be recorded instead of run.
+                self.abandon_capture();
                 // Nothing captured ran. Whatever went wrong, the eager path is the reference:
                 // run it, and stop capturing (an op's own error comes back from it again).
-                let why = match (queued, captured) {
-                    (Err(e), _) => e.to_string(),
-                    (_, Err(e)) => e.to_string(),
-                    _ => "the capture recorded nothing".to_string(),
-                };
                 eprintln!(
                     "crossrank: recording a CUDA graph failed ({why}); every forward now runs without graphs"
                 );
