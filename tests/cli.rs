@@ -108,6 +108,14 @@ fn rerank_prints_sorted_results_from_every_docs_format() {
     for r in &a {
         assert_eq!(r["truncated"], false);
     }
+    // The CUDA options are accepted everywhere and change nothing on the CPU.
+    let cuda_opts = results(&rerank(
+        &model,
+        &txt,
+        &["--cuda-graphs", "--tune-gemm"],
+        None,
+    ));
+    assert_eq!(a, cuda_opts, "--cuda-graphs --tune-gemm on the CPU");
 
     let top = results(&rerank(
         &model,

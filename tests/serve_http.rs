@@ -306,6 +306,10 @@ async fn health_info_metrics_and_empty_documents() {
     );
     assert_eq!(info["max_length"], 48);
     assert_eq!(info["max_client_batch_size"], 1000);
+    assert_eq!(
+        (info["cuda_graphs"].clone(), info["tune_gemm"].clone()),
+        (false.into(), false.into())
+    );
     assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
 
     // Empty documents: a 200 with no results, on every route.

@@ -229,6 +229,8 @@ impl Service {
             "max_concurrent": self.opts.max_concurrent,
             "max_body_bytes": self.opts.max_body_bytes,
             "api_key_required": self.opts.api_key.is_some(),
+            "cuda_graphs": self.opts.cuda.cuda_graphs,
+            "tune_gemm": self.opts.cuda.tune_gemm,
             "version": env!("CARGO_PKG_VERSION"),
         })
     }
