@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,11 +64,47 @@ def file_odd(t: dict, cfg: dict) -> None:
     t["pre_tokenizer"] = {"type": "WhitespaceSplit"}
 
 
+def roberta_bpe() -> tuple[dict, dict]:
+    """A small byte-level BPE tokenizer as RoBERTa's (no committed model has one), trained here."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=700,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(QUERIES + PASSAGES + ["the giant panda is a bear"] * 5, trainer)
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True, add_prefix_space=False)
+    cfg = {
+        "add_prefix_space": False,
+        "bos_token": "<s>",
+        "cls_token": "<s>",
+        "eos_token": "</s>",
+        "mask_token": "<mask>",
+        "model_max_length": 512,
+        "pad_token": "<pad>",
+        "sep_token": "</s>",
+        "tokenizer_class": "RobertaTokenizer",
+        "unk_token": "<unk>",
+    }
+    return json.loads(tok.to_str()), cfg
+
+
+def bpe_prefix_config(t: dict, cfg: dict) -> None:
+    """The config asks for a prefix space, the file does not: the config wins."""
+    cfg["add_prefix_space"] = True
+
+
 VARIANTS = [
     ("xlmr-spm-converter", "xlmr-bf16", spm_converter),
     ("xlmr-no-prefix", "xlmr-bf16", no_prefix),
     ("bert-config-cased", "bert-f32", config_cased),
     ("bert-file-odd", "bert-f32", file_odd),
+    # base "roberta-bpe": roberta_bpe()'s tokenizer with roberta-sharded's config.json
+    ("roberta-bpe", "roberta-bpe", lambda t, cfg: None),
+    ("roberta-bpe-prefix-config", "roberta-bpe", bpe_prefix_config),
 ]
 
 
@@ -77,10 +114,15 @@ def main() -> None:
         shutil.rmtree(OUT)
     golden = {"transformers": transformers.__version__, "variants": []}
     for name, base, change in VARIANTS:
-        src, dst = MODELS / base, OUT / name
+        dst = OUT / name
         dst.mkdir(parents=True)
-        t = json.loads((src / "tokenizer.json").read_text())
-        cfg = json.loads((src / "tokenizer_config.json").read_text())
+        if base == "roberta-bpe":
+            src = MODELS / "roberta-sharded"
+            t, cfg = roberta_bpe()
+        else:
+            src = MODELS / base
+            t = json.loads((src / "tokenizer.json").read_text())
+            cfg = json.loads((src / "tokenizer_config.json").read_text())
         change(t, cfg)
         (dst / "tokenizer.json").write_text(json.dumps(t, ensure_ascii=False, indent=2) + "\n")
         (dst / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")

@@ -1,15 +1,16 @@
 //! tokenizer.json as transformers 5 runs it.
 //!
 //! transformers 5 does not run the pipeline stored in tokenizer.json for the tokenizer classes it
-//! defines: `BertTokenizer` and `XLMRobertaTokenizer` rebuild their normalizer, pre-tokenizer and
-//! post-processor in `__init__` from tokenizer_config.json's settings, and keep only the
-//! vocabulary, the added tokens and (XLM-R) the SentencePiece charsmap from the file. A file
+//! defines: `BertTokenizer`, `XLMRobertaTokenizer` and `RobertaTokenizer` rebuild their
+//! normalizer, pre-tokenizer and post-processor in `__init__` from tokenizer_config.json's
+//! settings, and keep only the vocabulary (and merges), the added tokens and (XLM-R) the
+//! SentencePiece charsmap from the file. A file
 //! written by another converter (the hub's XLM-R files carry `Precompiled` + `Replace(" {2,}")`
 //! and `Metaspace` alone, which keeps a trailing space as a `▁` token) would otherwise tokenize
-//! unlike transformers. So for those two classes the file is rewritten here, as JSON, into the
-//! pipeline transformers builds (models/bert/tokenization_bert.py and
-//! models/xlm_roberta/tokenization_xlm_roberta.py of transformers 5.24), before the tokenizers
-//! library loads it. Other classes run the file as it is.
+//! unlike transformers. So for those classes the file is rewritten here, as JSON, into the
+//! pipeline transformers builds (models/{bert,xlm_roberta,roberta}/tokenization_*.py of
+//! transformers 5.24), before the tokenizers library loads it. Other classes run the file as it
+//! is.
 
 use std::path::Path;
 
@@ -35,6 +36,7 @@ pub fn read_config(dir: &Path) -> Result<Option<Value>> {
 pub enum Class {
     Bert,
     XlmRoberta,
+    Roberta,
     /// Any other class, or none named: the file's own pipeline.
     File,
 }
@@ -48,6 +50,7 @@ impl Class {
         match name.strip_suffix("Fast").unwrap_or(name) {
             "BertTokenizer" => Class::Bert,
             "XLMRobertaTokenizer" => Class::XlmRoberta,
+            "RobertaTokenizer" => Class::Roberta,
             _ => Class::File,
         }
     }
@@ -70,33 +73,48 @@ pub fn load(dir: &Path, config: Option<&Value>) -> Result<Tokenizer> {
         .map_err(|e| bad(e.to_string()))
 }
 
-/// Rewrites a parsed tokenizer.json into `class`'s transformers 5 pipeline.
-pub fn rebuild(file: &mut Value, class: Class, config: &Value) -> std::result::Result<(), String> {
-    let setting = |key: &str| config.get(key).filter(|v| !v.is_null());
-    let flag = |key: &str, default: bool| setting(key).and_then(Value::as_bool).unwrap_or(default);
-    let token = |key: &str, default: &str| {
-        setting(key)
+/// tokenizer_config.json's settings as a tokenizer class's `__init__` takes them: a missing or
+/// null key gets the class's default; a token may be a string or an AddedToken object.
+struct Settings<'a>(&'a Value);
+
+impl Settings<'_> {
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.0.get(key).filter(|v| !v.is_null())
+    }
+
+    fn flag(&self, key: &str, default: bool) -> bool {
+        self.get(key).and_then(Value::as_bool).unwrap_or(default)
+    }
+
+    fn token(&self, key: &str, default: &str) -> String {
+        self.get(key)
             .and_then(|v| {
                 v.as_str()
                     .or_else(|| v.get("content").and_then(Value::as_str))
             })
             .unwrap_or(default)
             .to_string()
-    };
+    }
+}
+
+/// Rewrites a parsed tokenizer.json into `class`'s transformers 5 pipeline.
+pub fn rebuild(file: &mut Value, class: Class, config: &Value) -> std::result::Result<(), String> {
+    let c = Settings(config);
     match class {
         Class::File => Ok(()),
+        Class::Roberta => rebuild_roberta(file, config),
         Class::Bert => {
             let (cls, sep, unk) = (
-                token("cls_token", "[CLS]"),
-                token("sep_token", "[SEP]"),
-                token("unk_token", "[UNK]"),
+                c.token("cls_token", "[CLS]"),
+                c.token("sep_token", "[SEP]"),
+                c.token("unk_token", "[UNK]"),
             );
             file["normalizer"] = json!({
                 "type": "BertNormalizer",
                 "clean_text": true,
-                "handle_chinese_chars": flag("tokenize_chinese_chars", true),
-                "strip_accents": setting("strip_accents").and_then(Value::as_bool),
-                "lowercase": flag("do_lower_case", true),
+                "handle_chinese_chars": c.flag("tokenize_chinese_chars", true),
+                "strip_accents": c.get("strip_accents").and_then(Value::as_bool),
+                "lowercase": c.flag("do_lower_case", true),
             });
             file["pre_tokenizer"] = json!({"type": "BertPreTokenizer"});
             let model = file
@@ -119,7 +137,7 @@ pub fn rebuild(file: &mut Value, class: Class, config: &Value) -> std::result::R
             Ok(())
         }
         Class::XlmRoberta => {
-            let (bos, eos) = (token("bos_token", "<s>"), token("eos_token", "</s>"));
+            let (bos, eos) = (c.token("bos_token", "<s>"), c.token("eos_token", "</s>"));
             // The charsmap is the first Precompiled normalizer of the file, alone or in a
             // Sequence; every other normalizer is dropped, and without one there is none.
             let precompiled = match file.get("normalizer") {
@@ -131,7 +149,7 @@ pub fn rebuild(file: &mut Value, class: Class, config: &Value) -> std::result::R
                 _ => None,
             };
             file["normalizer"] = precompiled.unwrap_or(Value::Null);
-            let prepend = if flag("add_prefix_space", true) {
+            let prepend = if c.flag("add_prefix_space", true) {
                 "always"
             } else {
                 "never"
@@ -169,6 +187,45 @@ pub fn rebuild(file: &mut Value, class: Class, config: &Value) -> std::result::R
             Ok(())
         }
     }
+}
+
+/// RobertaTokenizer: no normalizer; ByteLevel with the config's add_prefix_space (default
+/// false); BPE(vocab, merges) with no dropout, prefix or suffix, unknowns not fused;
+/// RobertaProcessing with the config's trim_offsets (default true) and add_prefix_space.
+fn rebuild_roberta(file: &mut Value, config: &Value) -> std::result::Result<(), String> {
+    let c = Settings(config);
+    let (prefix, trim) = (
+        c.flag("add_prefix_space", false),
+        c.flag("trim_offsets", true),
+    );
+    file["normalizer"] = Value::Null;
+    file["pre_tokenizer"] = json!({
+        "type": "ByteLevel", "add_prefix_space": prefix, "trim_offsets": true, "use_regex": true,
+    });
+    let model = file
+        .get_mut("model")
+        .filter(|m| m.get("type").and_then(Value::as_str) == Some("BPE"))
+        .ok_or("RobertaTokenizer with a model other than BPE")?;
+    model["dropout"] = Value::Null;
+    model["unk_token"] = Value::Null;
+    model["continuing_subword_prefix"] = json!("");
+    model["end_of_word_suffix"] = json!("");
+    model["fuse_unk"] = json!(false);
+    model["byte_fallback"] = json!(false);
+    model["ignore_merges"] = json!(false);
+    let (cls, sep) = (c.token("cls_token", "<s>"), c.token("sep_token", "</s>"));
+    let (cls_id, sep_id) = (
+        token_id(file, &cls).ok_or(format!("no id for {cls}"))?,
+        token_id(file, &sep).ok_or(format!("no id for {sep}"))?,
+    );
+    file["post_processor"] = json!({
+        "type": "RobertaProcessing",
+        "sep": [sep, sep_id],
+        "cls": [cls, cls_id],
+        "trim_offsets": trim,
+        "add_prefix_space": prefix,
+    });
+    Ok(())
 }
 
 fn is_precompiled(n: &Value) -> bool {
@@ -227,7 +284,8 @@ mod tests {
         assert_eq!(c("BertTokenizer"), Class::Bert);
         assert_eq!(c("BertTokenizerFast"), Class::Bert);
         assert_eq!(c("XLMRobertaTokenizerFast"), Class::XlmRoberta);
-        assert_eq!(c("RobertaTokenizer"), Class::File);
+        assert_eq!(c("RobertaTokenizerFast"), Class::Roberta);
+        assert_eq!(c("DebertaV2Tokenizer"), Class::File);
         assert_eq!(Class::of(None), Class::File);
     }
 
