@@ -11,6 +11,14 @@
 
 #define CR_DEVICE __device__ __forceinline__
 
+// Dynamic shared memory as an array `name` of T: the launch's shared_mem_bytes. (The software
+// GPU, softgpu/, gives each block its own buffer in place of the extern declaration.)
+#ifdef CROSSRANK_SOFTGPU
+#define CR_DYNAMIC_SHARED(T, name) CR_SOFTGPU_DYNAMIC_SHARED(T, name)
+#else
+#define CR_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
+
 namespace cr {
 
 constexpr int kWarp = 32;
@@ -117,21 +125,30 @@ CR_DEVICE Vec8 layer_norm_vec(const Vec8& x, bool active, int width, const __hal
 //   b[0] = B[2t..2t+1][g]    b[1] = B[2t+8..2t+9][g]
 //   d[0..1] = D[g][2t..2t+1] d[2..3] = D[g+8][2t..2t+1]
 CR_DEVICE void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#ifdef CROSSRANK_SOFTGPU
+    // The software GPU (softgpu/): a warp-collective model written from the PTX ISA's tables.
+    softgpu_mma_16816(SOFTGPU_F16, d, a, b0, b1);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
         "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
 }
 
 // Four 8x8 fp16 matrices from shared memory, transposed: lane l gives the address of row l % 8
 // of matrix l / 8 (16 bytes, 16-byte aligned) and receives, from matrix i, register r[i] =
 // { M_i[2(l%4)][l/4], M_i[2(l%4)+1][l/4] }: exactly an mma B fragment of a row-major [k][n] tile.
 CR_DEVICE void ldmatrix_x4_trans(uint32_t (&r)[4], const __half* smem_row) {
+#ifdef CROSSRANK_SOFTGPU
+    softgpu_ldmatrix_x(r, true, smem_row);
+#else
     const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_row));
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(addr));
+#endif
 }
 
 CR_DEVICE uint32_t pack_half2(float lo, float hi) {

@@ -34,7 +34,7 @@ template <typename T>
 __device__ void cls_head(const T* __restrict__ cls, const T* __restrict__ w1, const T* __restrict__ b1,
                          const T* __restrict__ w2, const T* __restrict__ b2,
                          float* __restrict__ logits, int width) {
-    extern __shared__ float smem[];
+    CR_DYNAMIC_SHARED(float, smem);
     float* x = smem;
     float* pooled = smem + width;
     const int seq = blockIdx.x;
