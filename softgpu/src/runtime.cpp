@@ -30,6 +30,8 @@
 // as a device fault does.
 
 #include <dlfcn.h>
+#include <elf.h>
+#include <fcntl.h>
 #include <link.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -448,6 +450,10 @@ struct KernelLib {
     std::string path;
     size_t tls_size = 0;
     void* (*anchor)() = nullptr;
+    // Bytes of the TLS block that are not shared memory: the guard variables gcc gives a
+    // thread_local array of a class type (such as __half), checked and set by the kernel code
+    // itself. Exempt from the shared-memory checks.
+    std::vector<uint8_t> not_shared;
 };
 KernelLib g_lib;
 
@@ -662,6 +668,7 @@ inline void check_access(const void* p, size_t n, bool write, bool aligned_acces
     if (!e || !e->in_fiber) return;
     uintptr_t a = reinterpret_cast<uintptr_t>(p);
     if (a - e->static_lo < e->static_size) {
+        if (g_lib.not_shared[a - e->static_lo]) return;
         if (a + n > e->static_lo + e->static_size)
             fault_here(e, format("%zu-byte access at %#" PRIxPTR " runs past the static shared memory", n, a));
         if (aligned_access && n > 1 && a % n != 0)
@@ -993,6 +1000,32 @@ void set_kernel_library(void* handle, const std::string& path) {
         },
         &ctx);
     g_lib.tls_size = ctx.size;
+    g_lib.not_shared.assign(ctx.size, 0);
+    // The guard variables (_ZGV...) among the library's TLS symbols, from its symbol table.
+    int fd = open(path.c_str(), O_RDONLY);
+    if (fd < 0) return;
+    off_t len = lseek(fd, 0, SEEK_END);
+    void* map = mmap(nullptr, size_t(len), PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) return;
+    auto* base = static_cast<const unsigned char*>(map);
+    auto* eh = reinterpret_cast<const Elf64_Ehdr*>(base);
+    auto* sh = reinterpret_cast<const Elf64_Shdr*>(base + eh->e_shoff);
+    for (int pass = 0; pass < 2; ++pass) {
+        for (int i = 0; i < eh->e_shnum; ++i) {
+            if (sh[i].sh_type != (pass == 0 ? SHT_SYMTAB : SHT_DYNSYM)) continue;
+            auto* syms = reinterpret_cast<const Elf64_Sym*>(base + sh[i].sh_offset);
+            const char* names = reinterpret_cast<const char*>(base + sh[sh[i].sh_link].sh_offset);
+            size_t count = sh[i].sh_size / sizeof(Elf64_Sym);
+            for (size_t k = 0; k < count; ++k) {
+                if (ELF64_ST_TYPE(syms[k].st_info) != STT_TLS) continue;
+                if (strncmp(names + syms[k].st_name, "_ZGV", 4) != 0) continue;
+                for (size_t b = 0; b < syms[k].st_size && syms[k].st_value + b < ctx.size; ++b)
+                    g_lib.not_shared[syms[k].st_value + b] = 1;
+            }
+        }
+    }
+    munmap(map, size_t(len));
 }
 
 }  // namespace sg
