@@ -27,7 +27,8 @@ esac
 NVCC_PATH="$(bash scripts/install-nvcc.sh | tail -n 1)"
 INC="$(cd "$(dirname "$NVCC_PATH")/../include" && pwd)"
 CXX="${CXX:-g++}"
-OUT="target/softgpu/$VARIANT"
+# SOFTGPU_OUT: another directory (the mutation check builds its mutants beside the real one).
+OUT="${SOFTGPU_OUT:-target/softgpu/$VARIANT}"
 OBJ="$OUT/obj"
 mkdir -p "$OBJ"
 
@@ -55,40 +56,50 @@ case "$VARIANT" in
     plain) ;;
 esac
 
-# Rebuild only when a source or a flag changed.
-STAMP="$OUT/.stamp"
-WANT="$(cat softgpu/include/*.h softgpu/src/* softgpu/gen_registry.py "${KERNELS[@]}" kernels/*.cuh scripts/softgpu.sh | sha256sum | cut -c1-16) $CXX ${KFLAGS[*]} ${RFLAGS[*]}"
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && [ -f "$OUT/libcuda.so.1" ] && [ -f "$OUT/libsoftgpu_kernels.so" ]; then
+# Rebuild only what changed: the runtime library when softgpu/ or its flags did, the kernels
+# library when kernels/ did (a mutation run rebuilds only the latter).
+hash() { cat "$@" | sha256sum | cut -c1-16; }
+RT_WANT="$(hash softgpu/include/*.h softgpu/src/* scripts/softgpu.sh) $CXX ${RFLAGS[*]} ${LFLAGS[*]}"
+K_WANT="$(hash softgpu/include/*.h softgpu/gen_registry.py "${KERNELS[@]}" kernels/*.cuh scripts/softgpu.sh) $CXX ${KFLAGS[*]} $RT_WANT"
+RT_OK=0
+K_OK=0
+[ -f "$OUT/libcuda.so.1" ] && [ "$(cat "$OUT/.runtime" 2>/dev/null)" = "$RT_WANT" ] && RT_OK=1
+[ -f "$OUT/libsoftgpu_kernels.so" ] && [ "$(cat "$OUT/.kernels" 2>/dev/null)" = "$K_WANT" ] && K_OK=1
+if [ $RT_OK = 1 ] && [ $K_OK = 1 ]; then
     echo "softgpu.sh: $VARIANT is up to date" >&2
-    pwd_out="$(cd "$OUT" && pwd)"
-    echo "$pwd_out"
+    (cd "$OUT" && pwd)
     exit 0
 fi
 echo "softgpu.sh: building the $VARIANT software GPU into $OUT/" >&2
 
-# 1. The runtime, the driver and cuBLASLt: one library, libcuda.so.1, also installed as
-#    libcublasLt.so.13 (a symlink: the loader maps the one file once).
 pids=()
-for src in runtime driver cublaslt warp_models; do
-    "$CXX" "${RFLAGS[@]}" -c "softgpu/src/$src.cpp" -o "$OBJ/$src.o" &
-    pids+=($!)
-done
-
+if [ $RT_OK = 0 ]; then
+    # 1. The runtime, the driver and cuBLASLt: one library, libcuda.so.1, also installed as
+    #    libcublasLt.so.13 (a symlink: the loader maps the one file once).
+    for src in runtime driver cublaslt warp_models; do
+        "$CXX" "${RFLAGS[@]}" -c "softgpu/src/$src.cpp" -o "$OBJ/$src.o" &
+        pids+=($!)
+    done
+fi
 # 2. The kernels: one unit with every kernels/*.cu and the registry of their exported names.
 python3 softgpu/gen_registry.py unit "$OBJ/scan.cpp" "${KERNELS[@]}"
 "$CXX" "${COMMON[@]}" -include softgpu/include/softgpu_kernel.h -Ikernels -DSOFTGPU_SCAN -E -P "$OBJ/scan.cpp" \
-    | python3 softgpu/gen_registry.py registry "$OBJ/kernels.cpp" "${KERNELS[@]}"
+    | python3 softgpu/gen_registry.py registry "$OBJ/kernels.cpp" "${KERNELS[@]}" || exit 1
 "$CXX" "${KFLAGS[@]}" -c "$OBJ/kernels.cpp" -o "$OBJ/kernels.o" &
 pids+=($!)
-for p in "${pids[@]}"; do wait "$p"; done
+status=0
+for p in "${pids[@]}"; do wait "$p" || status=1; done
+[ $status = 0 ] || { echo "softgpu.sh: compiling the $VARIANT software GPU failed" >&2; exit 1; }
 
-"$CXX" -shared -o "$OUT/libcuda.so.1" -Wl,-soname,libcuda.so.1 "${LFLAGS[@]}" \
-    "$OBJ/runtime.o" "$OBJ/driver.o" "$OBJ/cublaslt.o" "$OBJ/warp_models.o" -ldl -lpthread
-ln -sf libcuda.so.1 "$OUT/libcuda.so"
-ln -sf libcuda.so.1 "$OUT/libcublasLt.so.13"
-ln -sf libcuda.so.1 "$OUT/libcublasLt.so"
+if [ $RT_OK = 0 ]; then
+    "$CXX" -shared -o "$OUT/libcuda.so.1" -Wl,-soname,libcuda.so.1 "${LFLAGS[@]}" \
+        "$OBJ/runtime.o" "$OBJ/driver.o" "$OBJ/cublaslt.o" "$OBJ/warp_models.o" -ldl -lpthread
+    ln -sf libcuda.so.1 "$OUT/libcuda.so"
+    ln -sf libcuda.so.1 "$OUT/libcublasLt.so.13"
+    ln -sf libcuda.so.1 "$OUT/libcublasLt.so"
+    echo "$RT_WANT" >"$OUT/.runtime"
+fi
 "$CXX" -shared -o "$OUT/libsoftgpu_kernels.so" "${LFLAGS[@]}" "$OBJ/kernels.o" \
     -L"$OUT" -l:libcuda.so.1 -Wl,-rpath,'$ORIGIN' -lm
-echo "$WANT" >"$STAMP"
-pwd_out="$(cd "$OUT" && pwd)"
-echo "$pwd_out"
+echo "$K_WANT" >"$OUT/.kernels"
+(cd "$OUT" && pwd)

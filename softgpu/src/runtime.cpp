@@ -533,10 +533,6 @@ void init_fiber(Fiber& f) {
     f.sp = sp;
 }
 
-#if SG_ASAN
-thread_local void* t_fake_stack = nullptr;
-#endif
-
 // From the scheduler into fiber f.
 void switch_to(Exec* e, Fiber* f) {
     e->cur = f;
