@@ -689,8 +689,10 @@ bool ranges_ok(const Job& j, const char* when) {
             char range[96];
             std::snprintf(range, sizeof range, " [0x%llx, +%llu bytes)",
                           (unsigned long long)ops[i].addr, (unsigned long long)ops[i].bytes);
-            sg::fault(j.what + ": operand " + ops[i].name + range +
-                      " is not inside one live device allocation " + when + ": " + why);
+            std::string msg = j.what;
+            msg.append(": operand ").append(ops[i].name).append(range);
+            msg.append(" is not inside one live device allocation ").append(when);
+            sg::fault(msg.append(": ").append(why));
             return false;
         }
     }
@@ -750,7 +752,8 @@ void run_job(const Job& job) {
     try {
         run_job_checked(job);
     } catch (const std::exception& e) {  // nothing may escape into the stream's runner
-        sg::fault(job.what + ": the stand-in failed to run it: " + e.what());
+        std::string msg = job.what;
+        sg::fault(msg.append(": the stand-in failed to run it: ").append(e.what()));
     }
 }
 
