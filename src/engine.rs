@@ -398,3 +398,92 @@ pub fn cuda_devices() -> Vec<String> {
         Vec::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    fn pair(len: usize, truncated: bool) -> EncodedPair {
+        EncodedPair {
+            ids: vec![1; len],
+            type_ids: vec![0; len],
+            truncated,
+        }
+    }
+
+    /// Equal scores keep their input order (a stable sort, best first); NaN goes last.
+    #[test]
+    fn rank_keeps_ties_in_input_order() {
+        let pairs: Vec<EncodedPair> = (0..7).map(|i| pair(2, i == 3)).collect();
+        let logits = [1.0, 2.0, 1.0, 2.0, f32::NAN, 1.0, 2.0];
+        for raw_scores in [true, false] {
+            let opts = Options {
+                raw_scores,
+                ..Default::default()
+            };
+            let ranked = rank(&pairs, &logits, &opts);
+            let order: Vec<usize> = ranked.iter().map(|r| r.index).collect();
+            assert_eq!(order, vec![1, 3, 6, 0, 2, 5, 4], "raw_scores {raw_scores}");
+            assert!(ranked.iter().all(|r| r.truncated == (r.index == 3)));
+            let top = rank(
+                &pairs,
+                &logits,
+                &Options {
+                    top_k: Some(2),
+                    ..opts
+                },
+            );
+            assert_eq!(top.iter().map(|r| r.index).collect::<Vec<_>>(), vec![1, 3]);
+        }
+    }
+
+    /// Records the token count of every forward and answers each pair with its length.
+    struct Counting {
+        limit: usize,
+        forwards: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl Scorer for Counting {
+        fn score(&self, batch: &PackedBatch) -> Result<Vec<f32>> {
+            if batch.tokens() > self.limit {
+                return Err(Error::Internal(format!(
+                    "{} tokens over the arena's {}",
+                    batch.tokens(),
+                    self.limit
+                )));
+            }
+            self.forwards.lock().unwrap().push(batch.tokens());
+            Ok((0..batch.len())
+                .map(|s| batch.range(s).len() as f32)
+                .collect())
+        }
+        fn max_batch_tokens(&self) -> usize {
+            self.limit
+        }
+        fn device_name(&self) -> String {
+            "counting".into()
+        }
+    }
+
+    /// Pairs fill a forward up to exactly max_batch_tokens (not one token less), and the next
+    /// pair starts the next forward; a pair alone is never split.
+    #[test]
+    fn a_forward_takes_pairs_up_to_exactly_max_batch_tokens() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/models/bert-f32");
+        let mut r = Reranker::load(&dir, Device::Cpu, &LoadOptions::default()).unwrap();
+        let forwards = Arc::new(Mutex::new(Vec::new()));
+        r.scorer = Box::new(Counting {
+            limit: 20,
+            forwards: forwards.clone(),
+        });
+        let lens = [6, 6, 8, 1, 19, 1, 20, 20];
+        let pairs: Vec<EncodedPair> = lens.iter().map(|&n| pair(n, false)).collect();
+        let refs: Vec<&EncodedPair> = pairs.iter().collect();
+        let logits = r.score_pairs(&refs).unwrap();
+        let want: Vec<f32> = lens.iter().map(|&n| n as f32).collect();
+        assert_eq!(logits, want);
+        // 6+6+8 = 20 fills the first; 1+19 = 20 the second; then 1 (20 would make 21), 20, 20.
+        assert_eq!(*forwards.lock().unwrap(), vec![20, 20, 1, 20, 20]);
+    }
+}

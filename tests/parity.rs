@@ -437,3 +437,92 @@ fn tokenizer_files_run_as_transformers_runs_their_class() {
         eprintln!("{name}: {} pairs equal to transformers", pairs.len());
     }
 }
+
+/// Every LayerNorm of the forward must add the config's eps to the variance: with all weights
+/// zero and every LayerNorm's beta a constant, each LayerNorm (embeddings, and both of every
+/// layer, the last layer's [CLS]-only ones too) sees a constant row, which only eps keeps from
+/// 0/0. The forward must then give exactly the classifier's bias for every pair, never NaN.
+/// (On the real weights, dropping eps moves the logits by under 3e-5: the goldens alone cannot
+/// see it.)
+#[test]
+fn every_layernorm_of_the_forward_adds_eps() {
+    use crossrank::batch::PackedBatch;
+    use crossrank::model::{Model, Scorer};
+    for name in committed_models() {
+        let gold = golden(&name);
+        let r = load(&name);
+        let dir = model_dir(&name);
+        let cfg = crossrank::config::ModelConfig::from_file(&dir.join("config.json")).unwrap();
+        let ckpt = crossrank::weights::Checkpoint::open(&dir).unwrap();
+        let mut w = crossrank::weights::load(&ckpt, &cfg)
+            .unwrap()
+            .try_map(|mut t| {
+                t.data.fill(0.0);
+                Ok(t)
+            })
+            .unwrap();
+        let e = &mut w.embeddings;
+        e.ln.gamma.data.fill(1.0);
+        e.ln.beta.data.fill(0.5);
+        for l in &mut w.layers {
+            for ln in [&mut l.ln_attn, &mut l.ln_ffn] {
+                ln.gamma.data.fill(1.0);
+                ln.beta.data.fill(-0.75);
+            }
+        }
+        w.head.out.b.data.fill(0.25);
+        let g = &gold.groups[0];
+        let pairs = r.encode(&g.query, &g.passages, None).unwrap();
+        let batch = PackedBatch::pack(&pairs, &cfg);
+        let model =
+            Model::new(crossrank::backend::cpu::CpuBackend, cfg, w, batch.tokens()).unwrap();
+        let logits = model.score(&batch).unwrap();
+        assert_eq!(logits.len(), pairs.len());
+        assert!(
+            logits.iter().all(|&l| l == 0.25),
+            "{name}: constant rows through every LayerNorm gave {logits:?}, not the bias 0.25"
+        );
+    }
+}
+
+/// A pair that exactly fills the max length is not truncated (and keeps every token); one
+/// token less and it is. Both ways of framing a pair: from ids (`encode_group_with`) and by the
+/// library (`pair_by_library`), on every committed model, cut on either side.
+#[test]
+fn a_pair_that_exactly_fills_the_max_length_is_not_truncated() {
+    for name in committed_models() {
+        let gold = golden(&name);
+        let r = load(&name);
+        let t = r.tokenizer();
+        let limit = t.max_length_limit();
+        let inner = t.inner();
+        let text_ids = |text: &str| inner.encode_fast(text, false).unwrap().get_ids().to_vec();
+        let mut checked = 0;
+        for g in &gold.groups {
+            for p in &g.passages {
+                let whole = t.encode_group(&g.query, &[p], limit).unwrap().remove(0);
+                let n = whole.ids.len();
+                if whole.truncated || t.resolve_max_length(Some(n - 1)).is_err() {
+                    continue;
+                }
+                for side in [TruncationSide::Right, TruncationSide::Left] {
+                    let (qi, pi) = (text_ids(&g.query), text_ids(p));
+                    let exact = t.encode_group_with(&g.query, &[p], n, side).unwrap();
+                    let exact_lib = t.pair_by_library(&qi, &pi, n, side).unwrap();
+                    for (how, got) in [("from ids", &exact[0]), ("by the library", &exact_lib)] {
+                        assert!(!got.truncated, "{name} {how}: {n} tokens at max {n}");
+                        assert_eq!(got.ids, whole.ids, "{name} {how}: ids at max {n}");
+                    }
+                    let short = t.encode_group_with(&g.query, &[p], n - 1, side).unwrap();
+                    let short_lib = t.pair_by_library(&qi, &pi, n - 1, side).unwrap();
+                    for (how, got) in [("from ids", &short[0]), ("by the library", &short_lib)] {
+                        assert!(got.truncated, "{name} {how}: {n} tokens at max {}", n - 1);
+                        assert_eq!(got.ids.len(), n - 1, "{name} {how}");
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 10, "{name}: only {checked} pairs fit the limit");
+    }
+}

@@ -328,6 +328,16 @@ async fn health_info_metrics_and_empty_documents() {
         )
         .await;
     assert_eq!((s, &v["groups"]), (200, &json!([{"results": []}])));
+    // Several empty groups: one empty result per group, in order.
+    let empty = |q: &str| json!({"query": q, "documents": []});
+    let (s, v) = server
+        .post(
+            "/rerank/batch",
+            json!({"groups": [empty("q"), empty("r"), empty("s")]}),
+        )
+        .await;
+    let three = json!([{"results": []}, {"results": []}, {"results": []}]);
+    assert_eq!((s, &v["groups"]), (200, &three), "{v}");
     let (s, _) = server
         .post(
             "/rerank",
@@ -396,6 +406,18 @@ async fn every_input_error_is_a_json_4xx() {
         .post("/rerank", json!({"query": "q", "texts": five}))
         .await;
     assert_error(s, &v, 413, "--max-client-batch-size 4");
+    // Exactly the limit is accepted, in one request or summed over batch groups.
+    let four = ["a", "b", "c", "d"];
+    let (s, v) = server
+        .post("/rerank", json!({"query": "q", "texts": four}))
+        .await;
+    assert_eq!((s, v.as_array().map(Vec::len)), (200, Some(4)), "{v}");
+    let groups = json!([{"query": "q", "documents": ["a", "b", "c"]},
+                        {"query": "r", "documents": ["d"]}]);
+    let (s, v) = server
+        .post("/rerank/batch", json!({"groups": groups}))
+        .await;
+    assert_eq!(s, 200, "{v}");
     let groups = json!([{"query": "q", "documents": ["a", "b", "c"]},
                         {"query": "r", "documents": ["d", "e"]}]);
     let (s, v) = server

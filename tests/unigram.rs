@@ -353,3 +353,74 @@ fn other_pipelines_take_the_general_path() {
         "Whitespace (regex) instead of WhitespaceSplit",
     );
 }
+
+/// The unknown-character score (the worst piece's score less 10) decides between a path that
+/// covers a character with a longer piece and one that makes it unknown, which happens only
+/// when the character has no piece of its own. Here half the single-character pieces are
+/// renamed away (every character keeps its multi-character pieces), and a few two-character
+/// pieces score just above and just below "unknown + the other character's piece", so that a
+/// penalty other than 10 picks another path.
+#[test]
+fn fast_unigram_scores_unknown_characters_as_the_library_does() {
+    let mut v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(model_dir("xlmr-bf16").join("tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    let min_score = v["model"]["vocab"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_f64().unwrap())
+        .fold(f64::MAX, f64::min);
+    let unk_score = min_score - 10.0;
+    let vocab = v["model"]["vocab"].as_array_mut().unwrap();
+    let mut removed = Vec::new();
+    let mut kept = Vec::new();
+    for (k, piece) in vocab.iter_mut().enumerate().skip(4) {
+        let text = piece[0].as_str().unwrap().to_string();
+        if text.chars().count() == 1 && text != "\u{2581}" {
+            if removed.len() <= kept.len() {
+                piece[0] = format!("\u{e000}{k}").into();
+                removed.push((text, k));
+            } else {
+                kept.push((text, piece[1].as_f64().unwrap()));
+            }
+        }
+    }
+    assert!(removed.len() >= 20, "{removed:?}");
+    // Two-character pieces "removed + kept" at unk_score + kept's score ± 0.5, in place of
+    // the last pieces of the vocabulary.
+    let n = vocab.len();
+    let mut extra = Vec::new();
+    for (j, ((gone, _), (kept, kept_score))) in removed.iter().zip(&kept).take(12).enumerate() {
+        let margin = if j % 2 == 0 { 0.5 } else { -0.5 };
+        let piece = format!("{gone}{kept}");
+        vocab[n - 1 - j] = serde_json::json!([piece, unk_score + kept_score + margin]);
+        extra.push(format!(
+            "{gone}{kept} {kept}{gone}{kept} x{gone}{kept}{gone}"
+        ));
+    }
+    let t = Tokenizer::from_str(&v.to_string()).unwrap();
+    let unk = t.token_to_id("<unk>").unwrap();
+    // The library itself must take both paths in the extra texts: the new pieces in some,
+    // unknowns in others.
+    let ids: Vec<Vec<u32>> = extra
+        .iter()
+        .map(|x| t.encode(x.as_str(), false).unwrap().get_ids().to_vec())
+        .collect();
+    let used = (0..extra.len())
+        .filter(|&j| ids[j].contains(&((n - 1 - j) as u32)))
+        .count();
+    let with_unk = ids.iter().filter(|x| x.contains(&unk)).count();
+    assert!(
+        used > 0 && with_unk > 0,
+        "{used} pieces used, {with_unk} with <unk>"
+    );
+    check(
+        "xlmr-bf16 without half its single characters",
+        &t,
+        &extra,
+        22,
+        3000,
+    );
+}

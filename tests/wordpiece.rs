@@ -133,3 +133,27 @@ fn other_pipelines_take_the_general_path() {
     let t = Tokenizer::from_file(model_dir("xlmr-bf16").join("tokenizer.json")).unwrap();
     assert!(FastWordPiece::new(&t).is_none(), "Unigram is not WordPiece");
 }
+
+/// max_input_chars_per_word (100) is inclusive and counts characters, not bytes: a word of 99
+/// or 100 characters is split into pieces, one of 101 is one [UNK], exactly as the library does.
+#[test]
+fn a_word_of_exactly_max_input_chars_is_split_not_unknown() {
+    let t = Tokenizer::from_file(model_dir("bert-f32").join("tokenizer.json")).unwrap();
+    let fast = FastWordPiece::new(&t).unwrap();
+    let unk = t.token_to_id("[UNK]").unwrap();
+    for letter in ["a", "б"] {
+        for n in [99, 100, 101] {
+            let word = letter.repeat(n);
+            for text in [word.clone(), format!("{word}, {word}.")] {
+                let want = t
+                    .encode_fast(text.as_str(), false)
+                    .unwrap()
+                    .get_ids()
+                    .to_vec();
+                assert_eq!(fast.encode(&text), Some(want.clone()), "{letter} x {n}");
+                let unknown = want.contains(&unk);
+                assert_eq!(unknown, n > 100, "{letter} x {n}: library gave {want:?}");
+            }
+        }
+    }
+}

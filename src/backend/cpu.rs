@@ -459,3 +459,31 @@ impl Backend for Fp16Emulation {
         CpuBackend.read_logits(logits, n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A constant row has zero variance: only eps keeps 1/sqrt(var + eps) finite, and the row
+    /// normalizes to exactly beta (transformers' LayerNorm does the same). Without eps, or with
+    /// eps subtracted, it is NaN.
+    #[test]
+    fn layer_norm_of_a_constant_row_is_beta() {
+        let gamma = [1.5f32, -2.0, 0.25, 3.0];
+        let beta = [0.5f32, -1.0, 2.0, 0.0];
+        for value in [0.0f32, 7.0, -3.5] {
+            let mut row = [value; 4];
+            layer_norm_row(&mut row, &gamma, &beta, 1e-12);
+            assert_eq!(row, beta, "constant row {value}");
+        }
+    }
+
+    /// eps is added to the variance, whatever its size: the row ±1 has mean 0 and variance 1,
+    /// so with eps 3 it scales by 1/sqrt(1 + 3) = 0.5 exactly.
+    #[test]
+    fn layer_norm_adds_eps_to_the_variance() {
+        let mut row = [1.0f32, -1.0, 1.0, -1.0];
+        layer_norm_row(&mut row, &[2.0; 4], &[0.25; 4], 3.0);
+        assert_eq!(row, [1.25, -0.75, 1.25, -0.75]);
+    }
+}

@@ -430,6 +430,24 @@ mod tests {
         assert_eq!(err.status, 413);
     }
 
+    /// The limit is inclusive: exactly --max-client-batch-size documents are accepted, in one
+    /// group or summed over a batch's groups; one more is a 413.
+    #[test]
+    fn exactly_the_batch_limit_is_accepted() {
+        let l = limits();
+        let tei = br#"{"query": "q", "texts": ["a", "b", "c"]}"#;
+        assert_eq!(parse_body(Route::Tei, tei, &l).unwrap().documents(), 3);
+        let cohere = br#"{"query": "q", "documents": ["a", "b", {"text": "c"}]}"#;
+        let call = parse_body(Route::Cohere { version: 1 }, cohere, &l).unwrap();
+        assert_eq!(call.documents(), 3);
+        let batch = br#"{"groups": [{"query": "a", "documents": ["x", "y"]},
+                                    {"query": "b", "documents": []},
+                                    {"query": "c", "documents": ["z"]}]}"#;
+        assert_eq!(parse_body(Route::Batch, batch, &l).unwrap().documents(), 3);
+        let over = br#"{"query": "q", "texts": ["a", "b", "c", "d"]}"#;
+        assert_eq!(parse_body(Route::Tei, over, &l).unwrap_err().status, 413);
+    }
+
     #[test]
     fn order_is_best_first_ties_in_input_order_nan_last() {
         assert_eq!(order(&[0.5, f32::NAN, 2.0, 0.5], None), vec![2, 0, 3, 1]);

@@ -706,6 +706,35 @@ mod tests {
             .contains("crossrank_forward_failures_total 2\n"));
     }
 
+    /// crossrank_pairs_total and crossrank_tokens_total count scored pairs only: the pairs of
+    /// a failed forward count as a failure, not as work done.
+    #[test]
+    fn metrics_count_only_the_pairs_of_forwards_that_succeeded() {
+        let (rig, gate) = Rig::held(10, 16);
+        let a = rig.submit("a", &["1:8"]).unwrap();
+        let poisoned = rig.submit("p", &["999:4", "3:5"]).unwrap();
+        let d = rig.submit("d", &["5:2"]).unwrap();
+        rig.release();
+        assert!(logits(gate).is_ok());
+        assert!(logits(a).is_ok());
+        assert_eq!(logits(poisoned).unwrap_err().status, 500);
+        assert!(logits(d).is_ok());
+        assert_eq!(
+            rig.forwards(),
+            vec![vec![100], vec![1], vec![999, 3], vec![5]]
+        );
+        // Scored: the gate (1 token), a (8) and d (2); not the 9 tokens of the failed forward.
+        let text = rig.metrics.render();
+        for line in [
+            "crossrank_pairs_total 3\n",
+            "crossrank_tokens_total 11\n",
+            "crossrank_forward_failures_total 1\n",
+            "crossrank_batch_pairs_count 4\n",
+        ] {
+            assert!(text.contains(line), "{line:?} not in\n{text}");
+        }
+    }
+
     #[test]
     fn a_request_whose_client_left_is_not_scored() {
         let (rig, gate) = Rig::held(10, 16);
