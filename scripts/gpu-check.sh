@@ -7,8 +7,10 @@
 #   bash scripts/gpu-check.sh run          # there, in the repository root, target/gpu-bundle/ carried
 #   bash scripts/gpu-check.sh run --dry-run  # here: rehearses every step that needs no GPU
 #
-# `run` does, in a few minutes: nvidia-smi facts; the GPU test binaries (cuda_kernels, cuda_e2e
-# with CUDA graphs, cuda_build, cuda_tune); end-to-end parity against transformers itself on seeded random models of the sizes
+# `run` does, in a few minutes: nvidia-smi facts; the GPU test binaries, first cuda_probe (the
+# tensor-core fragment probe, compared bit for bit with the software GPU's committed answer: the
+# report's fragment_probe says whether this hardware matched it), then cuda_kernels, cuda_e2e
+# with CUDA graphs, cuda_build, cuda_tune; end-to-end parity against transformers itself on seeded random models of the sizes
 # of MiniLM-L6, bge-reranker-base and bge-reranker-large, 100 pairs each (scripts/gpu_parity.py);
 # compute-sanitizer memcheck and racecheck over one small end-to-end run; a throughput figure per
 # model shape. It writes perf/gpu-report.json and perf/gpu-check.log (a dry run: the same under
@@ -52,9 +54,11 @@ for line in sys.stdin:
         tests[t["name"]] = m["executable"]
     elif "bin" in t["kind"] and t["name"] == "crossrank" and not m["profile"]["test"]:
         binary = m["executable"]
-want = {"cuda_kernels", "cuda_e2e", "cuda_build", "cuda_tune"}
-if set(tests) != want or binary is None:
+want = {"cuda_probe", "cuda_kernels", "cuda_e2e", "cuda_build", "cuda_tune"}
+if not want <= set(tests) or binary is None:
     sys.exit(f"gpu-check prepare: expected test binaries {sorted(want)} and the bin, got {sorted(tests)}, {binary}")
+if set(tests) - want:
+    print(f"gpu-check prepare: also shipping {sorted(set(tests) - want)} (cuda_* tests not in the list above)")
 for name, path in tests.items():
     shutil.copy(path, f"'"$BUNDLE"'/tests/{name}")
 shutil.copy(binary, "'"$BUNDLE"'/crossrank-test-profile")
@@ -154,14 +158,48 @@ run() {
     #    counted: the real all-MiniLM-L6-v2 encoder (91 MB of f32) cannot ship within the 64 MiB
     #    a GPU machine receives, so cuda_e2e's real-MiniLM test says so and skips; the seeded
     #    MiniLM-L6 shape of step 2 stands in for it.
+    #    cuda_probe runs first: the smallest check that the tensor cores do what the software
+    #    GPU's fragment models say (mma.m16n8k16, ldmatrix.x4.trans); its answer is compared
+    #    bit for bit with tests/data/softgpu/fragment_probe.json, and the report records whether
+    #    it matched. If it did not, the later kernel failures most likely share its cause.
     local passed=0 failed=0 skipped=0 t out
+    local probe="not run" probe_detail="" probe_bin="$BUNDLE/tests/cuda_probe"
+    local bins=("$probe_bin")
+    [ -x "$probe_bin" ] || { bins=(); probe="not run: the bundle has no cuda_probe (re-run prepare)"; failed=$((failed + 1)); }
     for t in "$BUNDLE"/tests/*; do
+        [ "$t" = "$probe_bin" ] || bins+=("$t")
+    done
+    for t in "${bins[@]}"; do
         echo "=== $(basename "$t")"
         set +e
-        out=$(timeout "$(within 600)" "$t" --test-threads=1 --nocapture 2>&1)
+        if [ "$t" = "$probe_bin" ]; then
+            # On a GPU machine a missing device is this test's failure, not a skip.
+            local require=()
+            [ $DRY = 0 ] && require=(CROSSRANK_REQUIRE_GPU=1)
+            out=$(env "${require[@]}" timeout "$(within 120)" "$t" --test-threads=1 --nocapture 2>&1)
+        else
+            out=$(timeout "$(within 600)" "$t" --test-threads=1 --nocapture 2>&1)
+        fi
         local rc=$?
         set -e
         printf '%s\n' "$out"
+        if [ "$t" = "$probe_bin" ]; then
+            local line
+            line=$(printf '%s\n' "$out" | grep -m 1 'fragment_probe: software GPU answer:' || true)
+            if [ -n "$line" ]; then
+                case "$line" in
+                    *"answer: MATCH"*) probe="match" ;;
+                    *) probe="differs" ;;
+                esac
+                probe_detail="${line#*answer: }"
+            elif line=$(printf '%s\n' "$out" | grep -m 1 'fragment_probe: SKIPPED'); then
+                probe="skipped"
+                probe_detail="${line#*fragment_probe: }"
+            else
+                probe="no answer: the probe failed before comparing (exit status $rc; see the log)"
+            fi
+            echo "fragment probe vs the software GPU's answer: $probe"
+        fi
         local p f s
         p=$(printf '%s\n' "$out" | sed -n 's/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\1/p' | tail -n 1)
         f=$(printf '%s\n' "$out" | sed -n 's/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\2/p' | tail -n 1)
@@ -231,9 +269,10 @@ run() {
 
     # 4. The report.
     python3 - "$REPORT" "$work/parity.json" "$BUNDLE/MANIFEST" "$device" "$driver" \
-        "$passed" "$failed" "$skipped" "$sanitizer" "$DRY" <<'PY'
+        "$passed" "$failed" "$skipped" "$sanitizer" "$DRY" "$probe" "$probe_detail" <<'PY'
 import json, sys, datetime
-report, parity_path, manifest, device, driver, passed, failed, skipped, sanitizer, dry = sys.argv[1:]
+(report, parity_path, manifest, device, driver, passed, failed, skipped, sanitizer, dry, probe,
+ probe_detail) = sys.argv[1:]
 m = dict(l.strip().split("=", 1) for l in open(manifest) if "=" in l)
 try:
     parity = json.load(open(parity_path))
@@ -245,6 +284,14 @@ out = {
     "device": device,
     "driver": driver,
     "tests": {"passed": int(passed), "failed": int(failed), "skipped": int(skipped)},
+    "fragment_probe": {
+        "software_gpu_answer": probe,
+        "detail": probe_detail,
+        "what": "tests/cuda_probe.rs: kernels/probe.cu's A, ldmatrix.x4.trans and mma.m16n8k16 "
+                "registers on this device, bit for bit against the software GPU's answer "
+                "(tests/data/softgpu/fragment_probe.json); match confirms softgpu's fragment "
+                "models on this hardware",
+    },
     "parity": parity.get("parity", {}),
     "parity_torch_fp16": parity.get("parity_torch_fp16", {}),
     "sanitizer": sanitizer,
@@ -283,6 +330,7 @@ print()
 print(f"gpu-check  {r['device']}  driver {r['driver']}  commit {r['commit']}")
 t = r["tests"]
 print(f"  tests      {t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped")
+print(f"  probe      fragments vs the software GPU's answer: {r['fragment_probe']['software_gpu_answer']}")
 print(f"  sanitizer  {r['sanitizer']}")
 print(f"  {'model':<12} {'max |logit err|':>16} {'torch fp16 err':>15} {'pairs/s':>10}")
 for name in sorted(set(r["parity"]) | set(r["throughput"])):

@@ -54,6 +54,7 @@ fn ptxas_report_shows_no_spills_for_any_kernel_or_architecture() {
         "attention_d32_f16",
         "attention_d64_f16",
         "attention_d128_f16",
+        "fragment_probe_f16",
     ];
     for k in kernels {
         for a in &WANT_ARCHS[..4] {

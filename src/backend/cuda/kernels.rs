@@ -32,6 +32,14 @@ pub const MAX_HEAD_WIDTH: usize = 4096;
 const HEAD_THREADS: u32 = 256;
 const GATHER_THREADS: u32 = 128;
 const GELU_THREADS: u32 = 256;
+/// The fragment probe's one warp, and its per-lane outputs (kernels/probe.cu).
+pub const PROBE_LANES: usize = 32;
+/// Elements of the probe's A and B inputs: 16 x 16 each.
+pub const PROBE_INPUT: usize = 16 * 16;
+/// u32 per lane in the probe's `frags` output: 4 A registers, then 4 ldmatrix registers.
+pub const PROBE_FRAGS: usize = 8;
+/// f32 per lane in the probe's `d` output: n-tile 0's 4 accumulators, then n-tile 1's.
+pub const PROBE_ACC: usize = 8;
 
 pub struct Kernels {
     embed: CudaFunction,
@@ -40,6 +48,18 @@ pub struct Kernels {
     gather_cls: CudaFunction,
     head: CudaFunction,
     attention: Vec<(usize, CudaFunction)>,
+    probe: CudaFunction,
+}
+
+/// What the fragment probe (kernels/probe.cu) wrote, lane by lane, in register order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FragmentProbe {
+    /// The 4 A fragment registers, as loaded from memory (two fp16 each, low half first).
+    pub a: [[u32; 4]; PROBE_LANES],
+    /// The 4 registers ldmatrix.x4.trans gave for B.
+    pub ldmatrix: [[u32; 4]; PROBE_LANES],
+    /// The accumulators after D = A B + C: n-tile 0's 4, then n-tile 1's.
+    pub d: [[f32; PROBE_ACC]; PROBE_LANES],
 }
 
 fn internal(what: &str, msg: String) -> Error {
@@ -107,6 +127,7 @@ impl Kernels {
             gather_cls: f("gather_cls")?,
             head: f("cls_head")?,
             attention,
+            probe: f("fragment_probe")?,
         })
     }
 
@@ -379,6 +400,44 @@ impl Kernels {
                 .arg(b2)
                 .arg(logits)
                 .arg(&w)
+                .launch(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// The fragment probe: one warp on a [16][16] and b [16][16] (fp16, row-major); writes
+    /// frags [32][PROBE_FRAGS] and d [32][PROBE_ACC] (see kernels/probe.cu).
+    pub fn fragment_probe(
+        &self,
+        s: &Arc<CudaStream>,
+        a: &CudaSlice<f16>,
+        b: &CudaSlice<f16>,
+        frags: &mut CudaSlice<u32>,
+        d: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        need("fragment_probe a", a.len(), PROBE_INPUT)?;
+        need("fragment_probe b", b.len(), PROBE_INPUT)?;
+        need(
+            "fragment_probe frags",
+            frags.len(),
+            PROBE_LANES * PROBE_FRAGS,
+        )?;
+        need("fragment_probe d", d.len(), PROBE_LANES * PROBE_ACC)?;
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (PROBE_LANES as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: matches `fragment_probe_f16(const T*, const T*, uint32_t*, float*)`; the
+        // kernel reads the first 256 elements of a and b and writes the first 32 * 8 of frags
+        // and d, all present (checked above); cudarc allocations are 256-byte aligned, so its
+        // 16-byte loads of b's rows (32 bytes each) are aligned.
+        unsafe {
+            s.launch_builder(&self.probe)
+                .arg(a)
+                .arg(b)
+                .arg(frags)
+                .arg(d)
                 .launch(cfg)?;
         }
         Ok(())

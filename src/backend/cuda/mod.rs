@@ -266,6 +266,41 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// Runs the fragment probe (kernels/probe.cu) on a and b, [16][16] fp16 row-major each, and
+    /// brings back every register it wrote. Outputs are poisoned first (all-ones bits), so a
+    /// register the kernel left unwritten shows as 0xffffffff / NaN.
+    pub fn fragment_probe(&self, a: &[f16], b: &[f16]) -> Result<kernels::FragmentProbe> {
+        use kernels::{PROBE_ACC, PROBE_FRAGS, PROBE_INPUT, PROBE_LANES};
+        for (what, m) in [("a", a), ("b", b)] {
+            if m.len() != PROBE_INPUT {
+                return Err(Error::Internal(format!(
+                    "fragment_probe: {what} has {} elements, the probe takes 16 x 16",
+                    m.len()
+                )));
+            }
+        }
+        let s = &self.stream;
+        let (da, db) = (s.clone_htod(a)?, s.clone_htod(b)?);
+        let mut frags = s.clone_htod(&vec![u32::MAX; PROBE_LANES * PROBE_FRAGS])?;
+        let mut d = s.clone_htod(&vec![f32::from_bits(u32::MAX); PROBE_LANES * PROBE_ACC])?;
+        self.kernels
+            .fragment_probe(s, &da, &db, &mut frags, &mut d)?;
+        let (frags, d) = (s.clone_dtoh(&frags)?, s.clone_dtoh(&d)?);
+        s.synchronize()?;
+        let mut out = kernels::FragmentProbe {
+            a: [[0; 4]; PROBE_LANES],
+            ldmatrix: [[0; 4]; PROBE_LANES],
+            d: [[0.0; PROBE_ACC]; PROBE_LANES],
+        };
+        for l in 0..PROBE_LANES {
+            let f = &frags[l * PROBE_FRAGS..(l + 1) * PROBE_FRAGS];
+            out.a[l].copy_from_slice(&f[..4]);
+            out.ldmatrix[l].copy_from_slice(&f[4..]);
+            out.d[l].copy_from_slice(&d[l * PROBE_ACC..(l + 1) * PROBE_ACC]);
+        }
+        Ok(out)
+    }
+
     /// Algorithms cuBLASLt has chosen so far, one per (row bucket, out, in).
     pub fn cached_gemm_algorithms(&self) -> usize {
         self.gemm.cached_algorithms()
