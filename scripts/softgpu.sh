@@ -32,14 +32,16 @@ OUT="${SOFTGPU_OUT:-target/softgpu/$VARIANT}"
 OBJ="$OUT/obj"
 mkdir -p "$OBJ"
 
+# SOFTGPU_KERNELS: another kernels directory (the mutation check's planted bugs).
+KDIR="$(cd "${SOFTGPU_KERNELS:-kernels}" && pwd)"
 KERNELS=()
-for f in kernels/*.cu; do KERNELS+=("$(pwd)/$f"); done
+for f in "$KDIR"/*.cu; do KERNELS+=("$f"); done
 
 COMMON=(-std=c++17 -O2 -g -fPIC -fno-strict-aliasing -Wall -Wno-unknown-pragmas -Isoftgpu/include -Isoftgpu/src -I"$INC")
 # The kernels: compiled as host C++ with the shim force-included. thread_local is __shared__
 # (a block's threads are fibers on one OS thread); no vectoriser or store merging, which would
 # turn the kernels' own accesses into wider ones the alignment check would then judge.
-KFLAGS=("${COMMON[@]}" -include softgpu/include/softgpu_kernel.h -Ikernels -fno-extern-tls-init
+KFLAGS=("${COMMON[@]}" -include softgpu/include/softgpu_kernel.h -I"$KDIR" -fno-extern-tls-init
     -fno-tree-vectorize -fno-tree-slp-vectorize -fno-store-merging -Wno-unused-variable)
 RFLAGS=("${COMMON[@]}" -fvisibility=hidden)
 LFLAGS=()
@@ -60,7 +62,7 @@ esac
 # library when kernels/ did (a mutation run rebuilds only the latter).
 hash() { cat "$@" | sha256sum | cut -c1-16; }
 RT_WANT="$(hash softgpu/include/*.h softgpu/src/* scripts/softgpu.sh) $CXX ${RFLAGS[*]} ${LFLAGS[*]}"
-K_WANT="$(hash softgpu/include/*.h softgpu/gen_registry.py "${KERNELS[@]}" kernels/*.cuh scripts/softgpu.sh) $CXX ${KFLAGS[*]} $RT_WANT"
+K_WANT="$(hash softgpu/include/*.h softgpu/gen_registry.py "${KERNELS[@]}" "$KDIR"/*.cuh scripts/softgpu.sh) $CXX ${KFLAGS[*]} $RT_WANT"
 RT_OK=0
 K_OK=0
 [ -f "$OUT/libcuda.so.1" ] && [ "$(cat "$OUT/.runtime" 2>/dev/null)" = "$RT_WANT" ] && RT_OK=1
@@ -83,7 +85,7 @@ if [ $RT_OK = 0 ]; then
 fi
 # 2. The kernels: one unit with every kernels/*.cu and the registry of their exported names.
 python3 softgpu/gen_registry.py unit "$OBJ/scan.cpp" "${KERNELS[@]}"
-"$CXX" "${COMMON[@]}" -include softgpu/include/softgpu_kernel.h -Ikernels -DSOFTGPU_SCAN -E -P "$OBJ/scan.cpp" \
+"$CXX" "${COMMON[@]}" -include softgpu/include/softgpu_kernel.h -I"$KDIR" -DSOFTGPU_SCAN -E -P "$OBJ/scan.cpp" \
     | python3 softgpu/gen_registry.py registry "$OBJ/kernels.cpp" "${KERNELS[@]}" || exit 1
 "$CXX" "${KFLAGS[@]}" -c "$OBJ/kernels.cpp" -o "$OBJ/kernels.o" &
 pids+=($!)

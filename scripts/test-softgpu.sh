@@ -29,7 +29,7 @@ for t in warp_models:warp_models cublaslt:cublaslt; do
     name="${t%%:*}"
     src="${t##*:}"
     bin="target/softgpu/test-$name"
-    if g++ -std=c++17 -O2 -Wall -Wextra -Werror -Isoftgpu/src "softgpu/src/$src.cpp" \
+    if g++ -std=c++17 -O2 -pthread -Wall -Wextra -Werror -Isoftgpu/src "softgpu/src/$src.cpp" \
         "softgpu/tests/test_$name.cpp" -o "$bin" && "$bin" >"$bin.log" 2>&1; then
         step "softgpu/tests/test_$name.cpp: ok ($(grep -c . "$bin.log") lines of checks)"
         echo "test result: ok. 1 passed; 0 failed (softgpu/tests/test_$name.cpp)"

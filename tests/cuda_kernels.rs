@@ -11,11 +11,16 @@
 //! in fp16 by a reference here (P rounded to fp16 before P·V, output rounded to fp16), plus 1e-4.
 //!
 //! Without a CUDA driver or device, each test still builds its inputs and CPU references (and
-//! checks the fp16-emulating reference against the f32 one), then prints `SKIPPED (why)`.
+//! checks the fp16-emulating reference against the f32 one), then prints `SKIPPED (why)`; with
+//! CROSSRANK_REQUIRE_GPU set (scripts/test-softgpu.sh sets it) a missing device fails instead.
+//!
+//! On the software GPU (softgpu/: these kernels run on the CPU, every thread a fiber, every
+//! access checked) the same tests run at CI-sized shapes: small hidden sizes and heads, but the
+//! ragged lengths around the tiles (1, 2, 63, 64, 65, 130) and several tiles of keys.
 #![cfg(feature = "cuda")]
 
 use crossrank::backend::cpu::CpuBackend;
-use crossrank::backend::cuda::{unavailable_reason, CudaBackend};
+use crossrank::backend::cuda::{on_software_gpu, unavailable_reason, CudaBackend};
 use crossrank::backend::Backend;
 use crossrank::batch::{BatchShape, PackedBatch};
 use crossrank::config::Activation;
@@ -25,6 +30,10 @@ use half::f16;
 /// The CUDA device for a test, or None after printing why the GPU part is skipped.
 fn gpu(test: &str) -> Option<CudaBackend> {
     if let Some(why) = unavailable_reason() {
+        assert!(
+            std::env::var_os("CROSSRANK_REQUIRE_GPU").is_none(),
+            "{test}: CROSSRANK_REQUIRE_GPU is set but there is no CUDA device: {why}"
+        );
         println!("{test}: SKIPPED ({why})");
         return None;
     }
@@ -74,8 +83,20 @@ fn tensor(name: &str, data: Vec<f32>) -> HostTensor {
     }
 }
 
+/// Whether the tests run on the software GPU, at its shapes (module comment).
+fn soft() -> bool {
+    on_software_gpu()
+}
+
 /// The ragged length sets every op runs over.
 fn length_sets(rng: &mut Rng) -> Vec<(&'static str, Vec<usize>)> {
+    if soft() {
+        return vec![
+            ("ragged", vec![1, 2, 63, 64, 65, 130]),
+            ("one sequence", vec![130]),
+            ("16 sequences", (0..16).map(|_| 1 + rng.below(64)).collect()),
+        ];
+    }
     vec![
         ("ragged", vec![1, 2, 63, 64, 65, 127, 511, 512]),
         ("one sequence", vec![300]),
@@ -137,6 +158,16 @@ fn poisoned(g: &CudaBackend, len: usize) -> <CudaBackend as Backend>::Buf {
 /// Hidden sizes: the test models (32, 48, 64), MiniLM (384), BERT-base (768), BERT-large / XLM-R
 /// large (1024), and one past the LayerNorm kernels' single-warp and 1024-wide cases (4096).
 const WIDTHS: [usize; 7] = [32, 48, 64, 384, 768, 1024, 4096];
+/// On the software GPU: the test models', MiniLM's and BERT-large's.
+const SOFT_WIDTHS: [usize; 5] = [32, 48, 64, 384, 1024];
+
+fn widths() -> &'static [usize] {
+    if soft() {
+        &SOFT_WIDTHS
+    } else {
+        &WIDTHS
+    }
+}
 
 /// LayerNorm outputs are O(1). rtol 2^-10: the fp16 rounding of the output (2^-11) plus as
 /// much again for fp32 statistics against the reference's f64; atol 2e-3: rsqrtf (2 ulp) and
@@ -148,7 +179,7 @@ const LN_RTOL: f32 = 1.0 / 1024.0;
 fn embed_layernorm_matches_cpu() {
     let mut rng = Rng(1);
     let g = gpu("embed_layernorm_matches_cpu");
-    for width in WIDTHS {
+    for &width in widths() {
         let (vocab, positions, types) = (1000, 520, 2);
         let emb = Embeddings {
             word: tensor("word", rng.vec16(vocab * width, 0.0, 1.0)),
@@ -255,7 +286,7 @@ fn load_batch_refuses_offsets_past_the_rows() {
 fn add_layernorm_matches_cpu() {
     let mut rng = Rng(3);
     let g = gpu("add_layernorm_matches_cpu");
-    for width in WIDTHS {
+    for &width in widths() {
         let gamma = tensor("gamma", rng.vec16(width, 1.0, 0.2));
         let beta = tensor("beta", rng.vec16(width, 0.0, 0.2));
         let cpu_ln = LayerNorm {
@@ -324,7 +355,13 @@ const LIN_RTOL: f32 = 1.0 / 1024.0;
 fn linear_with_bias_and_gelu_matches_cpu() {
     let mut rng = Rng(4);
     let g = gpu("linear_with_bias_and_gelu_matches_cpu");
-    for (o, i) in LINEAR_SHAPES {
+    // The software GPU's GEMMs are plain loops: MiniLM's QKV is the largest shape there.
+    let shapes = if soft() {
+        &LINEAR_SHAPES[..5]
+    } else {
+        &LINEAR_SHAPES[..]
+    };
+    for &(o, i) in shapes {
         let w = tensor("w", rng.vec16(o * i, 0.0, 1.0 / (i as f32).sqrt()));
         let b = tensor("b", rng.vec16(o, 0.0, 0.1));
         let cpu_lin = Linear {
@@ -333,7 +370,12 @@ fn linear_with_bias_and_gelu_matches_cpu() {
             out_dim: o,
             in_dim: i,
         };
-        for rows in [1, 63, 512, 1000] {
+        let rows_set: &[usize] = if soft() {
+            &[1, 63, 65, 130]
+        } else {
+            &[1, 63, 512, 1000]
+        };
+        for &rows in rows_set {
             let x = rng.vec16(rows * i, 0.0, 1.0);
             let mut pre = vec![0f32; rows * o];
             CpuBackend
@@ -372,8 +414,9 @@ fn linear_with_bias_and_gelu_matches_cpu() {
         }
     }
     if let Some(g) = &g {
-        // One algorithm per (row bucket, out, in): 1 and 63 share the smallest bucket.
-        assert_eq!(g.cached_gemm_algorithms(), LINEAR_SHAPES.len() * 3);
+        // One algorithm per (row bucket, out, in): 1 and 63 share the smallest bucket (on the
+        // software GPU 65 and 130 take the next two).
+        assert_eq!(g.cached_gemm_algorithms(), shapes.len() * 3);
     }
 }
 
@@ -423,12 +466,18 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 fn attention_matches_cpu_for_every_head_dim() {
     let mut rng = Rng(5);
     let g = gpu("attention_matches_cpu_for_every_head_dim");
-    for (d, heads) in [(16, 3), (32, 12), (64, 2), (128, 2)] {
+    let dims: &[(usize, usize)] = if soft() {
+        &[(16, 3), (32, 2), (64, 2), (128, 1)]
+    } else {
+        &[(16, 3), (32, 12), (64, 2), (128, 2)]
+    };
+    for &(d, heads) in dims {
         let h = heads * d;
         let mut sets = length_sets(&mut rng);
         if d == 64 {
-            // Past 512: bge-reranker-v2-m3 takes 8192; this loops over 32 K/V tiles.
-            sets.push(("one long sequence", vec![2048]));
+            // Past 512: bge-reranker-v2-m3 takes 8192; this loops over 32 K/V tiles (5, the
+            // last partial, on the software GPU).
+            sets.push(("one long sequence", vec![if soft() { 300 } else { 2048 }]));
         }
         for (set, lens) in sets {
             let b = batch(&mut rng, &lens, 10, 1);
@@ -490,7 +539,11 @@ fn attention_refuses_unsupported_head_dims() {
 fn cls_head_matches_cpu() {
     let mut rng = Rng(7);
     let g = gpu("cls_head_matches_cpu");
-    for width in [32, 48, 64, 384, 768, 1024] {
+    for &width in if soft() {
+        &SOFT_WIDTHS[..]
+    } else {
+        &WIDTHS[..6]
+    } {
         let dense = (
             tensor(
                 "dense.w",
@@ -561,7 +614,7 @@ fn cls_head_matches_cpu() {
 fn gather_cls_matches_cpu() {
     let mut rng = Rng(11);
     let g = gpu("gather_cls_matches_cpu");
-    for width in WIDTHS {
+    for &width in widths() {
         for (set, lens) in length_sets(&mut rng) {
             let packed = batch(&mut rng, &lens, 10, 1);
             let (t, n) = (packed.tokens(), packed.len());

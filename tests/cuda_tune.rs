@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use crossrank::backend::cuda::{unavailable_reason, CudaBackend};
+use crossrank::backend::cuda::CudaBackend;
 use crossrank::batch::PackedBatch;
 use crossrank::config::ModelConfig;
 use crossrank::model::{Model, Scorer};
@@ -20,8 +20,7 @@ const LOGIT_ATOL: f32 = 2e-3;
 #[test]
 fn tuned_gemms_cover_every_key_and_keep_the_scores() {
     let test = "tuned_gemms_cover_every_key_and_keep_the_scores";
-    if let Some(why) = unavailable_reason() {
-        println!("{test}: SKIPPED ({why})");
+    if skip_without_gpu(test) {
         return;
     }
     // Hidden 48 and FFN 100: leading dimensions that are no multiple of 16 bytes' worth of

@@ -624,9 +624,50 @@ float dot_blocks8(const float* a, const float* b, uint64_t k) {
     return acc;
 }
 
-// Columns [j0, j1) of D. at: op(A) as m rows of k floats; bt: op(B)^T as n rows of k floats.
-void run_columns(const Job& job, const float* at, const float* bt, const float* bias,
-                 uint64_t j0, uint64_t j1) {
+// Eight dot products at once, rows i0..i0+7 of op(A) (a_t: op(A) transposed, k rows of m floats)
+// with one row of op(B)^T, each summed exactly as the algorithm's scalar dot product above sums
+// it: the eight are independent chains, which the compiler keeps in vector registers. So the
+// numerics are the algorithm's, and only the speed changes.
+constexpr int kRows = 8;
+typedef float V4 __attribute__((vector_size(16)));  // SSE lanes: IEEE per lane, as scalars
+struct V8 {
+    V4 lo, hi;
+};
+inline V8 operator+(V8 x, V8 y) { return {x.lo + y.lo, x.hi + y.hi}; }
+inline V8& operator+=(V8& x, V8 y) { return x = x + y; }
+inline V8 madd(const float* a, float b) {  // a[0..8) * b, as eight scalar products
+    V4 lo, hi;
+    std::memcpy(&lo, a, sizeof lo);
+    std::memcpy(&hi, a + 4, sizeof hi);
+    return {lo * b, hi * b};
+}
+// panel: eight rows of op(A) interleaved, panel[p * 8 + r] = op(A)[i0 + r][p], so the loop
+// streams through memory.
+void dot8(uint32_t algo, const float* panel, const float* b, uint64_t k, uint64_t from,
+          uint64_t to, float out[kRows]) {
+    V8 acc = {};
+    if (algo == kGeneral) {
+        V8 s[4] = {};
+        for (uint64_t p = 0; p < k; p++) s[p & 3] += madd(panel + p * kRows, b[p]);
+        acc = (s[0] + s[1]) + (s[2] + s[3]);
+    } else if (algo == kAligned16) {
+        for (uint64_t p0 = 0; p0 < k; p0 += 8) {
+            uint64_t end = p0 + 8 < k ? p0 + 8 : k;
+            V8 blk = {};
+            for (uint64_t p = p0; p < end; p++) blk += madd(panel + p * kRows, b[p]);
+            acc += blk;
+        }
+    } else {  // in order over [from, to): tile64, and each half of splitk2
+        for (uint64_t p = from; p < to; p++) acc += madd(panel + p * kRows, b[p]);
+    }
+    std::memcpy(out, &acc.lo, sizeof acc.lo);
+    std::memcpy(out + 4, &acc.hi, sizeof acc.hi);
+}
+
+// Columns [j0, j1) of D. at: op(A) as m rows of k floats, a_t the same as panels of eight rows
+// (dot8); bt: op(B)^T as n rows of k floats.
+void run_columns(const Job& job, const float* at, const float* a_t, const float* bt,
+                 const float* bias, uint64_t j0, uint64_t j1) {
     const Problem& p = job.p;
     const bool f16 = p.type == CUDA_R_16F;
     const uint16_t* c = reinterpret_cast<const uint16_t*>(uintptr_t(job.c));
@@ -634,24 +675,37 @@ void run_columns(const Job& job, const float* at, const float* bt, const float* 
     float* part0 = reinterpret_cast<float*>(uintptr_t(job.workspace));
     float* part1 = part0 + p.m * p.n;
     uint64_t half = p.k / 2;
+    const uint64_t m8 = p.m - p.m % kRows;  // rows done eight at a time; the rest one by one
     if (job.algo == kSplitK2) {
         // Pass 1: the two partial sums, in the workspace as a real split-K kernel keeps them.
-        for (uint64_t j = j0; j < j1; j++)
-            for (uint64_t i = 0; i < p.m; i++) {
+        for (uint64_t j = j0; j < j1; j++) {
+            for (uint64_t i = 0; i < m8; i += kRows) {
+                dot8(kTile64, a_t + i * p.k, bt + j * p.k, p.k, 0, half, &part0[j * p.m + i]);
+                dot8(kTile64, a_t + i * p.k, bt + j * p.k, p.k, half, p.k, &part1[j * p.m + i]);
+            }
+            for (uint64_t i = m8; i < p.m; i++) {
                 part0[j * p.m + i] = dot_in_order(at + i * p.k, bt + j * p.k, 0, half);
                 part1[j * p.m + i] = dot_in_order(at + i * p.k, bt + j * p.k, half, p.k);
             }
+        }
     }
+    float acc8[kRows];
     for (uint64_t j = j0; j < j1; j++) {
+        const float* bj = bt + j * p.k;
         for (uint64_t i = 0; i < p.m; i++) {
             const float* ai = at + i * p.k;
-            const float* bj = bt + j * p.k;
             float acc;
-            switch (job.algo) {
-                case kTile64: acc = dot_in_order(ai, bj, 0, p.k); break;
-                case kGeneral: acc = dot_interleaved4(ai, bj, p.k); break;
-                case kSplitK2: acc = part0[j * p.m + i] + part1[j * p.m + i]; break;
-                default: acc = dot_blocks8(ai, bj, p.k); break;
+            if (job.algo == kSplitK2) {
+                acc = part0[j * p.m + i] + part1[j * p.m + i];
+            } else if (i < m8) {
+                if (i % kRows == 0) dot8(job.algo, a_t + i * p.k, bj, p.k, 0, p.k, acc8);
+                acc = acc8[i % kRows];
+            } else {
+                switch (job.algo) {
+                    case kTile64: acc = dot_in_order(ai, bj, 0, p.k); break;
+                    case kGeneral: acc = dot_interleaved4(ai, bj, p.k); break;
+                    default: acc = dot_blocks8(ai, bj, p.k); break;
+                }
             }
             float v = job.alpha * acc;
             if (job.beta != 0.0f) {  // beta 0: C is not read (it may hold NaN), as in cuBLAS
@@ -707,10 +761,14 @@ void run_job_checked(const Job& job) {
     };
     const uint16_t* a = reinterpret_cast<const uint16_t*>(uintptr_t(job.a));
     const uint16_t* b = reinterpret_cast<const uint16_t*>(uintptr_t(job.b));
-    FloatBuf at(p.m * p.k), bt(p.n * p.k), bias(p.m);
+    FloatBuf at(p.m * p.k), a_t(p.m * p.k), bt(p.n * p.k), bias(p.m);
     for (uint64_t i = 0; i < p.m; i++)
-        for (uint64_t q = 0; q < p.k; q++)
-            at.v[i * p.k + q] = load(a, p.ta ? q + i * uint64_t(p.lda) : i + q * uint64_t(p.lda));
+        for (uint64_t q = 0; q < p.k; q++) {
+            float v = load(a, p.ta ? q + i * uint64_t(p.lda) : i + q * uint64_t(p.lda));
+            at.v[i * p.k + q] = v;
+            if (i < p.m - p.m % kRows)  // dot8's panels; the last m % 8 rows go one by one
+                a_t.v[(i - i % kRows) * p.k + q * kRows + i % kRows] = v;
+        }
     for (uint64_t j = 0; j < p.n; j++)
         for (uint64_t q = 0; q < p.k; q++)
             bt.v[j * p.k + q] = load(b, p.tb ? j + q * uint64_t(p.ldb) : q + j * uint64_t(p.ldb));
@@ -724,7 +782,7 @@ void run_job_checked(const Job& job) {
     unsigned threads = std::thread::hardware_concurrency();
     if (threads > 16) threads = 16;
     if (work < (1ull << 22) || threads < 2 || p.n < 2) {
-        run_columns(job, at.v, bt.v, bias.v, 0, p.n);
+        run_columns(job, at.v, a_t.v, bt.v, bias.v, 0, p.n);
         return;
     }
     if (threads > p.n) threads = unsigned(p.n);
@@ -734,11 +792,11 @@ void run_job_checked(const Job& job) {
         uint64_t j0 = t * per, j1 = j0 + per < p.n ? j0 + per : p.n;
         if (j0 >= j1) break;
         try {
-            pool[t] = std::thread([&job, &at, &bt, &bias, j0, j1] {
-                run_columns(job, at.v, bt.v, bias.v, j0, j1);
+            pool[t] = std::thread([&job, &at, &a_t, &bt, &bias, j0, j1] {
+                run_columns(job, at.v, a_t.v, bt.v, bias.v, j0, j1);
             });
         } catch (const std::system_error&) {  // no thread to be had: the rest on this one
-            run_columns(job, at.v, bt.v, bias.v, j0, p.n);
+            run_columns(job, at.v, a_t.v, bt.v, bias.v, j0, p.n);
             break;
         }
     }

@@ -92,7 +92,9 @@ struct CUmod_st {
 namespace {
 
 std::mutex g_mu;  // the handle tables below
-std::set<CUstream> g_streams;
+// Streams are shared: a context-wide synchronisation on one thread (cuMemFreeHost, cuMemFree,
+// cuCtxSynchronize) runs the queues of streams that another thread may destroy meanwhile.
+std::map<CUstream, std::shared_ptr<CUstream_st>> g_streams;
 std::set<CUevent> g_events;
 std::set<CUmodule> g_modules;
 std::set<CUgraph> g_graphs;
@@ -134,6 +136,14 @@ bool live_stream(CUstream s) {
     return g_streams.count(s) != 0;
 }
 
+// The stream an event was recorded on, kept alive for the caller; null if it has been
+// destroyed since (its work ran when it was) or is the legacy stream.
+std::shared_ptr<CUstream_st> held(CUstream s) {
+    std::lock_guard<std::mutex> lock(g_mu);
+    auto it = g_streams.find(s);
+    return it == g_streams.end() ? nullptr : it->second;
+}
+
 bool is_pinned(const void* p, size_t n) {
     std::lock_guard<std::mutex> lock(g_mu);
     uintptr_t a = reinterpret_cast<uintptr_t>(p);
@@ -148,7 +158,7 @@ bool is_pinned(const void* p, size_t n) {
 bool unsafe_call(const char* what) {
     if (g_global_captures.load() == 0 && t_captures == 0) return false;
     std::lock_guard<std::mutex> lock(g_mu);
-    for (CUstream s : g_streams) {
+    for (auto& [s, owner] : g_streams) {
         std::lock_guard<std::mutex> l2(s->mu);
         if (!s->capturing || s->mode == CU_STREAM_CAPTURE_MODE_RELAXED) continue;
         if (s->mode == CU_STREAM_CAPTURE_MODE_THREAD_LOCAL && s->capture_thread != std::this_thread::get_id()) continue;
@@ -179,14 +189,14 @@ CUresult flush(CUstream_st* s) {
 }
 
 CUresult flush_all() {
-    std::vector<CUstream> all;
+    std::vector<std::shared_ptr<CUstream_st>> all;
     {
         std::lock_guard<std::mutex> lock(g_mu);
-        all.assign(g_streams.begin(), g_streams.end());
+        for (auto& kv : g_streams) all.push_back(kv.second);
     }
     CUresult r = flush(&g_legacy_stream);
-    for (CUstream s : all) {
-        CUresult q = flush(s);
+    for (auto& s : all) {
+        CUresult q = flush(s.get());
         if (q != CUDA_SUCCESS) r = q;
     }
     return r;
@@ -251,9 +261,12 @@ bool capturing(void* stream) { return capturing_stream(static_cast<CUstream>(str
 SG_API CUresult cuInit(unsigned int flags) {
     if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
     g_initialised = true;
+    // The device's name says what it is; this line only on request, so that a command's
+    // one-line error stays one line.
     static std::once_flag once;
     std::call_once(once, [] {
-        note("the software GPU is in use: " + sg::describe() + ". It is not a GPU.");
+        if (getenv("CROSSRANK_SOFTGPU_VERBOSE"))
+            note("the software GPU is in use: " + sg::describe() + ". It is not a GPU.");
     });
     return CUDA_SUCCESS;
 }
@@ -401,10 +414,10 @@ SG_API CUresult cuCtxSetFlags(unsigned int) { return CUDA_SUCCESS; }
 SG_API CUresult cuStreamCreate(CUstream* s, unsigned int flags) {
     STICKY();
     if (!s || (flags & ~1u)) return CUDA_ERROR_INVALID_VALUE;
-    auto* st = new CUstream_st;
+    auto st = std::make_shared<CUstream_st>();
     std::lock_guard<std::mutex> lock(g_mu);
-    g_streams.insert(st);
-    *s = st;
+    g_streams.emplace(st.get(), st);
+    *s = st.get();
     return CUDA_SUCCESS;
 }
 
@@ -417,8 +430,7 @@ SG_API CUresult cuStreamDestroy_v2(CUstream s) {
     // The real driver lets queued work finish after the destroy returns; run it now.
     flush(s);
     std::lock_guard<std::mutex> lock(g_mu);
-    g_streams.erase(s);
-    delete s;
+    g_streams.erase(s);  // freed when no flush holds it any more
     return CUDA_SUCCESS;
 }
 
@@ -449,7 +461,11 @@ SG_API CUresult cuStreamWaitEvent(CUstream s, CUevent ev, unsigned int flags) {
         return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
     // Work after this point on `s` may not start before the event: with deferred streams, run
     // the event's stream up to now.
-    if (ev->recorded && ev->stream != s) return flush(stream_of(ev->stream));
+    if (ev->recorded && ev->stream != s) {
+        if (!ev->stream) return flush(&g_legacy_stream);
+        auto other = held(ev->stream);
+        return other ? flush(other.get()) : CUDA_SUCCESS;
+    }
     return CUDA_SUCCESS;
 }
 
@@ -788,7 +804,9 @@ SG_API CUresult cuEventQuery(CUevent ev) {
         std::lock_guard<std::mutex> lock(g_mu);
         if (!g_events.count(ev)) return CUDA_ERROR_INVALID_HANDLE;
     }
-    if (ev->recorded && capturing_stream(ev->stream)) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    auto st = ev->stream ? held(ev->stream) : nullptr;
+    if (ev->recorded && (ev->stream ? st && capturing_stream(st.get()) : capturing_stream(nullptr)))
+        return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
     return !ev->recorded || ev->done ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
 }
 
@@ -799,8 +817,11 @@ SG_API CUresult cuEventSynchronize(CUevent ev) {
         if (!g_events.count(ev)) return CUDA_ERROR_INVALID_HANDLE;
     }
     if (!ev->recorded) return CUDA_SUCCESS;
-    if (refused_in_capture(ev->stream, "cuEventSynchronize")) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
-    return flush(stream_of(ev->stream));
+    if (!ev->stream) return flush(&g_legacy_stream);
+    auto st = held(ev->stream);
+    if (!st) return CUDA_SUCCESS;  // destroyed since: its work ran then
+    if (refused_in_capture(st.get(), "cuEventSynchronize")) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    return flush(st.get());
 }
 
 SG_API CUresult cuEventElapsedTime_v2(float* ms, CUevent start, CUevent end) {

@@ -714,7 +714,7 @@ void release_barrier(Exec* e) {
     const Fiber& first = e->fibers[0];
     for (uint32_t i = 1; i < e->nthreads; ++i) {
         const Fiber& f = e->fibers[i];
-        if (f.line != first.line || strcmp(f.file, first.file) != 0)
+        if (f.line != first.line || (f.file != first.file && strcmp(f.file, first.file) != 0))
             fault_here(e, format("divergent __syncthreads: thread (%u,%u,%u) waits at %s:%d, thread (%u,%u,%u) at %s:%d", first.tid.x, first.tid.y, first.tid.z, first.file, first.line, f.tid.x, f.tid.y, f.tid.z, f.file, f.line));
     }
     e->epoch++;
@@ -831,7 +831,8 @@ void warp_collective(Kind kind, unsigned mask, const char* file, int line, F dep
         w.file = file;
         w.line = line;
         w.mask = mask;
-    } else if (w.kind != kind || w.line != line || w.mask != mask || strcmp(w.file, file) != 0) {
+    } else if (w.kind != kind || w.line != line || w.mask != mask ||
+               (w.file != file && strcmp(w.file, file) != 0)) {
         fault_here(e, format("divergent warp collective: lanes of warp %u wait at %s (%s:%d, mask %#x) while this lane reaches %s (%s:%d, mask %#x)", wi, kind_name(w.kind), w.file, w.line, w.mask, kind_name(kind), file, line, mask));
     }
     deposit(w, lane);

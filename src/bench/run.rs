@@ -345,6 +345,12 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
 #[cfg(feature = "cuda")]
 fn cuda(ctx: &Ctx, ordinal: usize, host: Weights<HostTensor>, max_tokens: usize) -> Result<Out> {
     let backend = crate::backend::cuda::CudaBackend::new(ordinal)?;
+    if backend.is_software() {
+        return Err(Error::input(format!(
+            "{}: benchmarks need a real GPU; the software GPU is a CPU emulation for tests and has no speed to measure",
+            backend.device_name()
+        )));
+    }
     let tuning = if ctx.args.cuda.tune_gemm {
         Some(backend.tune_gemm(ctx.cfg, max_tokens)?)
     } else {

@@ -204,3 +204,22 @@ pub const WORDS: &[&str] = &[
     "Ⅻ",
     "qwertyuiopasdfghjklzxcvbnmqwertyuiopasdfghjklzxcvbnm",
 ];
+
+/// Whether a CUDA test must skip here: prints `SKIPPED (why)` and says so when there is no
+/// device, unless CROSSRANK_REQUIRE_GPU is set (scripts/test-softgpu.sh), which makes a missing
+/// device a failure: there, no CUDA test may be skipped.
+#[cfg(feature = "cuda")]
+#[allow(dead_code)]
+pub fn skip_without_gpu(test: &str) -> bool {
+    match crossrank::backend::cuda::unavailable_reason() {
+        Some(why) => {
+            assert!(
+                std::env::var_os("CROSSRANK_REQUIRE_GPU").is_none(),
+                "{test}: CROSSRANK_REQUIRE_GPU is set but there is no CUDA device: {why}"
+            );
+            println!("{test}: SKIPPED ({why})");
+            true
+        }
+        None => false,
+    }
+}

@@ -31,6 +31,14 @@ pub use embedded::{ARCHITECTURES, PTXAS_REPORT};
 use kernels::{BatchViews, Kernels};
 pub use tune::GemmTuning;
 
+/// What the software GPU (softgpu/) puts in its device name.
+pub const SOFTWARE_GPU: &str = "software GPU";
+
+/// Whether CUDA device 0 is the software GPU: tests choose their shapes by it.
+pub fn on_software_gpu() -> bool {
+    devices().first().is_some_and(|d| d.contains(SOFTWARE_GPU))
+}
+
 /// The architectures whose code is embedded in this build: SASS, then PTX.
 pub fn architectures() -> Vec<String> {
     ARCHITECTURES.iter().map(|a| a.to_string()).collect()
@@ -239,6 +247,12 @@ impl CudaBackend {
             graphs: Mutex::new(Graphs::default()),
             name: format!("cuda:{ordinal} {name} (sm_{major}{minor})"),
         })
+    }
+
+    /// Whether this device is the software GPU (softgpu/): the CUDA path running on the CPU for
+    /// tests. It names itself so; nothing measured on it is a speed figure.
+    pub fn is_software(&self) -> bool {
+        self.name.contains(SOFTWARE_GPU)
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
