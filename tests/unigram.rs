@@ -356,66 +356,70 @@ fn other_pipelines_take_the_general_path() {
 
 /// The unknown-character score (the worst piece's score less 10) decides between a path that
 /// covers a character with a longer piece and one that makes it unknown, which happens only
-/// when the character has no piece of its own. Here half the single-character pieces are
-/// renamed away (every character keeps its multi-character pieces), and a few two-character
-/// pieces score just above and just below "unknown + the other character's piece", so that a
-/// penalty other than 10 picks another path.
+/// when the character has no piece of its own; the committed vocabulary has none such. Here
+/// half the single-character pieces are renamed away (their characters keep their longer
+/// pieces), and, for pairs of characters that occur in no other piece, the first loses its
+/// own piece, the second's scores +20, and the pair becomes a piece scoring 0.5 above or below
+/// "unknown + the second's piece" (all above the worst piece, so the library's minimum stays
+/// put): a penalty other than 10 picks the other path.
 #[test]
 fn fast_unigram_scores_unknown_characters_as_the_library_does() {
     let mut v: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(model_dir("xlmr-bf16").join("tokenizer.json")).unwrap(),
     )
     .unwrap();
-    let min_score = v["model"]["vocab"]
-        .as_array()
-        .unwrap()
+    let vocab = v["model"]["vocab"].as_array_mut().unwrap();
+    let n = vocab.len();
+    let pieces: Vec<String> = vocab
+        .iter()
+        .map(|p| p[0].as_str().unwrap().to_string())
+        .collect();
+    // Single characters (not the specials, not `▁`, not the last 12 pieces, replaced below).
+    let singles: Vec<usize> = (4..n - 12)
+        .filter(|&k| pieces[k].chars().count() == 1 && pieces[k] != "\u{2581}")
+        .collect();
+    let isolated = |k: usize| pieces.iter().filter(|p| p.contains(&pieces[k])).count() == 1;
+    let (alone, shared): (Vec<usize>, Vec<usize>) = singles.into_iter().partition(|&k| isolated(k));
+    assert!(
+        alone.len() >= 24 && shared.len() >= 40,
+        "{} {}",
+        alone.len(),
+        shared.len()
+    );
+    let rename = |vocab: &mut Vec<serde_json::Value>, k: usize| {
+        vocab[k][0] = format!("\u{e000}{k}").into();
+    };
+    for &k in shared.iter().step_by(2) {
+        rename(vocab, k);
+    }
+    let pairs: Vec<(usize, usize)> = alone.chunks(2).take(12).map(|c| (c[0], c[1])).collect();
+    for (j, &(gone, kept)) in pairs.iter().enumerate() {
+        rename(vocab, gone);
+        vocab[kept][1] = 20.0.into();
+        vocab[n - 1 - j] = serde_json::json!([format!("{}{}", pieces[gone], pieces[kept]), 0.0]);
+    }
+    let min_score = vocab
         .iter()
         .map(|p| p[1].as_f64().unwrap())
         .fold(f64::MAX, f64::min);
     let unk_score = min_score - 10.0;
-    let vocab = v["model"]["vocab"].as_array_mut().unwrap();
-    let mut removed = Vec::new();
-    let mut kept = Vec::new();
-    for (k, piece) in vocab.iter_mut().enumerate().skip(4) {
-        let text = piece[0].as_str().unwrap().to_string();
-        if text.chars().count() == 1 && text != "\u{2581}" {
-            if removed.len() <= kept.len() {
-                piece[0] = format!("\u{e000}{k}").into();
-                removed.push((text, k));
-            } else {
-                kept.push((text, piece[1].as_f64().unwrap()));
-            }
-        }
-    }
-    assert!(removed.len() >= 20, "{removed:?}");
-    // Two-character pieces "removed + kept" at unk_score + kept's score ± 0.5, in place of
-    // the last pieces of the vocabulary.
-    let n = vocab.len();
     let mut extra = Vec::new();
-    for (j, ((gone, _), (kept, kept_score))) in removed.iter().zip(&kept).take(12).enumerate() {
+    for (j, &(gone, kept)) in pairs.iter().enumerate() {
         let margin = if j % 2 == 0 { 0.5 } else { -0.5 };
-        let piece = format!("{gone}{kept}");
-        vocab[n - 1 - j] = serde_json::json!([piece, unk_score + kept_score + margin]);
-        extra.push(format!(
-            "{gone}{kept} {kept}{gone}{kept} x{gone}{kept}{gone}"
-        ));
+        vocab[n - 1 - j][1] = (unk_score + 20.0 + margin).into();
+        let (gone, kept) = (&pieces[gone], &pieces[kept]);
+        extra.push(format!("{gone}{kept} {kept}{gone}{kept}"));
     }
     let t = Tokenizer::from_str(&v.to_string()).unwrap();
     let unk = t.token_to_id("<unk>").unwrap();
-    // The library itself must take both paths in the extra texts: the new pieces in some,
-    // unknowns in others.
-    let ids: Vec<Vec<u32>> = extra
-        .iter()
-        .map(|x| t.encode(x.as_str(), false).unwrap().get_ids().to_vec())
-        .collect();
-    let used = (0..extra.len())
-        .filter(|&j| ids[j].contains(&((n - 1 - j) as u32)))
-        .count();
-    let with_unk = ids.iter().filter(|x| x.contains(&unk)).count();
-    assert!(
-        used > 0 && with_unk > 0,
-        "{used} pieces used, {with_unk} with <unk>"
-    );
+    // The library itself takes the pair's piece where it scores above the unknown path, and
+    // the unknown where it scores below.
+    for (j, x) in extra.iter().enumerate() {
+        let ids = t.encode(x.as_str(), false).unwrap().get_ids().to_vec();
+        let piece = (n - 1 - j) as u32;
+        assert_eq!(ids.contains(&piece), j % 2 == 0, "{x:?}: {ids:?}");
+        assert_eq!(ids.contains(&unk), j % 2 == 1, "{x:?}: {ids:?}");
+    }
     check(
         "xlmr-bf16 without half its single characters",
         &t,
