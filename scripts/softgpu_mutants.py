@@ -65,6 +65,10 @@ MUTANTS = [
     ("head-pooled-barrier", "a dropped barrier", "head.cu",
      "        if (lane == 0) pooled[j] = tanhf(dot + __half2float(b1[j]));\n    }\n    __syncthreads();\n",
      "        if (lane == 0) pooled[j] = tanhf(dot + __half2float(b1[j]));\n    }\n"),
+    ("warp-early-exit", "a divergent barrier", "attention.cu",
+     "    const int r0 = q0 + warp * 16 + g;  // this thread's two query rows (r0, r0 + 8)\n",
+     "    const int r0 = q0 + warp * 16 + g;  // this thread's two query rows (r0, r0 + 8)\n"
+     "    if (q0 + warp * 16 >= len) return;  // planted: a warp with no rows leaves its block\n"),
     ("embed-misaligned-row", "a misaligned vector access", "embed.cu",
      "const Vec8 w = load_vec(word + size_t(ids[row]) * width + col);",
      "const Vec8 w = load_vec(word + size_t(ids[row]) * width + col + 4);"),
@@ -95,15 +99,18 @@ def test_binaries():
     return sorted(bins.items(), key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else 99)
 
 
-def why(output):
-    for key in ("softgpu: FAULT", "panicked at", "assertion"):
-        for line in output.splitlines():
-            if key in line:
-                nxt = output.splitlines()
-                i = nxt.index(line)
-                text = line if key != "panicked at" or i + 1 >= len(nxt) else nxt[i + 1]
-                return text.strip()[:160]
-    return output.strip().splitlines()[-1][:160] if output.strip() else "(no output)"
+def why(stdout, stderr):
+    """The first line that says what caught the mutant: the software GPU's own fault line (on
+    stderr) when a checker caught it, else the failing assertion's message."""
+    for line in stderr.splitlines():
+        if line.startswith("softgpu: FAULT"):
+            return line[len("softgpu: FAULT "):].strip()[:200]
+    lines = stdout.splitlines()
+    for i, line in enumerate(lines):
+        if "panicked at" in line and i + 1 < len(lines):
+            return lines[i + 1].strip()[:200]
+    text = (stdout + stderr).strip()
+    return text.splitlines()[-1][:200] if text else "(no output)"
 
 
 def main():
@@ -136,11 +143,11 @@ def main():
                 try:
                     r = subprocess.run([exe, "--test-threads", "2"], cwd=ROOT, env=run_env,
                                        capture_output=True, text=True, timeout=600)
-                    failed, output = r.returncode != 0, r.stdout + r.stderr
+                    failed, out, err = r.returncode != 0, r.stdout, r.stderr
                 except subprocess.TimeoutExpired:
-                    failed, output = True, "timed out after 600 s (a hang)"
+                    failed, out, err = True, "timed out after 600 s (a hang)", ""
                 if failed:
-                    caught = (f"{test} ({schedule})", why(output))
+                    caught = (f"{test} ({schedule})", why(out, err))
                     break
             if caught:
                 break
