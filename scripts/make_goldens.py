@@ -814,6 +814,10 @@ def main() -> None:
         clear(stale)
     make_tiny_models()
     make_minilm()
+    # The ModernBERT models and goldens live in the folders cleared above: remake them too.
+    from make_modernbert_goldens import make_modernbert
+
+    make_modernbert()
 
 
 if __name__ == "__main__":

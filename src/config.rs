@@ -10,7 +10,8 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 
 pub const SUPPORTED_ARCHITECTURES: &str = "BertForSequenceClassification, \
-RobertaForSequenceClassification, XLMRobertaForSequenceClassification";
+RobertaForSequenceClassification, XLMRobertaForSequenceClassification, \
+ModernBertForSequenceClassification";
 
 /// The model families crossrank runs. They differ in position ids, token type ids, tensor
 /// prefixes and the classification head.
@@ -21,6 +22,10 @@ pub enum Family {
     /// RoBERTa and XLM-RoBERTa: positions from padding_idx + 1 skipping padding, token types 0,
     /// head = classifier.dense + tanh + classifier.out_proj.
     Roberta,
+    /// ModernBERT: RoPE instead of a position table, pre-norm blocks, full and sliding-window
+    /// layers, GeGLU, head = pooling (cls or mean) + dense + act + LayerNorm + classifier.
+    /// Its own settings are in [`ModelConfig::modernbert`].
+    ModernBert,
 }
 
 /// The hidden activation of the feed-forward block.
@@ -41,6 +46,8 @@ struct RawConfig {
     num_attention_heads: Option<usize>,
     intermediate_size: Option<usize>,
     hidden_act: Option<String>,
+    hidden_activation: Option<String>,
+    norm_eps: Option<f64>,
     max_position_embeddings: Option<usize>,
     type_vocab_size: Option<usize>,
     layer_norm_eps: Option<f64>,
@@ -70,6 +77,229 @@ pub struct ModelConfig {
     /// RoBERTa's padding_idx (pad_token_id); positions start after it.
     pub pad_token_id: u32,
     pub num_labels: usize,
+    /// The ModernBERT family's own settings; `Some` exactly when `family` is ModernBert.
+    pub modernbert: Option<ModernBertConfig>,
+}
+
+/// Which attention a ModernBERT layer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerType {
+    /// `full_attention`: every token of the pair.
+    Full,
+    /// `sliding_attention`: keys within `local_attention / 2` positions of the query.
+    Sliding,
+}
+
+/// How the ModernBERT head pools the final hidden states of a pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The first ([CLS]) row.
+    Cls,
+    /// The mean over the pair's tokens.
+    Mean,
+}
+
+impl Pooling {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pooling::Cls => "cls",
+            Pooling::Mean => "mean",
+        }
+    }
+}
+
+/// What a ModernBERT config says beyond the shared fields, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModernBertConfig {
+    /// One per layer.
+    pub layer_types: Vec<LayerType>,
+    /// RoPE base of the full-attention layers.
+    pub rope_theta_full: f64,
+    /// RoPE base of the sliding-window layers.
+    pub rope_theta_sliding: f64,
+    /// `local_attention`: the window's full width; a query sees keys at most half of it away.
+    pub local_attention: usize,
+    pub norm_bias: bool,
+    pub attention_bias: bool,
+    pub mlp_bias: bool,
+    pub classifier_bias: bool,
+    pub classifier_activation: Activation,
+    pub classifier_pooling: Pooling,
+}
+
+impl ModernBertConfig {
+    /// The most positions a sliding-window query looks away on either side.
+    pub fn half_window(&self) -> usize {
+        self.local_attention / 2
+    }
+
+    /// The RoPE base of a layer of this type.
+    pub fn rope_theta(&self, t: LayerType) -> f64 {
+        match t {
+            LayerType::Full => self.rope_theta_full,
+            LayerType::Sliding => self.rope_theta_sliding,
+        }
+    }
+
+    /// Reads the family's fields as transformers 5 does (`layer_types`, `rope_parameters`),
+    /// and the older form the hub configs carry (`global_attn_every_n_layers`,
+    /// `global_rope_theta`, `local_rope_theta`).
+    fn from_value(v: &serde_json::Value, layers: usize) -> Result<Self, String> {
+        use serde_json::Value;
+        let bool_field = |name: &str| -> Result<bool, String> {
+            match v.get(name) {
+                None | Some(Value::Null) => Ok(false),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(other) => Err(format!("field `{name}` = {other} is not a boolean")),
+            }
+        };
+        let uint = |name: &str, default: u64| -> Result<u64, String> {
+            match v.get(name) {
+                None | Some(Value::Null) => Ok(default),
+                Some(x) => x
+                    .as_u64()
+                    .ok_or_else(|| format!("field `{name}` = {x} is not a non-negative integer")),
+            }
+        };
+        let float = |name: &str, default: f64| -> Result<f64, String> {
+            match v.get(name) {
+                None | Some(Value::Null) => Ok(default),
+                Some(x) => x
+                    .as_f64()
+                    .filter(|t| *t > 0.0)
+                    .ok_or_else(|| format!("field `{name}` = {x} is not a positive number")),
+            }
+        };
+        let gelu = |name: &str| -> Result<Activation, String> {
+            match v.get(name).and_then(Value::as_str).unwrap_or("gelu") {
+                "gelu" => Ok(Activation::GeluErf),
+                other => Err(format!(
+                    "field `{name}` = \"{other}\" is not supported (supported: gelu)"
+                )),
+            }
+        };
+        let layer_types = match v.get("layer_types") {
+            None | Some(Value::Null) => {
+                let every = uint("global_attn_every_n_layers", 3)? as usize;
+                if every == 0 {
+                    return Err("field `global_attn_every_n_layers` must be positive, got 0".into());
+                }
+                (0..layers)
+                    .map(|i| {
+                        if i % every == 0 {
+                            LayerType::Full
+                        } else {
+                            LayerType::Sliding
+                        }
+                    })
+                    .collect()
+            }
+            Some(Value::Array(list)) => {
+                if list.len() != layers {
+                    return Err(format!(
+                        "field `layer_types` lists {} layers, `num_hidden_layers` is {layers}",
+                        list.len()
+                    ));
+                }
+                list.iter()
+                    .map(|t| match t.as_str() {
+                        Some("full_attention") => Ok(LayerType::Full),
+                        Some("sliding_attention") => Ok(LayerType::Sliding),
+                        _ => Err(format!(
+                            "field `layer_types` has layer type {t}, which is not supported (supported: full_attention, sliding_attention)"
+                        )),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            Some(other) => return Err(format!("field `layer_types` = {other} is not a list")),
+        };
+        // transformers 5: rope_parameters keyed by layer type; older configs: two thetas.
+        let (mut full, mut sliding) = (
+            float("global_rope_theta", 160_000.0)?,
+            float("local_rope_theta", 10_000.0)?,
+        );
+        if let Some(x) = v.get("rope_scaling").filter(|x| !x.is_null()) {
+            return Err(format!(
+                "field `rope_scaling` = {x} is not supported (only default RoPE)"
+            ));
+        }
+        match v.get("rope_parameters") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(map)) => {
+                for (key, p) in map {
+                    let slot = match key.as_str() {
+                        "full_attention" => &mut full,
+                        "sliding_attention" => &mut sliding,
+                        other => {
+                            return Err(format!(
+                                "field `rope_parameters` has layer type `{other}`, which is not supported (supported: full_attention, sliding_attention)"
+                            ))
+                        }
+                    };
+                    let kind = p
+                        .get("rope_type")
+                        .and_then(Value::as_str)
+                        .unwrap_or("default");
+                    if kind != "default" {
+                        return Err(format!(
+                            "field `rope_parameters.{key}.rope_type` = \"{kind}\" is not supported (supported: default)"
+                        ));
+                    }
+                    if let Some(f) = p.get("partial_rotary_factor").and_then(Value::as_f64) {
+                        if f != 1.0 {
+                            return Err(format!(
+                                "field `rope_parameters.{key}.partial_rotary_factor` = {f} is not supported (supported: 1.0)"
+                            ));
+                        }
+                    }
+                    match p.get("rope_theta").and_then(Value::as_f64) {
+                        Some(t) if t > 0.0 => *slot = t,
+                        _ => {
+                            return Err(format!(
+                            "field `rope_parameters.{key}.rope_theta` is missing or not positive"
+                        ))
+                        }
+                    }
+                }
+            }
+            Some(other) => {
+                return Err(format!(
+                    "field `rope_parameters` = {other} is not an object"
+                ))
+            }
+        }
+        let local_attention = uint("local_attention", 128)? as usize;
+        if local_attention == 0 || !local_attention.is_multiple_of(2) {
+            return Err(format!(
+                "field `local_attention` = {local_attention} is not supported (the window must be even and positive)"
+            ));
+        }
+        let classifier_pooling = match v
+            .get("classifier_pooling")
+            .and_then(Value::as_str)
+            .unwrap_or("cls")
+        {
+            "cls" => Pooling::Cls,
+            "mean" => Pooling::Mean,
+            other => {
+                return Err(format!(
+                "field `classifier_pooling` = \"{other}\" is not supported (supported: cls, mean)"
+            ))
+            }
+        };
+        Ok(ModernBertConfig {
+            layer_types,
+            rope_theta_full: full,
+            rope_theta_sliding: sliding,
+            local_attention,
+            norm_bias: bool_field("norm_bias")?,
+            attention_bias: bool_field("attention_bias")?,
+            mlp_bias: bool_field("mlp_bias")?,
+            classifier_bias: bool_field("classifier_bias")?,
+            classifier_activation: gelu("classifier_activation")?,
+            classifier_pooling,
+        })
+    }
 }
 
 impl ModelConfig {
@@ -102,6 +332,7 @@ impl ModelConfig {
             "RobertaForSequenceClassification" | "XLMRobertaForSequenceClassification" => {
                 Family::Roberta
             }
+            "ModernBertForSequenceClassification" => Family::ModernBert,
             other => {
                 return Err(format!(
                     "architecture `{other}` is not supported (supported: {SUPPORTED_ARCHITECTURES})"
@@ -123,11 +354,16 @@ impl ModelConfig {
                 "field `hidden_size` ({hidden_size}) is not a multiple of `num_attention_heads` ({num_heads})"
             ));
         }
-        let activation = match raw.hidden_act.as_deref().unwrap_or("gelu") {
+        // ModernBERT names its activation `hidden_activation` and its eps `norm_eps`.
+        let (act_field, act_value) = match family {
+            Family::ModernBert => ("hidden_activation", raw.hidden_activation.as_deref()),
+            _ => ("hidden_act", raw.hidden_act.as_deref()),
+        };
+        let activation = match act_value.unwrap_or("gelu") {
             "gelu" => Activation::GeluErf,
             other => {
                 return Err(format!(
-                    "field `hidden_act` = \"{other}\" is not supported (supported: gelu)"
+                    "field `{act_field}` = \"{other}\" is not supported (supported: gelu)"
                 ))
             }
         };
@@ -158,14 +394,31 @@ impl ModelConfig {
         let pad_token_id = match (family, raw.pad_token_id) {
             (_, Some(p)) if p >= 0 => p as u32,
             (Family::Bert, _) => 0,
+            (Family::ModernBert, _) => 50283,
             (Family::Roberta, _) => {
                 return Err(
                     "field `pad_token_id` is missing or negative; RoBERTa positions need it".into(),
                 )
             }
         };
-        let max_position_embeddings = need(raw.max_position_embeddings, "max_position_embeddings")?;
-        let layer_norm_eps = raw.layer_norm_eps.unwrap_or(1e-12);
+        let modern = family == Family::ModernBert;
+        let max_position_embeddings = need(
+            raw.max_position_embeddings.or(modern.then_some(8192)),
+            "max_position_embeddings",
+        )?;
+        let layer_norm_eps = if modern {
+            raw.norm_eps.unwrap_or(1e-5)
+        } else {
+            raw.layer_norm_eps.unwrap_or(1e-12)
+        };
+        let num_layers = need(raw.num_hidden_layers, "num_hidden_layers")?;
+        let modernbert = if modern {
+            let v: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| format!("not a valid config: {e}"))?;
+            Some(ModernBertConfig::from_value(&v, num_layers)?)
+        } else {
+            None
+        };
         if !(layer_norm_eps > 0.0 && layer_norm_eps < 1.0) {
             return Err(format!(
                 "field `layer_norm_eps` = {layer_norm_eps} is out of range"
@@ -176,16 +429,22 @@ impl ModelConfig {
             family,
             vocab_size: need(raw.vocab_size, "vocab_size")?,
             hidden_size,
-            num_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
+            num_layers,
             num_heads,
             head_dim: hidden_size / num_heads,
             intermediate_size: need(raw.intermediate_size, "intermediate_size")?,
             activation,
             max_position_embeddings,
-            type_vocab_size: need(raw.type_vocab_size.or(Some(2)), "type_vocab_size")?,
+            // ModernBERT has no token type table: every type is 0.
+            type_vocab_size: if modern {
+                1
+            } else {
+                need(raw.type_vocab_size.or(Some(2)), "type_vocab_size")?
+            },
             layer_norm_eps: layer_norm_eps as f32,
             pad_token_id,
             num_labels,
+            modernbert,
         };
         if cfg.max_positions() == 0 {
             return Err(format!(
@@ -200,7 +459,7 @@ impl ModelConfig {
     /// padding_idx + 1, so that many rows are unusable.
     pub fn max_positions(&self) -> usize {
         match self.family {
-            Family::Bert => self.max_position_embeddings,
+            Family::Bert | Family::ModernBert => self.max_position_embeddings,
             Family::Roberta => self
                 .max_position_embeddings
                 .saturating_sub(self.pad_token_id as usize + 1),
@@ -217,6 +476,24 @@ impl ModelConfig {
     pub fn parameter_count(&self) -> usize {
         let h = self.hidden_size;
         let i = self.intermediate_size;
+        if let Some(m) = &self.modernbert {
+            let norm = if m.norm_bias { 2 * h } else { h };
+            let bias = |on: bool, n: usize| if on { n } else { 0 };
+            let emb = self.vocab_size * h + norm;
+            let layer = 3 * h * h
+                + bias(m.attention_bias, 3 * h)
+                + h * h
+                + bias(m.attention_bias, h)
+                + 2 * i * h
+                + bias(m.mlp_bias, 2 * i)
+                + i * h
+                + bias(m.mlp_bias, h)
+                + 2 * norm;
+            let head =
+                h * h + bias(m.classifier_bias, h) + norm + h * self.num_labels + self.num_labels;
+            // Layer 0 has no attention norm (Identity); the final norm takes its place.
+            return emb + self.num_layers * layer + head;
+        }
         let emb =
             (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h;
         let layer = 4 * (h * h + h) + 2 * (h * i) + i + h + 4 * h;

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use crate::backend::cpu::CpuBackend;
 use crate::batch::PackedBatch;
-use crate::config::ModelConfig;
+use crate::config::{Family, LayerType, ModelConfig};
 use crate::error::{Error, Result};
 use crate::model::{Model, Scorer};
 use crate::tokenize::{EncodedPair, PairTokenizer, TruncationSide};
@@ -136,6 +136,16 @@ pub struct ModelInfo {
     pub vocab_size: usize,
     pub max_length: usize,
     pub max_length_limit: usize,
+    /// bert, roberta or modernbert.
+    pub family: &'static str,
+    /// ModernBERT: `local_attention` (a sliding layer sees half of it on each side).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<usize>,
+    /// ModernBERT: `full_attention` / `sliding_attention` per layer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_types: Option<Vec<&'static str>>,
+    /// cls (the first row) or mean.
+    pub pooling: &'static str,
 }
 
 /// Reads and validates a model directory without running anything.
@@ -159,6 +169,25 @@ pub fn inspect(dir: &Path) -> Result<(ModelConfig, PairTokenizer, ModelInfo, Che
         vocab_size: cfg.vocab_size,
         max_length: tokenizer.default_max_length(),
         max_length_limit: tokenizer.max_length_limit(),
+        family: match cfg.family {
+            Family::Bert => "bert",
+            Family::Roberta => "roberta",
+            Family::ModernBert => "modernbert",
+        },
+        window: cfg.modernbert.as_ref().map(|m| m.local_attention),
+        layer_types: cfg.modernbert.as_ref().map(|m| {
+            m.layer_types
+                .iter()
+                .map(|t| match t {
+                    LayerType::Full => "full_attention",
+                    LayerType::Sliding => "sliding_attention",
+                })
+                .collect()
+        }),
+        pooling: cfg
+            .modernbert
+            .as_ref()
+            .map_or("cls", |m| m.classifier_pooling.as_str()),
     };
     Ok((cfg, tokenizer, info, ckpt))
 }
@@ -177,11 +206,37 @@ impl Reranker {
     pub fn load(dir: impl AsRef<Path>, device: Device, opts: &LoadOptions) -> Result<Self> {
         let dir = dir.as_ref();
         let (cfg, tokenizer, info, ckpt) = inspect(dir)?;
+        // Every pair fits in one forward: the arena holds at least one longest pair.
+        let max_tokens = opts.max_batch_tokens.max(tokenizer.max_length_limit());
+        if cfg.family == Family::ModernBert {
+            let scorer: Box<dyn Scorer> = match device {
+                Device::Cpu => {
+                    let host = crate::models::modernbert::load(&ckpt, &cfg)?;
+                    Box::new(crate::models::modernbert::Model::new(
+                        CpuBackend,
+                        cfg.clone(),
+                        host,
+                        max_tokens,
+                    )?)
+                }
+                Device::Cuda(_) => {
+                    return Err(Error::input(
+                        "cuda: the ModernBERT family runs on the CPU only in this version",
+                    ))
+                }
+            };
+            let dtype = ckpt.dtype();
+            return Ok(Reranker {
+                cfg,
+                tokenizer,
+                scorer,
+                info,
+                dtype,
+            });
+        }
         let host = weights::load(&ckpt, &cfg)?;
         let dtype = ckpt.dtype();
         drop(ckpt);
-        // Every pair fits in one forward: the arena holds at least one longest pair.
-        let max_tokens = opts.max_batch_tokens.max(tokenizer.max_length_limit());
         let scorer: Box<dyn Scorer> = match device {
             Device::Cpu => Box::new(Model::new(CpuBackend, cfg.clone(), host, max_tokens)?),
             Device::Cuda(ordinal) => cuda_scorer(ordinal, &cfg, host, max_tokens, opts.cuda)?,

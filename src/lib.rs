@@ -11,6 +11,7 @@ pub mod docs;
 pub mod engine;
 pub mod error;
 pub mod model;
+pub mod models;
 pub mod serve;
 pub mod tokenize;
 pub mod tokenizer_class;

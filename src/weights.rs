@@ -231,7 +231,7 @@ impl Checkpoint {
     }
 
     /// Reads one tensor as f32, checking its shape. `candidates` are the accepted names.
-    fn tensor(&self, candidates: &[String], shape: &[usize]) -> Result<HostTensor> {
+    pub(crate) fn tensor(&self, candidates: &[String], shape: &[usize]) -> Result<HostTensor> {
         let (name, i) = self.find(candidates).ok_or_else(|| {
             let shown = self.files.first().map(|f| f.0.clone()).unwrap_or_default();
             Error::model(shown, format!("tensor `{}` is missing", candidates[0]))
@@ -335,6 +335,11 @@ pub fn load(ckpt: &Checkpoint, cfg: &ModelConfig) -> Result<Weights<HostTensor>>
         prefix: match cfg.family {
             Family::Bert => "bert.",
             Family::Roberta => "roberta.",
+            Family::ModernBert => {
+                return Err(Error::Input(
+                    "the ModernBERT family is loaded by its own forward (rerank, serve on the CPU); this command does not run it in this version".into(),
+                ))
+            }
         },
     };
     let h = cfg.hidden_size;
@@ -395,7 +400,7 @@ pub fn load(ckpt: &Checkpoint, cfg: &ModelConfig) -> Result<Weights<HostTensor>>
                 in_dim: h,
             },
         },
-        Family::Roberta => {
+        Family::Roberta | Family::ModernBert => {
             let exact = |name: &str, shape: &[usize]| ckpt.tensor(&[name.to_string()], shape);
             Head {
                 dense: Linear {

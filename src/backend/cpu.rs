@@ -337,6 +337,215 @@ impl Backend for CpuBackend {
         check_len("read_logits", logits.len(), n)?;
         Ok(logits[..n].to_vec())
     }
+
+    fn embed_tokens(
+        &self,
+        batch: &PackedBatch,
+        table: &Vec<f32>,
+        width: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let rows = batch.tokens();
+        check_len("embed_tokens out", out.len(), rows * width)?;
+        let vocab = table.len() / width;
+        for (t, &id) in batch.input_ids.iter().enumerate() {
+            let id = id as usize;
+            if id >= vocab {
+                return Err(Error::input(format!(
+                    "token {t}: id {id} is outside the model's vocabulary ({vocab})"
+                )));
+            }
+            out[t * width..(t + 1) * width].copy_from_slice(&table[id * width..(id + 1) * width]);
+        }
+        Ok(())
+    }
+
+    fn layernorm(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        ln: &LayerNorm<Vec<f32>>,
+        eps: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let h = ln.gamma.len();
+        check_len("layernorm in", x.len(), rows * h)?;
+        check_len("layernorm out", out.len(), rows * h)?;
+        out[..rows * h]
+            .par_chunks_mut(h)
+            .zip(x[..rows * h].par_chunks(h))
+            .for_each(|(o, x)| {
+                o.copy_from_slice(x);
+                layer_norm_row(o, &ln.gamma, &ln.beta, eps);
+            });
+        Ok(())
+    }
+
+    fn add(&self, delta: &Vec<f32>, len: usize, hidden: &mut Vec<f32>) -> Result<()> {
+        check_len("add delta", delta.len(), len)?;
+        check_len("add hidden", hidden.len(), len)?;
+        hidden[..len]
+            .iter_mut()
+            .zip(&delta[..len])
+            .for_each(|(x, d)| *x += d);
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        qkv: &mut Vec<f32>,
+        batch: &PackedBatch,
+        heads: usize,
+        d: usize,
+        theta: f64,
+    ) -> Result<()> {
+        let h = heads * d;
+        let rows = batch.tokens();
+        check_len("rope qkv", qkv.len(), rows * 3 * h)?;
+        if !d.is_multiple_of(2) {
+            return Err(Error::Internal(format!("rope: head_dim {d} is odd")));
+        }
+        let half = d / 2;
+        // transformers: inv_freq = 1 / theta^(2i/d) and the angle position · inv_freq, in f32.
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| (1.0 / theta.powf((2 * i) as f64 / d as f64)) as f32)
+            .collect();
+        qkv[..rows * 3 * h]
+            .par_chunks_mut(3 * h)
+            .enumerate()
+            .for_each(|(t, row)| {
+                let pos = batch.position_ids[t] as f32;
+                // Q and K, not V.
+                for head in 0..2 * heads {
+                    let x = &mut row[head * d..(head + 1) * d];
+                    for (i, f) in inv_freq.iter().enumerate() {
+                        let angle = pos * f;
+                        let (sin, cos) = (angle.sin(), angle.cos());
+                        let (a, b) = (x[i], x[i + half]);
+                        x[i] = a * cos - b * sin;
+                        x[i + half] = b * cos + a * sin;
+                    }
+                }
+            });
+        Ok(())
+    }
+
+    fn attention_window(
+        &self,
+        qkv: &Vec<f32>,
+        batch: &PackedBatch,
+        heads: usize,
+        d: usize,
+        half_window: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let h = heads * d;
+        let rows = batch.tokens();
+        check_len("attention_window qkv", qkv.len(), rows * 3 * h)?;
+        check_len("attention_window out", out.len(), rows * h)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        // One task per query row: every key within the window of its own sequence, plainly.
+        let seq_of: Vec<usize> = (0..batch.len())
+            .flat_map(|s| std::iter::repeat_n(s, batch.range(s).len()))
+            .collect();
+        out[..rows * h]
+            .par_chunks_mut(h)
+            .enumerate()
+            .for_each(|(i, o)| {
+                let r = batch.range(seq_of[i]);
+                let lo = i.saturating_sub(half_window).max(r.start);
+                let hi = (i + half_window + 1).min(r.end);
+                for head in 0..heads {
+                    let q = &qkv[i * 3 * h + head * d..][..d];
+                    let scores: Vec<f64> = (lo..hi)
+                        .map(|j| {
+                            let k = &qkv[j * 3 * h + h + head * d..][..d];
+                            q.iter()
+                                .zip(k)
+                                .map(|(a, b)| *a as f64 * *b as f64)
+                                .sum::<f64>()
+                                * scale
+                        })
+                        .collect();
+                    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let p: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+                    let sum: f64 = p.iter().sum();
+                    for (c, v) in o[head * d..(head + 1) * d].iter_mut().enumerate() {
+                        *v = (lo..hi)
+                            .zip(&p)
+                            .map(|(j, p)| p * qkv[j * 3 * h + 2 * h + head * d + c] as f64)
+                            .sum::<f64>() as f32
+                            / sum as f32;
+                    }
+                }
+            });
+        Ok(())
+    }
+
+    fn geglu(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        inter: usize,
+        act: Activation,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        check_len("geglu in", x.len(), rows * 2 * inter)?;
+        check_len("geglu out", out.len(), rows * inter)?;
+        out[..rows * inter]
+            .par_chunks_mut(inter)
+            .zip(x[..rows * 2 * inter].par_chunks(2 * inter))
+            .for_each(|(o, x)| {
+                let (input, gate) = x.split_at(inter);
+                for ((o, a), g) in o.iter_mut().zip(input).zip(gate) {
+                    *o = match act {
+                        Activation::GeluErf => gelu_erf(*a),
+                    } * g;
+                }
+            });
+        Ok(())
+    }
+
+    fn mean_pool(
+        &self,
+        src: &Vec<f32>,
+        width: usize,
+        batch: &PackedBatch,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let n = batch.len();
+        check_len("mean_pool src", src.len(), batch.tokens() * width)?;
+        check_len("mean_pool out", out.len(), n * width)?;
+        for s in 0..n {
+            let r = batch.range(s);
+            let len = r.len();
+            for (c, o) in out[s * width..(s + 1) * width].iter_mut().enumerate() {
+                let sum: f64 = r.clone().map(|t| src[t * width + c] as f64).sum();
+                *o = if len == 0 {
+                    0.0
+                } else {
+                    (sum / len as f64) as f32
+                };
+            }
+        }
+        Ok(())
+    }
+
+    fn classify(
+        &self,
+        x: &Vec<f32>,
+        n: usize,
+        lin: &Linear<Vec<f32>>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        if lin.out_dim != 1 {
+            return Err(Error::Internal(format!(
+                "classify: {} outputs, expected one logit",
+                lin.out_dim
+            )));
+        }
+        self.linear(x, n, lin, None, out)
+    }
 }
 
 /// The CPU reference with fp16 storage: weights and every activation an op writes are rounded

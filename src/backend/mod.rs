@@ -13,6 +13,14 @@ use crate::config::Activation;
 use crate::error::Result;
 use crate::weights::{Embeddings, Head, HostTensor, LayerNorm, Linear};
 
+/// The error of an op a backend does not implement.
+fn unsupported<B: Backend + ?Sized>(b: &B, op: &str) -> crate::error::Error {
+    crate::error::Error::Internal(format!(
+        "op `{op}` is not implemented on {}",
+        b.device_name()
+    ))
+}
+
 pub trait Backend: Send + Sync + 'static {
     /// A weight or activation buffer: f32 on the CPU, f16 on CUDA.
     type Buf: Send + Sync;
@@ -94,6 +102,111 @@ pub trait Backend: Send + Sync + 'static {
         head: &Head<Self::Buf>,
         out: &mut Self::Logits,
     ) -> Result<()>;
+
+    // ---- Ops the pre-norm families need (ModernBERT). The CPU reference implements them; a
+    // backend without them answers each with an error naming the op, never a panic. ----
+
+    /// `out[t] = table[id[t]]`: the token embeddings alone, `width` wide.
+    fn embed_tokens(
+        &self,
+        batch: &Self::Batch,
+        table: &Self::Buf,
+        width: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (batch, table, width, out);
+        Err(unsupported(self, "embed_tokens"))
+    }
+
+    /// `out = LayerNorm(x)` over `rows` rows (a bias-free LayerNorm has a zero `beta`).
+    fn layernorm(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        ln: &LayerNorm<Self::Buf>,
+        eps: f32,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (x, rows, ln, eps, out);
+        Err(unsupported(self, "layernorm"))
+    }
+
+    /// The residual add: `hidden[..len] += delta[..len]`.
+    fn add(&self, delta: &Self::Buf, len: usize, hidden: &mut Self::Buf) -> Result<()> {
+        let _ = (delta, len, hidden);
+        Err(unsupported(self, "add"))
+    }
+
+    /// Rotary embeddings, in place, on the Q and K thirds of the fused [tokens, 3·hidden]
+    /// projection: within each head, element `i` pairs with `i + head_dim/2` (transformers'
+    /// `rotate_half`), rotated by `position · theta^(-2i/head_dim)`, the position being the
+    /// token's position id.
+    fn rope(
+        &self,
+        qkv: &mut Self::Buf,
+        batch: &Self::Batch,
+        heads: usize,
+        head_dim: usize,
+        theta: f64,
+    ) -> Result<()> {
+        let _ = (qkv, batch, heads, head_dim, theta);
+        Err(unsupported(self, "rope"))
+    }
+
+    /// `attention` restricted to a window inside each sequence: query `i` sees key `j` only
+    /// when `|i - j| <= half_window`.
+    fn attention_window(
+        &self,
+        qkv: &Self::Buf,
+        batch: &Self::Batch,
+        heads: usize,
+        head_dim: usize,
+        half_window: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (qkv, batch, heads, head_dim, half_window, out);
+        Err(unsupported(self, "attention_window"))
+    }
+
+    /// GeGLU: `x` is [rows, 2·inter], the first half the input and the second the gate
+    /// (transformers' `chunk(2)` order); `out[rows, inter] = act(input) · gate`.
+    fn geglu(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        inter: usize,
+        act: Activation,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (x, rows, inter, act, out);
+        Err(unsupported(self, "geglu"))
+    }
+
+    /// `out[s] = mean of src over sequence s's rows`, `width` wide, packed into rows 0..n
+    /// (zeros for an empty sequence).
+    fn mean_pool(
+        &self,
+        src: &Self::Buf,
+        width: usize,
+        batch: &Self::Batch,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (src, width, batch, out);
+        Err(unsupported(self, "mean_pool"))
+    }
+
+    /// The last projection of a head: `out[s] = x[s] · Wᵀ + b` for `n` rows, one f32 logit each
+    /// (`lin.out_dim` = 1).
+    fn classify(
+        &self,
+        x: &Self::Buf,
+        n: usize,
+        lin: &Linear<Self::Buf>,
+        out: &mut Self::Logits,
+    ) -> Result<()> {
+        let _ = (x, n, lin, out);
+        Err(unsupported(self, "classify"))
+    }
 
     /// The first `n` logits `head` wrote, once the device has finished them.
     fn read_logits(&self, logits: &Self::Logits, n: usize) -> Result<Vec<f32>>;
