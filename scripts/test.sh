@@ -35,6 +35,6 @@ cargo test --quiet --features cuda --test 'cuda_*' -- --nocapture 2>&1 \
     | grep -E 'SKIPPED|max \|err|ran on' | sed 's/^[.]*/  /' | head -n 20 || true
 
 # One closing line for the whole suite: every cargo test binary's counts, added up.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+awk '/test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "test.sh: %d passed, %d failed\n", p, f }' "$LOG"
 exit "$STATUS"
