@@ -17,6 +17,15 @@
 // V's B operand comes from ldmatrix.trans. Softmax is online (running max and sum per row, in
 // fp32, in the exp2 domain), so any length works: tiles loop over K/V (512 for BERT, 8192 for
 // bge-reranker-v2-m3) with constant registers and shared memory.
+//
+// A window (ModernBERT's sliding layers): with `window` >= 0, query i of a sequence sees key j
+// only when |i - j| <= window. A block's kBlockM rows see keys q0 - window .. q0 + kBlockM - 1
+// + window at most, so its tile loop covers only that range: every K/V tile wholly outside the
+// window is skipped, never loaded. Keys inside the range but outside a row's window are masked
+// to -inf. The first tile (from q0 - window) holds a key of every real row's window; a row past
+// the sequence's end (computed, never stored) may have none in any tile: its running max stays
+// -inf and the update uses 0 in its place, so no NaN or inf is ever formed. `window` < 0 is full
+// attention (BERT's).
 #include "common.cuh"
 
 namespace cr {
@@ -34,7 +43,7 @@ struct AttentionTraits {
 
 template <typename T, int D>
 __device__ void attention(const T* __restrict__ qkv, const int* __restrict__ cu_seqlens,
-                          T* __restrict__ ctx, int heads, float scale_log2) {
+                          T* __restrict__ ctx, int heads, float scale_log2, int window) {
     using Tr = AttentionTraits<D>;
     __shared__ __align__(16) T k_tile[Tr::kBlockN * Tr::kStride];
     __shared__ __align__(16) T v_tile[Tr::kBlockN * Tr::kStride];
@@ -79,7 +88,10 @@ __device__ void attention(const T* __restrict__ qkv, const int* __restrict__ cu_
     float l[2] = {0.f, 0.f};              // running sum of exp, this thread's columns only
 
     constexpr int kVecsPerRow = D / kVec;
-    for (int k0 = 0; k0 < len; k0 += Tr::kBlockN) {
+    const bool windowed = window >= 0;
+    const int k_begin = windowed ? max(0, q0 - window) : 0;
+    const int k_end = windowed ? min(len, q0 + Tr::kBlockM + window) : len;
+    for (int k0 = k_begin; k0 < k_end; k0 += Tr::kBlockN) {
         __syncthreads();  // every warp is done reading the previous tile
         for (int i = threadIdx.x; i < Tr::kBlockN * kVecsPerRow; i += Tr::kThreads) {
             const int r = i / kVecsPerRow;
@@ -108,15 +120,23 @@ __device__ void attention(const T* __restrict__ qkv, const int* __restrict__ cu_
                 mma_16816(s[nt], qf[ks], b0, b1);
             }
         }
-        if (k0 + Tr::kBlockN > len) {
+        // Masking only where a tile reaches past the sequence or past some row's window.
+        const bool edge = windowed && (k0 < q0 + Tr::kBlockM - 1 - window ||
+                                       k0 + Tr::kBlockN - 1 > q0 + window);
+        if (k0 + Tr::kBlockN > len || edge) {
 #pragma unroll
             for (int nt = 0; nt < Tr::kBlockN / 8; ++nt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    if (k0 + nt * 8 + 2 * t + (e & 1) >= len) s[nt][e] = -INFINITY;
+                for (int e = 0; e < 4; ++e) {
+                    const int key = k0 + nt * 8 + 2 * t + (e & 1);
+                    const int dist = (e < 2 ? r0 : r1) - key;
+                    if (key >= len || (windowed && (dist > window || -dist > window)))
+                        s[nt][e] = -INFINITY;
+                }
         }
 
-        // Online softmax. The tile holds at least one real key, so the new max is finite.
+        // Online softmax. Every real row has a key in the first tile, so its max is finite from
+        // then on; a row past the end may have none (max -inf, used as 0).
         float mx[2] = {m[0], m[1]};
 #pragma unroll
         for (int nt = 0; nt < Tr::kBlockN / 8; ++nt) {
@@ -129,8 +149,10 @@ __device__ void attention(const T* __restrict__ qkv, const int* __restrict__ cu_
             // The 4 threads of a group hold the same row: reduce over them.
             mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
             mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-            corr[i] = exp2f((m[i] - mx[i]) * scale_log2);  // 0 on the first tile (m = -inf)
-            m[i] = mx[i];
+            const float m_prev = m[i];
+            m[i] = mx[i];                                      // -inf while the row has no key
+            if (mx[i] == -INFINITY) mx[i] = 0.f;               // and then every p below is 0
+            corr[i] = exp2f((m_prev - mx[i]) * scale_log2);  // 0 while m_prev is -inf
         }
         float rs[2] = {0.f, 0.f};
 #pragma unroll
@@ -197,8 +219,8 @@ __device__ void attention(const T* __restrict__ qkv, const int* __restrict__ cu_
 #define CR_ATTENTION_OP(T, DT, D)                                                          \
     extern "C" __global__ __launch_bounds__(cr::AttentionTraits<D>::kThreads) void         \
         attention_d##D##_##DT(const T* qkv, const int* cu_seqlens, T* ctx, int heads,      \
-                              float scale_log2) {                                          \
-        cr::attention<T, D>(qkv, cu_seqlens, ctx, heads, scale_log2);                      \
+                              float scale_log2, int window) {                              \
+        cr::attention<T, D>(qkv, cu_seqlens, ctx, heads, scale_log2, window);              \
     }
 
 CR_ATTENTION_OP(__half, f16, 16)

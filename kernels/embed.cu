@@ -44,3 +44,26 @@ __device__ void embed_layernorm(const uint32_t* __restrict__ ids,
     }
 
 CR_EMBED_OPS(__half, f16)
+
+// embed_tokens: out[t] = table[ids[t]], the token embeddings alone (ModernBERT: no position or
+// type table; its norm is a separate op). One block per token, 16-byte copies; width % 8 == 0.
+namespace cr {
+
+template <typename T>
+__device__ void embed_tokens(const uint32_t* __restrict__ ids, const T* __restrict__ table,
+                             T* __restrict__ out, int width) {
+    const size_t row = blockIdx.x;
+    const uint4* from = reinterpret_cast<const uint4*>(table + size_t(ids[row]) * width);
+    uint4* to = reinterpret_cast<uint4*>(out + row * width);
+    for (int c = threadIdx.x; c < width / kVec; c += blockDim.x) to[c] = from[c];
+}
+
+}  // namespace cr
+
+#define CR_EMBED_TOKENS_OPS(T, DT)                                                     \
+    extern "C" __global__ __launch_bounds__(128) void embed_tokens_##DT(               \
+        const uint32_t* ids, const T* table, T* out, int width) {                      \
+        cr::embed_tokens<T>(ids, table, out, width);                                   \
+    }
+
+CR_EMBED_TOKENS_OPS(__half, f16)

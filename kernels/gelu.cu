@@ -5,6 +5,10 @@
 // grid-stride loop over 16-byte vectors (8 values per thread per step), then the n % 8 tail
 // one value at a time: cols need not be a multiple of 8 (one test model has 100).
 // Not cuBLASLt's GELU epilogue: that one is the tanh approximation, which "gelu" is not.
+//
+// geglu: out[r, c] = gelu(x[r, c]) * x[r, inter + c] (ModernBERT's MLP: Wi's output [rows,
+// 2 * inter] is chunked into input | gate, transformers' order). out [rows, inter]. 16-byte
+// vectors when inter % 8 == 0 (every published config), else one value at a time.
 #include "common.cuh"
 
 namespace cr {
@@ -26,11 +30,42 @@ __device__ void gelu(T* __restrict__ x, size_t n) {
         x[i] = __float2half_rn(gelu_erf(__half2float(x[i])));
 }
 
+template <typename T>
+__device__ void geglu(const T* __restrict__ x, T* __restrict__ out, size_t rows, int inter) {
+    const size_t stride = size_t(gridDim.x) * blockDim.x;
+    const size_t first = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (inter % kVec == 0) {
+        const size_t per_row = inter / kVec;
+        for (size_t i = first; i < rows * per_row; i += stride) {
+            const size_t r = i / per_row;
+            const size_t c = (i % per_row) * kVec;
+            const Vec8 a = load_vec(x + r * 2 * inter + c);
+            const Vec8 g = load_vec(x + r * 2 * inter + inter + c);
+            Vec8 y;
+#pragma unroll
+            for (int j = 0; j < kVec; ++j) y.v[j] = gelu_erf(a.v[j]) * g.v[j];
+            store_vec(out + r * inter + c, y);
+        }
+        return;
+    }
+    for (size_t i = first; i < rows * inter; i += stride) {
+        const size_t r = i / inter;
+        const size_t c = i % inter;
+        const float a = __half2float(x[r * 2 * inter + c]);
+        const float g = __half2float(x[r * 2 * inter + inter + c]);
+        out[i] = __float2half_rn(gelu_erf(a) * g);
+    }
+}
+
 }  // namespace cr
 
 #define CR_GELU_OPS(T, DT)                                                              \
     extern "C" __global__ __launch_bounds__(256) void gelu_##DT(T* x, size_t n) {       \
         cr::gelu<T>(x, n);                                                              \
+    }                                                                                   \
+    extern "C" __global__ __launch_bounds__(256) void geglu_##DT(const T* x, T* out,    \
+                                                                 size_t rows, int inter) { \
+        cr::geglu<T>(x, out, rows, inter);                                              \
     }
 
 CR_GELU_OPS(__half, f16)

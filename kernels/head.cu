@@ -10,6 +10,13 @@
 // in dynamic shared memory as fp32 (2 * width floats); one warp per output of W1 at a time, its
 // lanes reading the weight row in coalesced 16-byte vectors. W1 is read once per sequence and
 // stays in L2 across blocks. Only these n floats go back to the host.
+//
+// mean_pool: out[s] = the mean of sequence s's rows of src, [n, width] fp16 from [tokens, width]
+// (ModernBERT's classifier_pooling "mean"); sums in fp32; an empty sequence gets a zero row. One
+// block per sequence, one thread per 8 columns, rows walked in order (the reference's order).
+//
+// classify: logit[s] = w . x_s + b in fp32, x [n, width] fp16, w [width], b [1] (a head's last,
+// one-logit projection: ModernBERT's classifier). One block per sequence; width % 8 == 0.
 #include "common.cuh"
 
 namespace cr {
@@ -67,6 +74,42 @@ __device__ void cls_head(const T* __restrict__ cls, const T* __restrict__ w1, co
     if (threadIdx.x == 0) logits[seq] = total + __half2float(b2[0]);
 }
 
+template <typename T>
+__device__ void mean_pool(const T* __restrict__ src, const int* __restrict__ cu_seqlens,
+                          T* __restrict__ out, int width) {
+    const int seq = blockIdx.x;
+    const int start = cu_seqlens[seq];
+    const int len = cu_seqlens[seq + 1] - start;
+    for (int c = threadIdx.x * kVec; c < width; c += blockDim.x * kVec) {
+        Vec8 acc = zero_vec();
+        for (int r = 0; r < len; ++r) {
+            const Vec8 v = load_vec(src + size_t(start + r) * width + c);
+#pragma unroll
+            for (int i = 0; i < kVec; ++i) acc.v[i] += v.v[i];
+        }
+        const float inv = len > 0 ? 1.f / float(len) : 0.f;
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) acc.v[i] *= inv;
+        store_vec(out + size_t(seq) * width + c, acc);
+    }
+}
+
+template <typename T>
+__device__ void classify(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,
+                         float* __restrict__ logits, int width) {
+    const int seq = blockIdx.x;
+    const T* row = x + size_t(seq) * width;
+    float part = 0.f;
+    for (int c = threadIdx.x * kVec; c < width; c += blockDim.x * kVec) {
+        const Vec8 xv = load_vec(row + c);
+        const Vec8 wv = load_vec(w + c);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) part += xv.v[i] * wv.v[i];
+    }
+    const float total = block_sum(part);
+    if (threadIdx.x == 0) logits[seq] = total + __half2float(b[0]);
+}
+
 }  // namespace cr
 
 #define CR_HEAD_OPS(T, DT)                                                                  \
@@ -78,6 +121,14 @@ __device__ void cls_head(const T* __restrict__ cls, const T* __restrict__ w1, co
         const T* cls, const T* w1, const T* b1, const T* w2, const T* b2, float* logits,    \
         int width) {                                                                        \
         cr::cls_head<T>(cls, w1, b1, w2, b2, logits, width);                                \
+    }                                                                                       \
+    extern "C" __global__ __launch_bounds__(128) void mean_pool_##DT(                       \
+        const T* src, const int* cu_seqlens, T* out, int width) {                           \
+        cr::mean_pool<T>(src, cu_seqlens, out, width);                                      \
+    }                                                                                       \
+    extern "C" __global__ __launch_bounds__(128) void classify_##DT(                        \
+        const T* x, const T* w, const T* b, float* logits, int width) {                     \
+        cr::classify<T>(x, w, b, logits, width);                                            \
     }
 
 CR_HEAD_OPS(__half, f16)

@@ -303,6 +303,15 @@ impl ModernBertConfig {
 }
 
 impl ModelConfig {
+    /// Columns of the FFN's first linear: 2 · intermediate for a gated MLP (ModernBERT's
+    /// GeGLU: input | gate), else intermediate.
+    pub fn ffn_in_width(&self) -> usize {
+        match self.modernbert {
+            Some(_) => 2 * self.intermediate_size,
+            None => self.intermediate_size,
+        }
+    }
+
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_json(&text).map_err(|msg| Error::model(path, msg))

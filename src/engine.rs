@@ -219,10 +219,9 @@ impl Reranker {
                         max_tokens,
                     )?)
                 }
-                Device::Cuda(_) => {
-                    return Err(Error::input(
-                        "cuda: the ModernBERT family runs on the CPU only in this version",
-                    ))
+                Device::Cuda(ordinal) => {
+                    let host = crate::models::modernbert::load(&ckpt, &cfg)?;
+                    modernbert_cuda(ordinal, &cfg, host, max_tokens, opts.cuda)?
                 }
             };
             let dtype = ckpt.dtype();
@@ -402,6 +401,34 @@ fn cuda_scorer(
     Err(Error::CudaNotCompiled)
 }
 
+#[cfg(not(feature = "cuda"))]
+fn modernbert_cuda(
+    _ordinal: usize,
+    _cfg: &ModelConfig,
+    _host: crate::models::modernbert::Weights<weights::HostTensor>,
+    _max_tokens: usize,
+    _opts: CudaOptions,
+) -> Result<Box<dyn Scorer>> {
+    Err(Error::CudaNotCompiled)
+}
+
+/// Opens CUDA device `ordinal` for a model, tuning its GEMMs first when asked.
+#[cfg(feature = "cuda")]
+fn cuda_backend(
+    ordinal: usize,
+    cfg: &ModelConfig,
+    max_tokens: usize,
+    opts: CudaOptions,
+) -> Result<crate::backend::cuda::CudaBackend> {
+    let backend = crate::backend::cuda::CudaBackend::new(ordinal)?;
+    if opts.tune_gemm {
+        // Before the first forward: a recorded graph keeps the algorithms it was recorded with.
+        let tuning = backend.tune_gemm(cfg, max_tokens)?;
+        eprintln!("crossrank: {tuning}");
+    }
+    Ok(backend)
+}
+
 #[cfg(feature = "cuda")]
 fn cuda_scorer(
     ordinal: usize,
@@ -410,14 +437,24 @@ fn cuda_scorer(
     max_tokens: usize,
     opts: CudaOptions,
 ) -> Result<Box<dyn Scorer>> {
-    let backend = crate::backend::cuda::CudaBackend::new(ordinal)?;
-    if opts.tune_gemm {
-        // Before the first forward: a recorded graph keeps the algorithms it was recorded with.
-        let tuning = backend.tune_gemm(cfg, max_tokens)?;
-        eprintln!("crossrank: {tuning}");
-    }
+    let backend = cuda_backend(ordinal, cfg, max_tokens, opts)?;
     Ok(Box::new(
         Model::new(backend, cfg.clone(), host, max_tokens)?.with_graphs(opts.cuda_graphs),
+    ))
+}
+
+#[cfg(feature = "cuda")]
+fn modernbert_cuda(
+    ordinal: usize,
+    cfg: &ModelConfig,
+    host: crate::models::modernbert::Weights<weights::HostTensor>,
+    max_tokens: usize,
+    opts: CudaOptions,
+) -> Result<Box<dyn Scorer>> {
+    let backend = cuda_backend(ordinal, cfg, max_tokens, opts)?;
+    Ok(Box::new(
+        crate::models::modernbert::Model::new(backend, cfg.clone(), host, max_tokens)?
+            .with_graphs(opts.cuda_graphs),
     ))
 }
 

@@ -157,8 +157,7 @@ fn gpu_scores_match_on_the_real_minilm_encoder() {
 #[test]
 fn cuda_graphs_replay_what_the_eager_forward_computes() {
     use crossrank::backend::cuda::CudaBackend;
-    use crossrank::batch::PackedBatch;
-    use crossrank::model::{Model, Scorer};
+    use crossrank::model::Model;
     if skip("cuda_graphs_replay_what_the_eager_forward_computes") {
         return;
     }
@@ -177,31 +176,12 @@ fn cuda_graphs_replay_what_the_eager_forward_computes() {
                 .with_graphs(graphs)
         };
         let (eager, graphs) = (model(false), model(true));
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        for (g, group) in gold.groups.iter().enumerate() {
-            let mut pairs = cpu.encode(&group.query, &group.passages, None).unwrap();
-            let batch = PackedBatch::pack(&pairs, &cfg);
-            pairs.reverse();
-            let reversed = PackedBatch::pack(&pairs, &cfg);
-            let want = eager.score(&batch).unwrap();
-            let first = graphs.score(&batch).unwrap();
-            let second = graphs.score(&batch).unwrap();
-            let mut other = graphs.score(&reversed).unwrap();
-            let third = graphs.score(&batch).unwrap();
-            assert_eq!(
-                bits(&first),
-                bits(&second),
-                "{name} group {g}: recorded run"
-            );
-            assert_eq!(bits(&first), bits(&third), "{name} group {g}: replay");
-            other.reverse();
-            for (i, ((&a, &b), &w)) in first.iter().zip(&other).zip(&want).enumerate() {
-                assert!(
-                    (a - b).abs() <= bound && (a - w).abs() <= bound,
-                    "{name} group {g} pair {i}: graph {a}, same shape reversed {b}, eager {w} (bound {bound:.2e})"
-                );
-            }
-        }
+        let groups: Vec<(&str, &[String])> = gold
+            .groups
+            .iter()
+            .map(|g| (g.query.as_str(), g.passages.as_slice()))
+            .collect();
+        assert_graphs_replay_eager(&name, &cpu, &cfg, &groups, bound, &eager, &graphs);
         let (recorded, off) = graphs.backend.graph_status();
         assert_eq!(off, None, "{name}: graphs were switched off");
         assert!(recorded > 0, "{name}: no graph was recorded");

@@ -422,8 +422,15 @@ fn linear_with_bias_and_gelu_matches_cpu() {
 
 /// The same math as the kernel, done here with fp16 where the kernel rounds to fp16: exact
 /// softmax weights exp(s - max) rounded to fp16 for P·V, the row sum of the unrounded weights,
-/// the output rounded to fp16. qkv is [tokens, 3·heads·d].
-fn attention_fp16_reference(qkv: &[f32], b: &PackedBatch, heads: usize, d: usize) -> Vec<f32> {
+/// the output rounded to fp16. qkv is [tokens, 3·heads·d]. With a window, query i sees key j
+/// only when |i - j| <= window.
+fn attention_fp16_reference(
+    qkv: &[f32],
+    b: &PackedBatch,
+    heads: usize,
+    d: usize,
+    window: Option<usize>,
+) -> Vec<f32> {
     let h = heads * d;
     let mut out = vec![0f32; b.tokens() * h];
     let scale = 1.0 / (d as f64).sqrt();
@@ -434,7 +441,11 @@ fn attention_fp16_reference(qkv: &[f32], b: &PackedBatch, heads: usize, d: usize
             let k = |t: usize, c: usize| qkv[t * 3 * h + h + head * d + c] as f64;
             let v = |t: usize, c: usize| qkv[t * 3 * h + 2 * h + head * d + c];
             for i in r.clone() {
-                let scores: Vec<f64> = r
+                let keys = match window {
+                    Some(w) => i.saturating_sub(w).max(r.start)..(i + w + 1).min(r.end),
+                    None => r.clone(),
+                };
+                let scores: Vec<f64> = keys
                     .clone()
                     .map(|j| (0..d).map(|c| q(i, c) * k(j, c)).sum::<f64>() * scale)
                     .collect();
@@ -442,7 +453,7 @@ fn attention_fp16_reference(qkv: &[f32], b: &PackedBatch, heads: usize, d: usize
                 let p: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
                 let sum: f64 = p.iter().sum();
                 for c in 0..d {
-                    let acc: f32 = r
+                    let acc: f32 = keys
                         .clone()
                         .zip(&p)
                         .map(|(j, &pj)| round16(pj as f32) * v(j, c))
@@ -486,7 +497,7 @@ fn attention_matches_cpu_for_every_head_dim() {
             let qkv = rng.vec16(b.tokens() * 3 * h, 0.0, std::f32::consts::SQRT_2);
             let mut want = vec![0f32; b.tokens() * h];
             CpuBackend.attention(&qkv, &b, heads, d, &mut want).unwrap();
-            let ref16 = attention_fp16_reference(&qkv, &b, heads, d);
+            let ref16 = attention_fp16_reference(&qkv, &b, heads, d, None);
             let ref16_err = max_abs_diff(&ref16, &want);
             // The emulation itself is sane: its error is fp16-sized, never zero on real data.
             assert!(
@@ -676,4 +687,355 @@ fn upload_refuses_values_beyond_fp16() {
     );
     // The largest finite fp16 value itself is fine.
     g.upload(&tensor("edge", vec![65504.0, -65504.0])).unwrap();
+}
+
+// ---- The pre-norm families' ops (ModernBERT): each against its CPU twin. ----
+
+/// Windowed attention (ModernBERT's sliding layers) under the same rule as full attention: at
+/// most twice the fp16 reference's error, plus 1e-4. Windows from 0 (a row sees only itself)
+/// through ones narrower than a K/V tile, one tile, and wider than every sequence (no window at
+/// all), over lengths long enough that whole tiles fall outside every row's window of a block and
+/// are skipped (300 tokens on the software GPU: 5 tiles; 2048 on a GPU).
+#[test]
+fn attention_window_matches_cpu() {
+    let mut rng = Rng(13);
+    let g = gpu("attention_window_matches_cpu");
+    let dims: &[(usize, usize)] = if soft() {
+        &[(16, 2), (64, 1)]
+    } else {
+        &[(16, 3), (32, 4), (64, 12), (128, 2)]
+    };
+    let long = if soft() { 300 } else { 2048 };
+    for &(d, heads) in dims {
+        let h = heads * d;
+        for window in [0usize, 1, 4, 63, 64, 100, 5000] {
+            let mut sets = length_sets(&mut rng);
+            sets.push(("one long sequence", vec![long]));
+            for (set, lens) in sets {
+                let b = batch(&mut rng, &lens, 10, 1);
+                let qkv = rng.vec16(b.tokens() * 3 * h, 0.0, std::f32::consts::SQRT_2);
+                let mut want = vec![0f32; b.tokens() * h];
+                CpuBackend
+                    .attention_window(&qkv, &b, heads, d, window, &mut want)
+                    .unwrap();
+                let ref16 = attention_fp16_reference(&qkv, &b, heads, d, Some(window));
+                let ref16_err = max_abs_diff(&ref16, &want);
+                assert!(
+                    ref16_err < 4e-3,
+                    "d {d} window {window} {set}: fp16 reference off by {ref16_err}"
+                );
+                let Some(g) = &g else { continue };
+                let mut db = g.alloc_batch(b.tokens(), b.len()).unwrap();
+                g.load_batch(&b, &mut db).unwrap();
+                let dq = g.upload(&tensor("qkv", qkv)).unwrap();
+                let mut out = poisoned(g, b.tokens() * h);
+                g.attention_window(&dq, &db, heads, d, window, &mut out)
+                    .unwrap();
+                let got = g.download(&out, b.tokens() * h).unwrap();
+                assert!(
+                    got.iter().all(|v| v.is_finite()),
+                    "d {d} window {window} {set}: unwritten or non-finite output"
+                );
+                let err = max_abs_diff(&got, &want);
+                assert!(
+                    err <= 2.0 * ref16_err + 1e-4,
+                    "attention_window d {d} window {window} {set}: max |err| {err:.3e} > 2 x fp16 reference's {ref16_err:.3e} + 1e-4"
+                );
+                if set == "one long sequence" {
+                    println!("attention_window d {d} heads {heads} window {window} {set}: max |err| {err:.2e} (fp16 reference {ref16_err:.2e})");
+                }
+            }
+        }
+    }
+}
+
+/// RoPE on the Q and K thirds, V untouched bit for bit. Rule: the output is rounded to fp16
+/// (half an ulp, 2^-11 relative; rtol 2^-10 leaves as much again), and the kernel's angle
+/// differs from the reference's only by __sincosf's error after an f64 range reduction
+/// (~2^-21 of |a| + |b| <= ~8 here: atol 1e-5). Positions up to 8191 (ModernBERT's context),
+/// where the high-frequency angles reach 8191 rad; both published thetas and a small one.
+#[test]
+fn rope_matches_cpu() {
+    let mut rng = Rng(14);
+    let g = gpu("rope_matches_cpu");
+    let dims: &[(usize, usize)] = if soft() {
+        &[(16, 2), (64, 2), (128, 1)]
+    } else {
+        &[(16, 2), (32, 4), (64, 12), (128, 8)]
+    };
+    for &(d, heads) in dims {
+        let h = heads * d;
+        for theta in [50.0, 10_000.0, 160_000.0] {
+            for (set, lens) in length_sets(&mut rng) {
+                let mut b = batch(&mut rng, &lens, 10, 1);
+                if set == "one sequence" {
+                    // Far positions: the last rows sit at 8191.
+                    let t = b.tokens() as u32;
+                    b.position_ids.iter_mut().for_each(|p| *p += 8192 - t);
+                }
+                let qkv = rng.vec16(b.tokens() * 3 * h, 0.0, 2.0);
+                let mut want = qkv.clone();
+                CpuBackend.rope(&mut want, &b, heads, d, theta).unwrap();
+                let Some(g) = &g else { continue };
+                let mut db = g.alloc_batch(b.tokens(), b.len()).unwrap();
+                g.load_batch(&b, &mut db).unwrap();
+                let mut dq = g.upload(&tensor("qkv", qkv.clone())).unwrap();
+                g.rope(&mut dq, &db, heads, d, theta).unwrap();
+                let got = g.download(&dq, b.tokens() * 3 * h).unwrap();
+                let what = format!("rope d {d} heads {heads} theta {theta} {set}");
+                let e = check(&what, &got, &want, None, 1e-5, 1.0 / 1024.0);
+                for t in 0..b.tokens() {
+                    let v = t * 3 * h + 2 * h..(t + 1) * 3 * h;
+                    assert_eq!(got[v.clone()], qkv[v], "{what}: V of row {t} changed");
+                }
+                println!("{what}: max |err| {e:.2e}");
+            }
+        }
+    }
+}
+
+/// GeGLU: gelu(input) · gate, rounded to fp16 once (rtol 2^-10: half an ulp, and as much again
+/// for erff and fp32); atol 1e-5 for outputs near zero. The test models' 48, a width that is
+/// not a multiple of 8 (the scalar path), gte-modernbert-base's 1152 and ettin-1b's 5248.
+#[test]
+fn geglu_matches_cpu() {
+    let mut rng = Rng(15);
+    let g = gpu("geglu_matches_cpu");
+    let inters: &[usize] = if soft() {
+        &[48, 100, 1152]
+    } else {
+        &[48, 100, 1152, 5248]
+    };
+    for &inter in inters {
+        for rows in [1usize, 63, 65, 130] {
+            let x = rng.vec16(rows * 2 * inter, 0.0, 1.5);
+            let mut want = vec![0f32; rows * inter];
+            CpuBackend
+                .geglu(&x, rows, inter, Activation::GeluErf, &mut want)
+                .unwrap();
+            let Some(g) = &g else { continue };
+            let dx = g.upload(&tensor("x", x)).unwrap();
+            // One row past the end, poisoned: it must stay so.
+            let mut out = poisoned(g, (rows + 1) * inter);
+            g.geglu(&dx, rows, inter, Activation::GeluErf, &mut out)
+                .unwrap();
+            let got = g.download(&out, (rows + 1) * inter).unwrap();
+            let what = format!("geglu {rows} x {inter}");
+            let e = check(&what, &got[..rows * inter], &want, None, 1e-5, 1.0 / 1024.0);
+            assert!(
+                got[rows * inter..].iter().all(|v| v.is_nan()),
+                "{what}: wrote past its rows"
+            );
+            println!("{what}: max |err| {e:.2e}");
+        }
+    }
+}
+
+/// LayerNorm alone, and the pre-norm residual (hidden += delta, out = LN(hidden)), with and
+/// without beta (ModernBERT's norms have none: a zero beta). LN's rule as for add_layernorm; the
+/// new residual stream must be exactly the fp16 rounding of the f32 sum, as the reference's.
+#[test]
+fn layernorm_and_residual_layernorm_match_cpu() {
+    let mut rng = Rng(16);
+    let g = gpu("layernorm_and_residual_layernorm_match_cpu");
+    for &width in widths() {
+        for zero_beta in [false, true] {
+            let gamma = tensor("gamma", rng.vec16(width, 1.0, 0.2));
+            let beta = match zero_beta {
+                true => tensor("beta", vec![0.0; width]),
+                false => tensor("beta", rng.vec16(width, 0.0, 0.2)),
+            };
+            let cpu_ln = LayerNorm {
+                gamma: gamma.data.clone(),
+                beta: beta.data.clone(),
+            };
+            for (set, lens) in length_sets(&mut rng) {
+                let rows: usize = lens.iter().sum();
+                let hidden = rng.vec16(rows * width, 0.5, 2.0);
+                let delta = rng.vec16(rows * width, 0.0, 1.0);
+                let mut want_ln = vec![0f32; rows * width];
+                CpuBackend
+                    .layernorm(&hidden, rows, &cpu_ln, 1e-5, &mut want_ln)
+                    .unwrap();
+                let mut want_h = hidden.clone();
+                let mut want_res = vec![0f32; rows * width];
+                CpuBackend
+                    .residual_layernorm(&delta, rows, &cpu_ln, 1e-5, &mut want_h, &mut want_res)
+                    .unwrap();
+                let Some(g) = &g else { continue };
+                let ln = LayerNorm {
+                    gamma: g.upload(&gamma).unwrap(),
+                    beta: g.upload(&beta).unwrap(),
+                };
+                let what = format!("width {width} zero beta {zero_beta} {set}");
+                let dh = g.upload(&tensor("hidden", hidden)).unwrap();
+                let mut out = poisoned(g, (rows + 1) * width);
+                g.layernorm(&dh, rows, &ln, 1e-5, &mut out).unwrap();
+                let got = g.download(&out, (rows + 1) * width).unwrap();
+                let e1 = check(
+                    &format!("layernorm {what}"),
+                    &got[..rows * width],
+                    &want_ln,
+                    None,
+                    LN_ATOL,
+                    LN_RTOL,
+                );
+                assert!(
+                    got[rows * width..].iter().all(|v| v.is_nan()),
+                    "layernorm {what}: wrote past its rows"
+                );
+                let mut dh = dh;
+                let dd = g.upload(&tensor("delta", delta)).unwrap();
+                let mut out = poisoned(g, (rows + 1) * width);
+                g.residual_layernorm(&dd, rows, &ln, 1e-5, &mut dh, &mut out)
+                    .unwrap();
+                let got = g.download(&out, (rows + 1) * width).unwrap();
+                let e2 = check(
+                    &format!("residual_layernorm {what}"),
+                    &got[..rows * width],
+                    &want_res,
+                    None,
+                    LN_ATOL,
+                    LN_RTOL,
+                );
+                assert!(
+                    got[rows * width..].iter().all(|v| v.is_nan()),
+                    "residual_layernorm {what}: wrote past its rows"
+                );
+                let new_h = g.download(&dh, rows * width).unwrap();
+                let rounded: Vec<f32> = want_h.iter().map(|&v| round16(v)).collect();
+                check(
+                    &format!("residual stream {what}"),
+                    &new_h,
+                    &rounded,
+                    None,
+                    0.0,
+                    0.0,
+                );
+                println!("layernorm / residual_layernorm {what}: max |err| {e1:.2e} / {e2:.2e}");
+            }
+        }
+    }
+}
+
+/// embed_tokens is a copy (bit for bit); mean_pool sums in fp32 and rounds once (rtol 2^-10;
+/// atol 1e-4 covers fp32 sums of up to 512 rows of O(1) values against the reference's f64, and
+/// means near zero); classify keeps the logit in f32 (as cls_head: 1e-4 + 1e-4 relative). Each
+/// set also runs padded to a BatchShape: an empty sequence pools to a zero row.
+#[test]
+fn embed_tokens_mean_pool_and_classify_match_cpu() {
+    let mut rng = Rng(17);
+    let g = gpu("embed_tokens_mean_pool_and_classify_match_cpu");
+    for &width in widths() {
+        let vocab = 50;
+        let table = tensor("table", rng.vec16(vocab * width, 0.0, 1.0));
+        let cw = tensor(
+            "classifier.w",
+            rng.vec16(width, 0.0, 2.0 / (width as f32).sqrt()),
+        );
+        let cb = tensor("classifier.b", rng.vec16(1, 0.0, 0.1));
+        let cpu_lin = Linear {
+            w: cw.data.clone(),
+            b: cb.data.clone(),
+            out_dim: 1,
+            in_dim: width,
+        };
+        for (set, lens) in length_sets(&mut rng) {
+            let packed = batch(&mut rng, &lens, vocab, 1);
+            let shape = BatchShape {
+                tokens: packed.tokens() + 3,
+                seqs: packed.len() + 2,
+                max_seqlen: packed.max_seqlen,
+            };
+            let padded = packed.padded_to(shape);
+            for (b, kind) in [(&packed, "packed"), (&padded, "padded")] {
+                let what = format!("width {width} {set} {kind}");
+                let (t, n) = (b.tokens(), b.len());
+                let mut want_emb = vec![0f32; t * width];
+                CpuBackend
+                    .embed_tokens(b, &table.data, width, &mut want_emb)
+                    .unwrap();
+                let src = rng.vec16(t * width, 0.3, 1.0);
+                let mut want_pool = vec![f32::NAN; n * width];
+                CpuBackend
+                    .mean_pool(&src, width, b, &mut want_pool)
+                    .unwrap();
+                let x = rng.vec16(n * width, 0.0, 1.0);
+                let mut want_logits = vec![f32::NAN; n];
+                CpuBackend
+                    .classify(&x, n, &cpu_lin, &mut want_logits)
+                    .unwrap();
+                let Some(g) = &g else { continue };
+                let mut db = g.alloc_batch(t, n).unwrap();
+                g.load_batch(b, &mut db).unwrap();
+                let dt = g.upload(&table).unwrap();
+                let mut out = poisoned(g, t * width);
+                g.embed_tokens(&db, &dt, width, &mut out).unwrap();
+                let got = g.download(&out, t * width).unwrap();
+                check(
+                    &format!("embed_tokens {what}"),
+                    &got,
+                    &want_emb,
+                    None,
+                    0.0,
+                    0.0,
+                );
+                let ds = g.upload(&tensor("src", src)).unwrap();
+                let mut out = poisoned(g, n * width);
+                g.mean_pool(&ds, width, &db, &mut out).unwrap();
+                let got = g.download(&out, n * width).unwrap();
+                let e1 = check(
+                    &format!("mean_pool {what}"),
+                    &got,
+                    &want_pool,
+                    None,
+                    1e-4,
+                    1.0 / 1024.0,
+                );
+                let dx = g.upload(&tensor("x", x)).unwrap();
+                let lin = Linear {
+                    w: g.upload(&cw).unwrap(),
+                    b: g.upload(&cb).unwrap(),
+                    out_dim: 1,
+                    in_dim: width,
+                };
+                let mut dl = g.stream().clone_htod(&vec![f32::NAN; n]).unwrap();
+                g.classify(&dx, n, &lin, &mut dl).unwrap();
+                let got = g.read_logits(&dl, n).unwrap();
+                let e2 = check(
+                    &format!("classify {what}"),
+                    &got,
+                    &want_logits,
+                    None,
+                    1e-4,
+                    1e-4,
+                );
+                println!("mean_pool / classify {what}: max |err| {e1:.2e} / {e2:.2e}");
+            }
+        }
+    }
+}
+
+/// A token id past the table is an input error before any kernel reads it, and a head_dim the
+/// RoPE kernel does not take is a clear error, not a fault.
+#[test]
+fn prenorm_ops_refuse_what_they_cannot_do() {
+    let Some(g) = gpu("prenorm_ops_refuse_what_they_cannot_do") else {
+        return;
+    };
+    let mut rng = Rng(18);
+    let mut b = batch(&mut rng, &[5, 3], 9, 1);
+    b.input_ids[6] = 9;
+    let mut db = g.alloc_batch(8, 2).unwrap();
+    g.load_batch(&b, &mut db).unwrap();
+    let table = g.upload(&tensor("table", vec![0.5; 9 * 8])).unwrap();
+    let mut out = g.alloc(8 * 8).unwrap();
+    let err = g
+        .embed_tokens(&db, &table, 8, &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("outside the model's vocabulary (9)"), "{err}");
+    let mut qkv = g.alloc(8 * 3 * 2 * 15).unwrap();
+    let err = g.rope(&mut qkv, &db, 2, 15, 1e4).unwrap_err().to_string();
+    assert!(err.contains("head_dim 15"), "{err}");
 }

@@ -147,3 +147,11 @@ inline void softgpu_ldmatrix_x(uint32_t (&r)[N], bool trans, const void* row,
 // glibc has no rsqrtf; the device's is approximate (2 ulp), this one is exact-ish, which the
 // kernels' tolerances must not depend on either way.
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+// CUDA's integer min and max (device functions in the global namespace).
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+// The device's fast sine and cosine (abs error ~2^-21.4 on [-pi, pi]); here the exact ones.
+inline void __sincosf(float x, float* s, float* c) {
+    *s = std::sin(x);
+    *c = std::cos(x);
+}

@@ -381,14 +381,23 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn add(&self, delta: &Vec<f32>, len: usize, hidden: &mut Vec<f32>) -> Result<()> {
-        check_len("add delta", delta.len(), len)?;
-        check_len("add hidden", hidden.len(), len)?;
+    fn residual_layernorm(
+        &self,
+        delta: &Vec<f32>,
+        rows: usize,
+        ln: &LayerNorm<Vec<f32>>,
+        eps: f32,
+        hidden: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let len = rows * ln.gamma.len();
+        check_len("residual_layernorm delta", delta.len(), len)?;
+        check_len("residual_layernorm hidden", hidden.len(), len)?;
         hidden[..len]
             .iter_mut()
             .zip(&delta[..len])
             .for_each(|(x, d)| *x += d);
-        Ok(())
+        self.layernorm(hidden, rows, ln, eps, out)
     }
 
     fn rope(
@@ -452,7 +461,12 @@ impl Backend for CpuBackend {
             .par_chunks_mut(h)
             .enumerate()
             .for_each(|(i, o)| {
-                let r = batch.range(seq_of[i]);
+                // Rows past the last sequence (a padded batch's) belong to none: zeros.
+                let Some(&s) = seq_of.get(i) else {
+                    o.fill(0.0);
+                    return;
+                };
+                let r = batch.range(s);
                 let lo = i.saturating_sub(half_window).max(r.start);
                 let hi = (i + half_window + 1).min(r.end);
                 for head in 0..heads {
@@ -666,6 +680,110 @@ impl Backend for Fp16Emulation {
 
     fn read_logits(&self, logits: &Vec<f32>, n: usize) -> Result<Vec<f32>> {
         CpuBackend.read_logits(logits, n)
+    }
+
+    fn embed_tokens(
+        &self,
+        batch: &PackedBatch,
+        table: &Vec<f32>,
+        width: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        // A copy of fp16 weights: nothing to round.
+        CpuBackend.embed_tokens(batch, table, width, out)
+    }
+
+    fn layernorm(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        ln: &LayerNorm<Vec<f32>>,
+        eps: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        CpuBackend.layernorm(x, rows, ln, eps, out)?;
+        round16(&mut out[..rows * ln.gamma.len()]);
+        Ok(())
+    }
+
+    fn residual_layernorm(
+        &self,
+        delta: &Vec<f32>,
+        rows: usize,
+        ln: &LayerNorm<Vec<f32>>,
+        eps: f32,
+        hidden: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        // The kernel normalises the f32 sum and stores both in fp16.
+        CpuBackend.residual_layernorm(delta, rows, ln, eps, hidden, out)?;
+        let len = rows * ln.gamma.len();
+        round16(&mut hidden[..len]);
+        round16(&mut out[..len]);
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        qkv: &mut Vec<f32>,
+        batch: &PackedBatch,
+        heads: usize,
+        head_dim: usize,
+        theta: f64,
+    ) -> Result<()> {
+        CpuBackend.rope(qkv, batch, heads, head_dim, theta)?;
+        round16(&mut qkv[..batch.tokens() * 3 * heads * head_dim]);
+        Ok(())
+    }
+
+    fn attention_window(
+        &self,
+        qkv: &Vec<f32>,
+        batch: &PackedBatch,
+        heads: usize,
+        head_dim: usize,
+        half_window: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        CpuBackend.attention_window(qkv, batch, heads, head_dim, half_window, out)?;
+        round16(&mut out[..batch.tokens() * heads * head_dim]);
+        Ok(())
+    }
+
+    fn geglu(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        inter: usize,
+        act: Activation,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        CpuBackend.geglu(x, rows, inter, act, out)?;
+        round16(&mut out[..rows * inter]);
+        Ok(())
+    }
+
+    fn mean_pool(
+        &self,
+        src: &Vec<f32>,
+        width: usize,
+        batch: &PackedBatch,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        CpuBackend.mean_pool(src, width, batch, out)?;
+        round16(&mut out[..batch.len() * width]);
+        Ok(())
+    }
+
+    fn classify(
+        &self,
+        x: &Vec<f32>,
+        n: usize,
+        lin: &Linear<Vec<f32>>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        // The logit stays f32, as the kernel's does.
+        CpuBackend.classify(x, n, lin, out)
     }
 }
 

@@ -131,10 +131,19 @@ pub trait Backend: Send + Sync + 'static {
         Err(unsupported(self, "layernorm"))
     }
 
-    /// The residual add: `hidden[..len] += delta[..len]`.
-    fn add(&self, delta: &Self::Buf, len: usize, hidden: &mut Self::Buf) -> Result<()> {
-        let _ = (delta, len, hidden);
-        Err(unsupported(self, "add"))
+    /// A pre-norm block's residual and the next norm: `hidden += delta`, then
+    /// `out = LayerNorm(hidden)`, over `rows` rows.
+    fn residual_layernorm(
+        &self,
+        delta: &Self::Buf,
+        rows: usize,
+        ln: &LayerNorm<Self::Buf>,
+        eps: f32,
+        hidden: &mut Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (delta, rows, ln, eps, hidden, out);
+        Err(unsupported(self, "residual_layernorm"))
     }
 
     /// Rotary embeddings, in place, on the Q and K thirds of the fused [tokens, 3·hidden]

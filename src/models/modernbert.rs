@@ -9,7 +9,7 @@
 use std::sync::Mutex;
 
 use crate::backend::Backend;
-use crate::batch::PackedBatch;
+use crate::batch::{BatchShape, PackedBatch};
 use crate::config::{LayerType, ModelConfig, ModernBertConfig, Pooling};
 use crate::error::{Error, Result};
 use crate::model::Scorer;
@@ -173,18 +173,25 @@ pub fn load(ckpt: &Checkpoint, cfg: &ModelConfig) -> Result<Weights<HostTensor>>
     })
 }
 
-/// Every intermediate of one forward, sized for `max_tokens` rows.
+/// Every intermediate of one forward, sized for `max_tokens` rows and `max_seqs` sequences.
 pub struct Activations<B: Backend> {
     batch: B::Batch,
+    /// The residual stream.
     hidden: B::Buf,
+    /// The next op's normed input: an attention's or the MLP's, then the final norm's output.
     normed: B::Buf,
     qkv: B::Buf,
     ctx: B::Buf,
     tmp: B::Buf,
+    /// Wi's output, input | gate.
     ffn2: B::Buf,
     ffn: B::Buf,
+    /// The last layer's [CLS] rows under cls pooling: residual stream and attention context.
+    cls: B::Buf,
+    cls_ctx: B::Buf,
+    /// Mean pooling's output, then the head's dense output.
     pooled: B::Buf,
-    pooled2: B::Buf,
+    dense: B::Buf,
     logits: B::Logits,
     max_tokens: usize,
     max_seqs: usize,
@@ -200,10 +207,12 @@ impl<B: Backend> Activations<B> {
             qkv: b.alloc(max_tokens * 3 * h)?,
             ctx: b.alloc(max_tokens * h)?,
             tmp: b.alloc(max_tokens * h)?,
-            ffn2: b.alloc(max_tokens * 2 * i)?,
+            ffn2: b.alloc(max_tokens * cfg.ffn_in_width())?,
             ffn: b.alloc(max_tokens * i)?,
+            cls: b.alloc(max_seqs * h)?,
+            cls_ctx: b.alloc(max_seqs * h)?,
             pooled: b.alloc(max_seqs * h)?,
-            pooled2: b.alloc(max_seqs * h)?,
+            dense: b.alloc(max_seqs * h)?,
             logits: b.alloc_logits(max_seqs)?,
             max_tokens,
             max_seqs,
@@ -212,23 +221,29 @@ impl<B: Backend> Activations<B> {
 }
 
 /// Scores one packed batch: one logit per sequence.
+///
+/// With `graphs`, the batch is padded to its [`BatchShape`] and the device work handed to
+/// [`Backend::run`] with that shape (CUDA graphs), as BERT's forward does; the padding changes no
+/// real row's result.
 pub fn forward<B: Backend>(
     b: &B,
     cfg: &ModelConfig,
     w: &Weights<B::Buf>,
     batch: &PackedBatch,
     a: &mut Activations<B>,
+    graphs: bool,
 ) -> Result<Vec<f32>> {
-    let (rows, n) = (batch.tokens(), batch.len());
-    if rows > a.max_tokens || n > a.max_seqs {
+    let (tokens, n) = (batch.tokens(), batch.len());
+    if tokens > a.max_tokens || n > a.max_seqs {
         return Err(Error::Internal(format!(
-            "batch of {rows} tokens in {n} sequences exceeds the arena ({} tokens, {} sequences)",
+            "batch of {tokens} tokens in {n} sequences exceeds the arena ({} tokens, {} sequences)",
             a.max_tokens, a.max_seqs
         )));
     }
     if batch.is_empty() {
         return Ok(Vec::new());
     }
+    // Here, not only in the backends' ops: a replayed recording runs no host code.
     let longest = (0..n).map(|s| batch.range(s).len()).max().unwrap_or(0);
     if longest > cfg.max_position_embeddings {
         return Err(Error::input(format!(
@@ -236,61 +251,134 @@ pub fn forward<B: Backend>(
             cfg.max_position_embeddings
         )));
     }
+    let max_id = batch.input_ids.iter().copied().max().unwrap_or(0) as usize;
+    if max_id >= cfg.vocab_size {
+        return Err(Error::input(format!(
+            "a token id ({max_id}) is outside the model's vocabulary ({})",
+            cfg.vocab_size
+        )));
+    }
+    let shape = graphs.then(|| BatchShape::fit(tokens, n, longest, a.max_tokens, a.max_seqs));
+    let padded = shape.map(|s| batch.padded_to(s));
+    let dev = padded.as_ref().unwrap_or(batch);
+    b.load_batch(dev, &mut a.batch)?;
+    let (rows, seqs) = (dev.tokens(), dev.len());
+    b.run(shape, &mut || layers(b, cfg, w, rows, seqs, a))?;
+    b.read_logits(&a.logits, n)
+}
+
+/// Full or windowed attention, as the layer's type says.
+#[allow(clippy::too_many_arguments)]
+fn attend<B: Backend>(
+    b: &B,
+    m: &ModernBertConfig,
+    kind: LayerType,
+    qkv: &B::Buf,
+    batch: &B::Batch,
+    heads: usize,
+    head_dim: usize,
+    out: &mut B::Buf,
+) -> Result<()> {
+    match kind {
+        LayerType::Full => b.attention(qkv, batch, heads, head_dim, out),
+        LayerType::Sliding => b.attention_window(qkv, batch, heads, head_dim, m.half_window(), out),
+    }
+}
+
+/// The norm in front of a layer's attention; layer 0 has none (its input is the embedding
+/// norm's output).
+fn attn_norm<T>(l: &Layer<T>) -> Result<&LayerNorm<T>> {
+    l.attn_norm.as_ref().ok_or_else(|| {
+        Error::Internal("a ModernBERT layer after the first without attn_norm".into())
+    })
+}
+
+/// The device work of one forward over the batch loaded in `a`: `rows` rows in `seqs`
+/// sequences (padding included), from the embeddings to the logits. It only queues work.
+///
+/// Each residual add is fused with the norm that reads its result (`residual_layernorm`), so
+/// `normed` always holds the next op's input: layer i's MLP ends by writing layer i + 1's
+/// attention input (or the final norm's output).
+fn layers<B: Backend>(
+    b: &B,
+    cfg: &ModelConfig,
+    w: &Weights<B::Buf>,
+    rows: usize,
+    seqs: usize,
+    a: &mut Activations<B>,
+) -> Result<()> {
     let m = settings(cfg)?;
-    let (eps, h, heads, d) = (
+    let (eps, h, heads, d, inter, act) = (
         cfg.layer_norm_eps,
         cfg.hidden_size,
         cfg.num_heads,
         cfg.head_dim,
+        cfg.intermediate_size,
+        cfg.activation,
     );
-    b.load_batch(batch, &mut a.batch)?;
+    let Some((last, body)) = w.layers.split_last() else {
+        return Err(Error::Internal("a model with no layers".into()));
+    };
     b.embed_tokens(&a.batch, &w.tok_embeddings, h, &mut a.tmp)?;
     b.layernorm(&a.tmp, rows, &w.emb_norm, eps, &mut a.hidden)?;
-    for l in &w.layers {
-        let x = match &l.attn_norm {
-            Some(ln) => {
-                b.layernorm(&a.hidden, rows, ln, eps, &mut a.normed)?;
-                &a.normed
-            }
-            None => &a.hidden,
+    if let Some(first) = w.layers.first() {
+        if let Some(ln) = &first.attn_norm {
+            b.layernorm(&a.hidden, rows, ln, eps, &mut a.normed)?;
+        }
+    }
+    for (i, l) in body.iter().enumerate() {
+        let x = if l.attn_norm.is_some() {
+            &a.normed
+        } else {
+            &a.hidden
         };
         b.linear(x, rows, &l.wqkv, None, &mut a.qkv)?;
         b.rope(&mut a.qkv, &a.batch, heads, d, m.rope_theta(l.kind))?;
-        match l.kind {
-            LayerType::Full => b.attention(&a.qkv, &a.batch, heads, d, &mut a.ctx)?,
-            LayerType::Sliding => {
-                b.attention_window(&a.qkv, &a.batch, heads, d, m.half_window(), &mut a.ctx)?
-            }
-        }
+        attend(b, m, l.kind, &a.qkv, &a.batch, heads, d, &mut a.ctx)?;
         b.linear(&a.ctx, rows, &l.wo, None, &mut a.tmp)?;
-        b.add(&a.tmp, rows * h, &mut a.hidden)?;
-        b.layernorm(&a.hidden, rows, &l.mlp_norm, eps, &mut a.normed)?;
+        b.residual_layernorm(&a.tmp, rows, &l.mlp_norm, eps, &mut a.hidden, &mut a.normed)?;
         b.linear(&a.normed, rows, &l.wi, None, &mut a.ffn2)?;
-        b.geglu(
-            &a.ffn2,
-            rows,
-            cfg.intermediate_size,
-            cfg.activation,
-            &mut a.ffn,
-        )?;
+        b.geglu(&a.ffn2, rows, inter, act, &mut a.ffn)?;
         b.linear(&a.ffn, rows, &l.mlp_wo, None, &mut a.tmp)?;
-        b.add(&a.tmp, rows * h, &mut a.hidden)?;
+        let next = attn_norm(&w.layers[i + 1])?;
+        b.residual_layernorm(&a.tmp, rows, next, eps, &mut a.hidden, &mut a.normed)?;
     }
-    b.layernorm(&a.hidden, rows, &w.final_norm, eps, &mut a.normed)?;
-    match m.classifier_pooling {
-        Pooling::Cls => b.gather_cls(&a.normed, h, &a.batch, &mut a.pooled)?,
-        Pooling::Mean => b.mean_pool(&a.normed, h, &a.batch, &mut a.pooled)?,
-    }
-    b.linear(
-        &a.pooled,
-        n,
-        &w.head_dense,
-        Some(m.classifier_activation),
-        &mut a.pooled2,
-    )?;
-    b.layernorm(&a.pooled2, n, &w.head_norm, eps, &mut a.pooled)?;
-    b.classify(&a.pooled, n, &w.classifier, &mut a.logits)?;
-    b.read_logits(&a.logits, n)
+    // The last layer: every row is a key and value of its attention, but under cls pooling only
+    // the [CLS] rows feed the head, so the rest of the layer runs on those `seqs` rows alone.
+    let x = if last.attn_norm.is_some() {
+        &a.normed
+    } else {
+        &a.hidden
+    };
+    b.linear(x, rows, &last.wqkv, None, &mut a.qkv)?;
+    b.rope(&mut a.qkv, &a.batch, heads, d, m.rope_theta(last.kind))?;
+    attend(b, m, last.kind, &a.qkv, &a.batch, heads, d, &mut a.ctx)?;
+    let (r, ctx, res) = match m.classifier_pooling {
+        Pooling::Cls => {
+            b.gather_cls(&a.ctx, h, &a.batch, &mut a.cls_ctx)?;
+            b.gather_cls(&a.hidden, h, &a.batch, &mut a.cls)?;
+            (seqs, &a.cls_ctx, &mut a.cls)
+        }
+        Pooling::Mean => (rows, &a.ctx, &mut a.hidden),
+    };
+    b.linear(ctx, r, &last.wo, None, &mut a.tmp)?;
+    b.residual_layernorm(&a.tmp, r, &last.mlp_norm, eps, res, &mut a.normed)?;
+    b.linear(&a.normed, r, &last.wi, None, &mut a.ffn2)?;
+    b.geglu(&a.ffn2, r, inter, act, &mut a.ffn)?;
+    b.linear(&a.ffn, r, &last.mlp_wo, None, &mut a.tmp)?;
+    b.residual_layernorm(&a.tmp, r, &w.final_norm, eps, res, &mut a.normed)?;
+    // The head: the pooled rows, dense + act, its norm, the one-logit classifier.
+    let pooled = match m.classifier_pooling {
+        Pooling::Cls => &a.normed,
+        Pooling::Mean => {
+            b.mean_pool(&a.normed, h, &a.batch, &mut a.pooled)?;
+            &a.pooled
+        }
+    };
+    let head_act = Some(m.classifier_activation);
+    b.linear(pooled, seqs, &w.head_dense, head_act, &mut a.dense)?;
+    b.layernorm(&a.dense, seqs, &w.head_norm, eps, &mut a.tmp)?;
+    b.classify(&a.tmp, seqs, &w.classifier, &mut a.logits)
 }
 
 /// A ModernBERT model on a backend: config, uploaded weights and its arena.
@@ -300,6 +388,7 @@ pub struct Model<B: Backend> {
     weights: Weights<B::Buf>,
     arena: Mutex<Activations<B>>,
     max_tokens: usize,
+    graphs: bool,
 }
 
 impl<B: Backend> Model<B> {
@@ -317,7 +406,15 @@ impl<B: Backend> Model<B> {
             weights,
             arena: Mutex::new(arena),
             max_tokens,
+            graphs: false,
         })
+    }
+
+    /// Pads every batch to its [`BatchShape`] and lets the backend record and replay the
+    /// device work per shape (CUDA graphs); off by default.
+    pub fn with_graphs(mut self, on: bool) -> Self {
+        self.graphs = on;
+        self
     }
 }
 
@@ -327,7 +424,14 @@ impl<B: Backend> Scorer for Model<B> {
             .arena
             .lock()
             .map_err(|_| Error::Internal("a previous forward panicked".into()))?;
-        forward(&self.backend, &self.cfg, &self.weights, batch, &mut arena)
+        forward(
+            &self.backend,
+            &self.cfg,
+            &self.weights,
+            batch,
+            &mut arena,
+            self.graphs,
+        )
     }
 
     fn max_batch_tokens(&self) -> usize {

@@ -150,6 +150,106 @@ pub fn fp16_emulated_logits(dir: &Path, pairs: &[crossrank::tokenize::EncodedPai
     model.score(&batch).unwrap()
 }
 
+/// The committed ModernBERT test models (goldens in goldens/modernbert/).
+pub const MODERNBERT_MODELS: [&str; 2] = ["modernbert-cls", "modernbert-mean"];
+
+/// One group of a ModernBERT golden: a query, its passages, transformers' ids, truncation flags
+/// and logits.
+#[derive(Debug, Deserialize)]
+pub struct ModernGroup {
+    pub query: String,
+    pub passages: Vec<String>,
+    pub input_ids: Vec<Vec<u32>>,
+    pub truncated: Vec<bool>,
+    pub logits: Vec<f32>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ModernSet {
+    pub max_length: usize,
+    pub groups: Vec<ModernGroup>,
+}
+
+/// scripts/make_modernbert_goldens.py's output: the default max length's groups, and a set at an
+/// explicit, shorter max length.
+#[derive(Debug, Deserialize)]
+pub struct ModernGolden {
+    pub max_length: usize,
+    pub groups: Vec<ModernGroup>,
+    pub explicit_max_length: ModernSet,
+}
+
+pub fn modernbert_golden(name: &str) -> ModernGolden {
+    let path = data_dir()
+        .join("goldens/modernbert")
+        .join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `fp16_emulated_logits` for a ModernBERT model.
+pub fn modernbert_fp16_emulated_logits(
+    dir: &Path,
+    pairs: &[crossrank::tokenize::EncodedPair],
+) -> Vec<f32> {
+    use crossrank::model::Scorer;
+    use crossrank::models::modernbert;
+    let cfg = crossrank::config::ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let ckpt = crossrank::weights::Checkpoint::open(dir).unwrap();
+    let host = modernbert::load(&ckpt, &cfg).unwrap();
+    let tokens: usize = pairs.iter().map(|p| p.ids.len()).sum();
+    let batch = crossrank::batch::PackedBatch::pack(pairs, &cfg);
+    let model = modernbert::Model::new(
+        crossrank::backend::cpu::Fp16Emulation,
+        cfg,
+        host,
+        tokens.max(1),
+    )
+    .unwrap();
+    model.score(&batch).unwrap()
+}
+
+/// CUDA graphs against the eager forward on every (query, passages) group: the first run of a
+/// shape is eager, the second recorded, the third replayed; all three give the same bits, a
+/// batch of the same shape with other content (the pairs reversed) gets its own scores, and the
+/// padded forward agrees with the unpadded one within `bound`.
+pub fn assert_graphs_replay_eager(
+    name: &str,
+    cpu: &crossrank::Reranker,
+    cfg: &crossrank::config::ModelConfig,
+    groups: &[(&str, &[String])],
+    bound: f32,
+    eager: &dyn crossrank::model::Scorer,
+    graphs: &dyn crossrank::model::Scorer,
+) {
+    use crossrank::batch::PackedBatch;
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (g, (query, passages)) in groups.iter().enumerate() {
+        let mut pairs = cpu.encode(query, passages, None).unwrap();
+        let batch = PackedBatch::pack(&pairs, cfg);
+        pairs.reverse();
+        let reversed = PackedBatch::pack(&pairs, cfg);
+        let want = eager.score(&batch).unwrap();
+        let first = graphs.score(&batch).unwrap();
+        let second = graphs.score(&batch).unwrap();
+        let mut other = graphs.score(&reversed).unwrap();
+        let third = graphs.score(&batch).unwrap();
+        assert_eq!(
+            bits(&first),
+            bits(&second),
+            "{name} group {g}: recorded run"
+        );
+        assert_eq!(bits(&first), bits(&third), "{name} group {g}: replay");
+        other.reverse();
+        for (i, ((&a, &b), &w)) in first.iter().zip(&other).zip(&want).enumerate() {
+            assert!(
+                (a - b).abs() <= bound && (a - w).abs() <= bound,
+                "{name} group {g} pair {i}: graph {a}, same shape reversed {b}, eager {w} (bound {bound:.2e})"
+            );
+        }
+    }
+}
+
 /// Words for seeded random test text (tests/wordpiece.rs, tests/unigram.rs): accents and
 /// combining marks, many scripts, full-width forms, emoji, compatibility characters, a long word.
 pub const WORDS: &[&str] = &[

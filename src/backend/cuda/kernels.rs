@@ -32,6 +32,9 @@ pub const MAX_HEAD_WIDTH: usize = 4096;
 const HEAD_THREADS: u32 = 256;
 const GATHER_THREADS: u32 = 128;
 const GELU_THREADS: u32 = 256;
+/// Threads per RoPE block: 256 / (head_dim / 2) tokens each (kernels/rope.cu).
+const ROPE_THREADS: u32 = 256;
+const POOL_THREADS: u32 = 128;
 /// The fragment probe's one warp, and its per-lane outputs (kernels/probe.cu).
 pub const PROBE_LANES: usize = 32;
 /// Elements of the probe's A and B inputs: 16 x 16 each.
@@ -49,6 +52,14 @@ pub struct Kernels {
     head: CudaFunction,
     attention: Vec<(usize, CudaFunction)>,
     probe: CudaFunction,
+    // The pre-norm families' ops (ModernBERT).
+    embed_tokens: CudaFunction,
+    layernorm: CudaFunction,
+    residual_ln: CudaFunction,
+    rope: CudaFunction,
+    geglu: CudaFunction,
+    mean_pool: CudaFunction,
+    classify: CudaFunction,
 }
 
 /// What the fragment probe (kernels/probe.cu) wrote, lane by lane, in register order.
@@ -128,6 +139,13 @@ impl Kernels {
             head: f("cls_head")?,
             attention,
             probe: f("fragment_probe")?,
+            embed_tokens: f("embed_tokens")?,
+            layernorm: f("layernorm")?,
+            residual_ln: f("residual_layernorm")?,
+            rope: f("rope")?,
+            geglu: f("geglu")?,
+            mean_pool: f("mean_pool")?,
+            classify: f("classify")?,
         })
     }
 
@@ -204,20 +222,10 @@ impl Kernels {
         eps: f32,
         hidden: &mut CudaSlice<f16>,
     ) -> Result<()> {
-        let width = gamma.len();
-        let threads = ln_threads("add_layernorm", width)?;
-        need("add_layernorm beta", beta.len(), width)?;
-        need("add_layernorm delta", delta.len(), rows * width)?;
-        need("add_layernorm hidden", hidden.len(), rows * width)?;
-        if rows == 0 {
+        let bufs = [("delta", delta.len()), ("hidden", hidden.len())];
+        let Some((cfg, w)) = Self::ln_launch("add_layernorm", rows, gamma, beta, &bufs)? else {
             return Ok(());
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (as_u32("add_layernorm rows", rows)?, 1, 1),
-            block_dim: (threads, 1, 1),
-            shared_mem_bytes: 0,
         };
-        let w = as_i32("add_layernorm width", width)?;
         // SAFETY: matches `add_layernorm_f16`; rows * width elements of delta and hidden
         // exist (checked above); gamma and beta hold width.
         unsafe {
@@ -254,7 +262,10 @@ impl Kernels {
         Ok(())
     }
 
-    /// Attention over the packed batch: qkv [tokens, 3·heads·d] → ctx [tokens, heads·d].
+    /// Attention over the packed batch: qkv [tokens, 3·heads·d] → ctx [tokens, heads·d]. With
+    /// a `window`, query i of a sequence sees key j only when |i - j| <= window, and the kernel
+    /// skips every K/V tile outside that range.
+    #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
         s: &Arc<CudaStream>,
@@ -262,6 +273,7 @@ impl Kernels {
         qkv: &CudaSlice<f16>,
         heads: usize,
         head_dim: usize,
+        window: Option<usize>,
         ctx: &mut CudaSlice<f16>,
     ) -> Result<()> {
         let Some((_, f)) = self.attention.iter().find(|(d, _)| *d == head_dim) else {
@@ -297,6 +309,12 @@ impl Kernels {
         };
         let h = as_i32("attention heads", heads)?;
         let scale_log2 = std::f32::consts::LOG2_E / (head_dim as f32).sqrt();
+        // A window as wide as the longest sequence is no window; clamping keeps the kernel's
+        // index sums (row ± window) inside i32. Negative means full attention.
+        let window: i32 = match window {
+            Some(w) => as_i32("attention window", w.min(b.max_seqlen))?,
+            None => -1,
+        };
         // SAFETY: matches `attention_d{D}_f16`; cu_seqlens holds seqs + 1 non-decreasing prefix
         // sums ending at most at b.tokens (checked by load_batch), so every row read or
         // written is < b.tokens,
@@ -308,6 +326,7 @@ impl Kernels {
                 .arg(ctx)
                 .arg(&h)
                 .arg(&scale_log2)
+                .arg(&window)
                 .launch(cfg)?;
         }
         Ok(())
@@ -438,6 +457,316 @@ impl Kernels {
                 .arg(b)
                 .arg(frags)
                 .arg(d)
+                .launch(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// `out[t] = table[ids[t]]`, `width` wide. The caller has checked every id against the
+    /// table's rows.
+    pub fn embed_tokens(
+        &self,
+        s: &Arc<CudaStream>,
+        b: &BatchViews<'_>,
+        table: &CudaSlice<f16>,
+        width: usize,
+        out: &mut CudaSlice<f16>,
+    ) -> Result<()> {
+        if width == 0 || !width.is_multiple_of(8) || !table.len().is_multiple_of(width) {
+            return Err(Error::Cuda(format!(
+                "embed_tokens: hidden size {width} is not supported, or the table ({} elements) is not [n, {width}] (a multiple of 8)",
+                table.len()
+            )));
+        }
+        need("embed_tokens out", out.len(), b.tokens * width)?;
+        if b.tokens == 0 {
+            return Ok(());
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (as_u32("embed_tokens rows", b.tokens)?, 1, 1),
+            block_dim: (GATHER_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let w = as_i32("embed_tokens width", width)?;
+        // SAFETY: matches `embed_tokens_f16`; rows < b.tokens (out holds them, checked), every
+        // id < table rows (checked by the caller); width % 8 == 0 and allocations are 256-byte
+        // aligned, so the 16-byte copies are aligned.
+        unsafe {
+            s.launch_builder(&self.embed_tokens)
+                .arg(&b.ids)
+                .arg(table)
+                .arg(out)
+                .arg(&w)
+                .launch(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// The launch of a LayerNorm over `rows` rows of `gamma.len()` columns, after checking
+    /// every buffer (`bufs`: name, elements) holds them; None when there is nothing to do.
+    fn ln_launch(
+        what: &str,
+        rows: usize,
+        gamma: &CudaSlice<f16>,
+        beta: &CudaSlice<f16>,
+        bufs: &[(&str, usize)],
+    ) -> Result<Option<(LaunchConfig, i32)>> {
+        let width = gamma.len();
+        let threads = ln_threads(what, width)?;
+        need(&format!("{what} beta"), beta.len(), width)?;
+        for &(name, len) in bufs {
+            need(&format!("{what} {name}"), len, rows * width)?;
+        }
+        if rows == 0 {
+            return Ok(None);
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (as_u32(what, rows)?, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        Ok(Some((cfg, as_i32(what, width)?)))
+    }
+
+    /// `out = LN(x)` over `rows` rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layernorm(
+        &self,
+        s: &Arc<CudaStream>,
+        x: &CudaSlice<f16>,
+        rows: usize,
+        gamma: &CudaSlice<f16>,
+        beta: &CudaSlice<f16>,
+        eps: f32,
+        out: &mut CudaSlice<f16>,
+    ) -> Result<()> {
+        let bufs = [("in", x.len()), ("out", out.len())];
+        let Some((cfg, w)) = Self::ln_launch("layernorm", rows, gamma, beta, &bufs)? else {
+            return Ok(());
+        };
+        // SAFETY: matches `layernorm_f16`; rows * width elements of x and out exist and gamma
+        // and beta hold width (checked by ln_launch); x and out are distinct buffers (one
+        // borrowed shared, one mutably), as the kernel's __restrict__ asks.
+        unsafe {
+            s.launch_builder(&self.layernorm)
+                .arg(x)
+                .arg(out)
+                .arg(gamma)
+                .arg(beta)
+                .arg(&w)
+                .arg(&eps)
+                .launch(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// `hidden += delta`, then `out = LN(hidden)`, over `rows` rows: a pre-norm block's
+    /// residual and the next norm in one pass.
+    #[allow(clippy::too_many_arguments)]
+    pub fn residual_layernorm(
+        &self,
+        s: &Arc<CudaStream>,
+        delta: &CudaSlice<f16>,
+        hidden: &mut CudaSlice<f16>,
+        rows: usize,
+        gamma: &CudaSlice<f16>,
+        beta: &CudaSlice<f16>,
+        eps: f32,
+        out: &mut CudaSlice<f16>,
+    ) -> Result<()> {
+        let bufs = [
+            ("delta", delta.len()),
+            ("hidden", hidden.len()),
+            ("out", out.len()),
+        ];
+        let what = "residual_layernorm";
+        let Some((cfg, w)) = Self::ln_launch(what, rows, gamma, beta, &bufs)? else {
+            return Ok(());
+        };
+        // SAFETY: matches `residual_layernorm_f16`; rows * width elements of delta, hidden and
+        // out exist and gamma and beta hold width (checked by ln_launch); the three are distinct
+        // buffers (Rust's borrows keep hidden and out apart from each other and from delta).
+        unsafe {
+            s.launch_builder(&self.residual_ln)
+                .arg(delta)
+                .arg(hidden)
+                .arg(out)
+                .arg(gamma)
+                .arg(beta)
+                .arg(&w)
+                .arg(&eps)
+                .launch(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// RoPE in place on the Q and K thirds of qkv [tokens, 3·heads·head_dim], by each token's
+    /// position id (kernels/rope.cu).
+    pub fn rope(
+        &self,
+        s: &Arc<CudaStream>,
+        b: &BatchViews<'_>,
+        qkv: &mut CudaSlice<f16>,
+        heads: usize,
+        head_dim: usize,
+        theta: f64,
+    ) -> Result<()> {
+        let half = head_dim / 2;
+        if half == 0 || !head_dim.is_multiple_of(2) || half > ROPE_THREADS as usize {
+            return Err(Error::Cuda(format!(
+                "rope: head_dim {head_dim} is not supported (even, at most {})",
+                2 * ROPE_THREADS
+            )));
+        }
+        if !(theta.is_finite() && theta > 0.0) {
+            return Err(internal("rope", format!("theta {theta} is not positive")));
+        }
+        need("rope qkv", qkv.len(), b.tokens * 3 * heads * head_dim)?;
+        if b.tokens == 0 || heads == 0 {
+            return Ok(());
+        }
+        let per_block = ROPE_THREADS as usize / half;
+        let cfg = LaunchConfig {
+            grid_dim: (as_u32("rope blocks", b.tokens.div_ceil(per_block))?, 1, 1),
+            block_dim: (ROPE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (t, h, d) = (
+            as_i32("rope tokens", b.tokens)?,
+            as_i32("rope heads", heads)?,
+            as_i32("rope head_dim", head_dim)?,
+        );
+        // SAFETY: matches `rope_f16`; the kernel touches columns < 2·heads·head_dim of rows <
+        // b.tokens of qkv (checked above) and reads b.tokens positions.
+        unsafe {
+            s.launch_builder(&self.rope)
+                .arg(qkv)
+                .arg(&b.positions)
+                .arg(&t)
+                .arg(&h)
+                .arg(&d)
+                .arg(&theta)
+                .launch(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// GeGLU: x [rows, 2·inter] (input | gate) → out [rows, inter] = gelu(input) · gate.
+    pub fn geglu(
+        &self,
+        s: &Arc<CudaStream>,
+        x: &CudaSlice<f16>,
+        rows: usize,
+        inter: usize,
+        out: &mut CudaSlice<f16>,
+    ) -> Result<()> {
+        need("geglu in", x.len(), rows * 2 * inter)?;
+        need("geglu out", out.len(), rows * inter)?;
+        if rows == 0 || inter == 0 {
+            return Ok(());
+        }
+        let blocks = (rows * inter)
+            .div_ceil(8 * GELU_THREADS as usize)
+            .clamp(1, 1 << 20) as u32;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (GELU_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (r, i) = (rows as u64, as_i32("geglu inter", inter)?);
+        // SAFETY: matches `geglu_f16(const T*, T*, size_t, int)`; the kernel reads rows·2·inter
+        // elements of x and writes rows·inter of out (checked above); its 16-byte path runs only
+        // when inter % 8 == 0, so every vector starts 16-byte aligned.
+        unsafe {
+            s.launch_builder(&self.geglu)
+                .arg(x)
+                .arg(out)
+                .arg(&r)
+                .arg(&i)
+                .launch(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// `out[s]` = the mean of sequence s's rows of src [tokens, width] (a zero row for an
+    /// empty sequence).
+    pub fn mean_pool(
+        &self,
+        s: &Arc<CudaStream>,
+        b: &BatchViews<'_>,
+        src: &CudaSlice<f16>,
+        width: usize,
+        out: &mut CudaSlice<f16>,
+    ) -> Result<()> {
+        if width == 0 || !width.is_multiple_of(8) {
+            return Err(Error::Cuda(format!(
+                "mean_pool: hidden size {width} is not supported (a multiple of 8)"
+            )));
+        }
+        need("mean_pool src", src.len(), b.tokens * width)?;
+        need("mean_pool out", out.len(), b.seqs * width)?;
+        if b.seqs == 0 {
+            return Ok(());
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (as_u32("mean_pool sequences", b.seqs)?, 1, 1),
+            block_dim: (POOL_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let w = as_i32("mean_pool width", width)?;
+        // SAFETY: matches `mean_pool_f16`; cu_seqlens (seqs + 1 non-decreasing entries ending at
+        // most at b.tokens, checked by load_batch) keeps every row read inside src; out holds
+        // seqs rows; width % 8 == 0 keeps the 16-byte accesses aligned.
+        unsafe {
+            s.launch_builder(&self.mean_pool)
+                .arg(src)
+                .arg(&b.cu_seqlens)
+                .arg(out)
+                .arg(&w)
+                .launch(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// `logits[s] = w · x[s] + b` for `n` rows of x [n, width], in f32.
+    #[allow(clippy::too_many_arguments)]
+    pub fn classify(
+        &self,
+        s: &Arc<CudaStream>,
+        x: &CudaSlice<f16>,
+        n: usize,
+        w: &CudaSlice<f16>,
+        bias: &CudaSlice<f16>,
+        width: usize,
+        logits: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        if width == 0 || !width.is_multiple_of(8) {
+            return Err(Error::Cuda(format!(
+                "classify: hidden size {width} is not supported (a multiple of 8)"
+            )));
+        }
+        need("classify rows", x.len(), n * width)?;
+        need("classify weight", w.len(), width)?;
+        need("classify bias", bias.len(), 1)?;
+        need("classify logits", logits.len(), n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (as_u32("classify rows", n)?, 1, 1),
+            block_dim: (POOL_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let wd = as_i32("classify width", width)?;
+        // SAFETY: matches `classify_f16`; x holds n rows of width, w width, bias one, logits n
+        // (checked above); width % 8 == 0 keeps the 16-byte loads aligned.
+        unsafe {
+            s.launch_builder(&self.classify)
+                .arg(x)
+                .arg(w)
+                .arg(bias)
+                .arg(logits)
+                .arg(&wd)
                 .launch(cfg)?;
         }
         Ok(())

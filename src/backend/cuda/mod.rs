@@ -505,8 +505,15 @@ impl Backend for CudaBackend {
         head_dim: usize,
         out: &mut CudaSlice<f16>,
     ) -> Result<()> {
-        self.kernels
-            .attention(&self.stream, &batch.views(), qkv, heads, head_dim, out)
+        self.kernels.attention(
+            &self.stream,
+            &batch.views(),
+            qkv,
+            heads,
+            head_dim,
+            None,
+            out,
+        )
     }
 
     fn add_layernorm(
@@ -557,6 +564,130 @@ impl Backend for CudaBackend {
             width,
             out,
         )
+    }
+
+    fn embed_tokens(
+        &self,
+        batch: &CudaBatch,
+        table: &CudaSlice<f16>,
+        width: usize,
+        out: &mut CudaSlice<f16>,
+    ) -> Result<()> {
+        let vocab = table.len() / width.max(1);
+        if batch.tokens > 0 && batch.max_id as usize >= vocab {
+            return Err(Error::input(format!(
+                "a token id ({}) is outside the model's vocabulary ({vocab})",
+                batch.max_id
+            )));
+        }
+        self.kernels
+            .embed_tokens(&self.stream, &batch.views(), table, width, out)
+    }
+
+    fn layernorm(
+        &self,
+        x: &CudaSlice<f16>,
+        rows: usize,
+        ln: &LayerNorm<CudaSlice<f16>>,
+        eps: f32,
+        out: &mut CudaSlice<f16>,
+    ) -> Result<()> {
+        self.kernels
+            .layernorm(&self.stream, x, rows, &ln.gamma, &ln.beta, eps, out)
+    }
+
+    fn residual_layernorm(
+        &self,
+        delta: &CudaSlice<f16>,
+        rows: usize,
+        ln: &LayerNorm<CudaSlice<f16>>,
+        eps: f32,
+        hidden: &mut CudaSlice<f16>,
+        out: &mut CudaSlice<f16>,
+    ) -> Result<()> {
+        self.kernels.residual_layernorm(
+            &self.stream,
+            delta,
+            hidden,
+            rows,
+            &ln.gamma,
+            &ln.beta,
+            eps,
+            out,
+        )
+    }
+
+    fn rope(
+        &self,
+        qkv: &mut CudaSlice<f16>,
+        batch: &CudaBatch,
+        heads: usize,
+        head_dim: usize,
+        theta: f64,
+    ) -> Result<()> {
+        self.kernels
+            .rope(&self.stream, &batch.views(), qkv, heads, head_dim, theta)
+    }
+
+    fn attention_window(
+        &self,
+        qkv: &CudaSlice<f16>,
+        batch: &CudaBatch,
+        heads: usize,
+        head_dim: usize,
+        half_window: usize,
+        out: &mut CudaSlice<f16>,
+    ) -> Result<()> {
+        self.kernels.attention(
+            &self.stream,
+            &batch.views(),
+            qkv,
+            heads,
+            head_dim,
+            Some(half_window),
+            out,
+        )
+    }
+
+    fn geglu(
+        &self,
+        x: &CudaSlice<f16>,
+        rows: usize,
+        inter: usize,
+        act: Activation,
+        out: &mut CudaSlice<f16>,
+    ) -> Result<()> {
+        match act {
+            Activation::GeluErf => self.kernels.geglu(&self.stream, x, rows, inter, out),
+        }
+    }
+
+    fn mean_pool(
+        &self,
+        src: &CudaSlice<f16>,
+        width: usize,
+        batch: &CudaBatch,
+        out: &mut CudaSlice<f16>,
+    ) -> Result<()> {
+        self.kernels
+            .mean_pool(&self.stream, &batch.views(), src, width, out)
+    }
+
+    fn classify(
+        &self,
+        x: &CudaSlice<f16>,
+        n: usize,
+        lin: &Linear<CudaSlice<f16>>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        if lin.out_dim != 1 {
+            return Err(Error::Cuda(format!(
+                "classify: {} outputs; the CUDA kernel gives one logit",
+                lin.out_dim
+            )));
+        }
+        self.kernels
+            .classify(&self.stream, x, n, &lin.w, &lin.b, lin.in_dim, out)
     }
 
     fn read_logits(&self, logits: &CudaSlice<f32>, n: usize) -> Result<Vec<f32>> {

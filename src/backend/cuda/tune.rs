@@ -107,8 +107,14 @@ impl std::fmt::Display for GemmTuning {
 }
 
 /// Every key a forward over at most `max_tokens` tokens looks up, in (bucket, out, in) order,
-/// each once (two linears can share a shape, e.g. when I = 3h).
-fn gemm_keys(hidden: usize, intermediate: usize, max_tokens: usize) -> Result<Vec<Key>> {
+/// each once (two linears can share a shape, e.g. when I = 3h). The FFN's first linear gives
+/// `ffn_in` columns (2·I for a gated MLP), its second reads I.
+fn gemm_keys(
+    hidden: usize,
+    ffn_in: usize,
+    intermediate: usize,
+    max_tokens: usize,
+) -> Result<Vec<Key>> {
     let top = max_tokens
         .max(MIN_BUCKET)
         .checked_next_power_of_two()
@@ -123,7 +129,7 @@ fn gemm_keys(hidden: usize, intermediate: usize, max_tokens: usize) -> Result<Ve
     let shapes = [
         (three_h, hidden),
         (hidden, hidden),
-        (intermediate, hidden),
+        (ffn_in, hidden),
         (hidden, intermediate),
     ];
     let mut keys = BTreeSet::new();
@@ -146,7 +152,12 @@ impl CudaBackend {
     /// buffers are freed before it returns.
     pub fn tune_gemm(&self, cfg: &ModelConfig, max_tokens: usize) -> Result<GemmTuning> {
         let started = Instant::now();
-        let keys = gemm_keys(cfg.hidden_size, cfg.intermediate_size, max_tokens)?;
+        let keys = gemm_keys(
+            cfg.hidden_size,
+            cfg.ffn_in_width(),
+            cfg.intermediate_size,
+            max_tokens,
+        )?;
         let per_key = self.gemm.tune(&keys, CANDIDATES, REPS)?;
         Ok(GemmTuning::summarise(
             per_key,
@@ -162,7 +173,7 @@ mod tests {
 
     #[test]
     fn keys_cover_every_bucket_and_linear_once() {
-        let keys = gemm_keys(1024, 4096, 16384).unwrap();
+        let keys = gemm_keys(1024, 4096, 4096, 16384).unwrap();
         assert_eq!(keys.len(), 36);
         let buckets: BTreeSet<usize> = keys.iter().map(|k| k.0).collect();
         assert_eq!(
@@ -179,7 +190,7 @@ mod tests {
         }
         // The top bucket is the forward's bucket of max_tokens, whatever max_tokens is.
         for max_tokens in [0, 1, 64, 65, 100, 511, 512, 513, 16383] {
-            let keys = gemm_keys(32, 80, max_tokens).unwrap();
+            let keys = gemm_keys(32, 80, 80, max_tokens).unwrap();
             let top = keys.iter().map(|k| k.0).max();
             assert_eq!(top, Some(bucket(max_tokens)), "{max_tokens}");
             assert_eq!(
@@ -188,14 +199,18 @@ mod tests {
             );
         }
         // I = 3h: ffn_in has qkv's shape, one key for both.
-        assert_eq!(gemm_keys(32, 96, 128).unwrap().len(), 2 * 3);
+        assert_eq!(gemm_keys(32, 96, 96, 128).unwrap().len(), 2 * 3);
         // I = h: attn_out, ffn_in and ffn_out share one.
-        assert_eq!(gemm_keys(32, 32, 64).unwrap().len(), 2);
+        assert_eq!(gemm_keys(32, 32, 32, 64).unwrap().len(), 2);
+        // A gated MLP (ModernBERT): ffn_in is 2·I wide, ffn_out reads I.
+        let keys = gemm_keys(32, 96, 48, 64).unwrap();
+        assert!(keys.contains(&(64, 96, 32)) && keys.contains(&(64, 32, 48)));
+        assert!(!keys.contains(&(64, 48, 32)));
     }
 
     #[test]
     fn keys_refuse_a_max_tokens_beyond_any_bucket() {
-        let err = gemm_keys(32, 80, usize::MAX).unwrap_err().to_string();
+        let err = gemm_keys(32, 80, 80, usize::MAX).unwrap_err().to_string();
         assert!(err.contains("beyond any GEMM row bucket"), "{err}");
     }
 
