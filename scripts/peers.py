@@ -59,12 +59,22 @@ def median(xs):
     return stats(xs)["p50"] if xs else None
 
 
-def forward_flops(lens, layers, hidden, inter):
-    """The FLOP count of src/bench/report.rs: matrix products of the full forward."""
-    h, i = float(hidden), float(inter)
+def forward_flops(lens, c):
+    """The FLOP count of src/bench/report.rs (model_forward_flops) for config.json `c`: matrix
+    products of the full forward; ModernBERT's GeGLU and windowed layers by its own formula."""
+    h, i, layers = float(c["hidden_size"]), float(c["intermediate_size"]), c["num_hidden_layers"]
     t = float(sum(lens))
     sq = float(sum(x * x for x in lens))
-    return layers * (2 * t * (4 * h * h + 2 * h * i) + 4 * h * sq) + 2 * len(lens) * (h * h + h)
+    head = 2 * len(lens) * (h * h + h)
+    if c.get("model_type") != "modernbert":
+        return layers * (2 * t * (4 * h * h + 2 * h * i) + 4 * h * sq) + head
+    w = c["local_attention"] // 2
+    every = c.get("global_attn_every_n_layers", 1)
+    kinds = c.get("layer_types") or ["full_attention" if l % every == 0 else "sliding_attention"
+                                     for l in range(layers)]
+    windowed = float(sum(min(n, q + w + 1) - max(0, q - w) for n in lens for q in range(n)))
+    keys = sum(sq if k == "full_attention" else windowed for k in kinds)
+    return layers * 2 * t * (4 * h * h + 3 * h * i) + 4 * h * keys + head
 
 
 class Device:
@@ -109,6 +119,11 @@ def model_facts(model_dir, name):
     layers, pos, types = c["num_hidden_layers"], c["max_position_embeddings"], c.get("type_vocab_size", 2)
     params = (v + pos + types) * h + 2 * h + layers * (4 * (h * h + h) + 2 * h * i + i + h + 4 * h) \
         + h * h + h + h + 1
+    if c.get("model_type") == "modernbert":
+        # No position or type tables, no biases: count the checkpoint's tensors, as crossrank does.
+        with open(os.path.join(model_dir, "model.safetensors"), "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        params = sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
     return {"name": name or c.get("crossrank_shape") or os.path.basename(os.path.normpath(model_dir)),
             "architecture": c["architectures"][0], "layers": layers, "hidden": h,
             "heads": c["num_attention_heads"], "intermediate": i, "vocab": v, "parameters": params}
@@ -199,7 +214,7 @@ class StPeer:
         return (scores, order), (None, None, None, None, t1 - t0)
 
 
-def bench_system(system, model_dir, dev, workloads, iters, warmup, layers, hidden, inter, hf_lens):
+def bench_system(system, model_dir, dev, workloads, iters, warmup, flops_of, hf_lens):
     """Runs one system over every workload and N; returns [(workload, runs, notes)]."""
     notes = []
     if system.startswith("st-"):
@@ -212,8 +227,7 @@ def bench_system(system, model_dir, dev, workloads, iters, warmup, layers, hidde
         peer = HfPeer(model_dir, dev, compiled=(system == "hf-compile"))
     out = []
     for workload in workloads:
-        runs, wnotes = run_workload(system, peer, dev, workload, iters, warmup, layers, hidden,
-                                    inter, hf_lens)
+        runs, wnotes = run_workload(system, peer, dev, workload, iters, warmup, flops_of, hf_lens)
         out.append((workload, runs, notes + wnotes))
     del peer
     if dev.cuda:
@@ -221,7 +235,7 @@ def bench_system(system, model_dir, dev, workloads, iters, warmup, layers, hidde
     return out
 
 
-def run_workload(system, peer, dev, workload, iters, warmup, layers, hidden, inter, hf_lens):
+def run_workload(system, peer, dev, workload, iters, warmup, flops_of, hf_lens):
     notes = []
     runs = []
     for cs in workload["sets"]:
@@ -260,7 +274,7 @@ def run_workload(system, peer, dev, workload, iters, warmup, layers, hidden, int
                 notes.append(f"N={n}: first call (compile included) took {first:.1f} s")
         else:
             fwd_only = list(e2e)
-        flops = [forward_flops(l, layers, hidden, inter) for l in lens]
+        flops = [flops_of(l) for l in lens]
         tokens = [sum(l) for l in lens]
         runs.append({
             "n": n, "calls": k, "iterations": iters,
@@ -308,6 +322,8 @@ def main():
             sys.exit(f"peers.py: {path}: {e}")
     dev = Device(args.device)
     facts = model_facts(args.model, args.name)
+    with open(os.path.join(args.model, "config.json")) as f:
+        config = json.load(f)
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
 
@@ -326,8 +342,8 @@ def main():
     reports = []
     for system in systems:
         for workload, runs, notes in bench_system(
-                system, args.model, dev, workloads, args.iters, args.warmup, facts["layers"],
-                facts["hidden"], facts["intermediate"], hf_lens):
+                system, args.model, dev, workloads, args.iters, args.warmup,
+                lambda lens: forward_flops(lens, config), hf_lens):
             for r in runs:
                 finish(r, gemm["tflops"])
             if not dev.cuda:

@@ -10,6 +10,13 @@
 //!              QKV, out, FFN in/out    QKᵀ and PV       head: dense + one logit
 //! ```
 //!
+//! ModernBERT (GeGLU: Wi gives 2·I, Wo reads I; a sliding layer's query i sees the
+//! `k_i = min(l, i + w + 1) - max(0, i - w)` keys within w = local_attention / 2 of it):
+//!
+//! ```text
+//! FLOPs = L · 2·T·(4·H² + 3·H·I)  +  4·H·(L_full·Σ l_s² + L_sliding·Σ_s Σ_i k_i)  +  2·n·(H² + H)
+//! ```
+//!
 //! These are the model's FLOPs for the full forward (the usual MFU convention): an optimisation
 //! that skips work, such as running the last layer on [CLS] rows only, raises the achieved
 //! figure without doing those FLOPs. Peers that pad count the same unpadded FLOPs: padding is
@@ -35,6 +42,38 @@ pub fn forward_flops(lens: &[usize], layers: usize, hidden: usize, intermediate:
     layers as f64 * (2.0 * t * (4.0 * h * h + 2.0 * h * i) + 4.0 * h * sq) + 2.0 * n * (h * h + h)
 }
 
+/// The FLOPs of one forward of `cfg`'s model over sequences of the given lengths: BERT's formula,
+/// or ModernBERT's (GeGLU, windowed layers) when the config is that family's.
+pub fn model_forward_flops(lens: &[usize], cfg: &crate::config::ModelConfig) -> f64 {
+    let (h, i) = (cfg.hidden_size as f64, cfg.intermediate_size as f64);
+    let Some(m) = &cfg.modernbert else {
+        return forward_flops(lens, cfg.num_layers, cfg.hidden_size, cfg.intermediate_size);
+    };
+    let t: f64 = lens.iter().map(|&l| l as f64).sum();
+    let n = lens.len() as f64;
+    let w = m.half_window();
+    let full: f64 = lens.iter().map(|&l| (l as f64) * (l as f64)).sum();
+    let windowed: f64 = lens
+        .iter()
+        .map(|&l| {
+            (0..l)
+                .map(|q| ((q + w + 1).min(l) - q.saturating_sub(w)) as f64)
+                .sum::<f64>()
+        })
+        .sum();
+    let keys: f64 = m
+        .layer_types
+        .iter()
+        .map(|k| match k {
+            crate::config::LayerType::Full => full,
+            crate::config::LayerType::Sliding => windowed,
+        })
+        .sum();
+    cfg.num_layers as f64 * 2.0 * t * (4.0 * h * h + 3.0 * h * i)
+        + 4.0 * h * keys
+        + 2.0 * n * (h * h + h)
+}
+
 /// The mean FLOPs of one forward over each of `batches`.
 pub fn mean_batch_flops(
     batches: &[crate::batch::PackedBatch],
@@ -44,12 +83,7 @@ pub fn mean_batch_flops(
         .iter()
         .map(|b| {
             let lens: Vec<usize> = (0..b.len()).map(|s| b.range(s).len()).collect();
-            forward_flops(
-                &lens,
-                cfg.num_layers,
-                cfg.hidden_size,
-                cfg.intermediate_size,
-            )
+            model_forward_flops(&lens, cfg)
         })
         .sum();
     total / batches.len().max(1) as f64
@@ -378,6 +412,42 @@ pub(crate) mod tests {
         // plus attention 24 · 4 · 1024 · 512² = 2.58e10.
         let f = forward_flops(&[512], 24, 1024, 4096);
         assert!((3.34e11..3.36e11).contains(&f), "{f}");
+    }
+
+    #[test]
+    fn modernbert_flop_count_matches_the_stated_formula_by_hand() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/models/modernbert-cls/config.json"
+        );
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        v["hidden_size"] = 2.into();
+        v["num_attention_heads"] = 1.into();
+        v["intermediate_size"] = 4.into();
+        v["num_hidden_layers"] = 2.into();
+        v["layer_types"] = serde_json::json!(["full_attention", "sliding_attention"]);
+        v["local_attention"] = 2.into();
+        let cfg = crate::config::ModelConfig::from_json(&v.to_string()).unwrap();
+        // Two layers, H = 2, I = 4, window 1 each side, sequences of 3 and 1 tokens:
+        // linear 2·2·4·(4·4 + 3·2·4) = 640; full keys 9 + 1, sliding keys (2 + 3 + 2) + 1, so
+        // attention 4·2·(10 + 8) = 144; head 2·2·(4 + 2) = 24.
+        assert_eq!(model_forward_flops(&[3, 1], &cfg), 640.0 + 144.0 + 24.0);
+        // A BERT config keeps BERT's formula.
+        let bert = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/models/bert-f32/config.json"
+        );
+        let cfg = crate::config::ModelConfig::from_file(std::path::Path::new(bert)).unwrap();
+        assert_eq!(
+            model_forward_flops(&[5, 2], &cfg),
+            forward_flops(
+                &[5, 2],
+                cfg.num_layers,
+                cfg.hidden_size,
+                cfg.intermediate_size
+            )
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ use super::workload::{Lengths, Workload};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::batch::{BatchShape, PackedBatch};
+use crate::config::Family;
 use crate::config::{Activation, ModelConfig};
 use crate::engine::{self, Device, Options};
 use crate::error::{Error, Result};
@@ -212,6 +213,87 @@ impl<B: Backend + DeviceSync> Backend for Timed<B> {
     ) -> Result<()> {
         self.inner.head(cls, batch, head, out)
     }
+    fn embed_tokens(
+        &self,
+        batch: &Self::Batch,
+        table: &Self::Buf,
+        width: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.inner.embed_tokens(batch, table, width, out)
+    }
+    fn layernorm(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        ln: &LayerNorm<Self::Buf>,
+        eps: f32,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.inner.layernorm(x, rows, ln, eps, out)
+    }
+    fn residual_layernorm(
+        &self,
+        delta: &Self::Buf,
+        rows: usize,
+        ln: &LayerNorm<Self::Buf>,
+        eps: f32,
+        hidden: &mut Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.inner
+            .residual_layernorm(delta, rows, ln, eps, hidden, out)
+    }
+    fn rope(
+        &self,
+        qkv: &mut Self::Buf,
+        batch: &Self::Batch,
+        heads: usize,
+        head_dim: usize,
+        theta: f64,
+    ) -> Result<()> {
+        self.inner.rope(qkv, batch, heads, head_dim, theta)
+    }
+    fn attention_window(
+        &self,
+        qkv: &Self::Buf,
+        batch: &Self::Batch,
+        heads: usize,
+        head_dim: usize,
+        half_window: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.inner
+            .attention_window(qkv, batch, heads, head_dim, half_window, out)
+    }
+    fn geglu(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        inter: usize,
+        act: Activation,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.inner.geglu(x, rows, inter, act, out)
+    }
+    fn mean_pool(
+        &self,
+        src: &Self::Buf,
+        width: usize,
+        batch: &Self::Batch,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.inner.mean_pool(src, width, batch, out)
+    }
+    fn classify(
+        &self,
+        x: &Self::Buf,
+        n: usize,
+        lin: &Linear<Self::Buf>,
+        out: &mut Self::Logits,
+    ) -> Result<()> {
+        self.inner.classify(x, n, lin, out)
+    }
     fn read_logits(&self, logits: &Self::Logits, n: usize) -> Result<Vec<f32>> {
         if !self.on.load(Ordering::SeqCst) {
             return self.inner.read_logits(logits, n);
@@ -296,7 +378,10 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         .max()
         .unwrap_or(1)
         .max(tokenizer.max_length_limit());
-    let host = weights::load(&ckpt, &cfg)?;
+    let host = match cfg.family {
+        Family::ModernBert => Host::ModernBert(crate::models::modernbert::load(&ckpt, &cfg)?),
+        _ => Host::Bert(weights::load(&ckpt, &cfg)?),
+    };
     drop(ckpt);
 
     let ctx = Ctx {
@@ -343,7 +428,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
 }
 
 #[cfg(feature = "cuda")]
-fn cuda(ctx: &Ctx, ordinal: usize, host: Weights<HostTensor>, max_tokens: usize) -> Result<Out> {
+fn cuda(ctx: &Ctx, ordinal: usize, host: Host, max_tokens: usize) -> Result<Out> {
     let backend = crate::backend::cuda::CudaBackend::new(ordinal)?;
     if backend.is_software() {
         return Err(Error::input(format!(
@@ -370,11 +455,17 @@ fn cuda(ctx: &Ctx, ordinal: usize, host: Weights<HostTensor>, max_tokens: usize)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda(_: &Ctx, _: usize, _: Weights<HostTensor>, _: usize) -> Result<Out> {
+fn cuda(_: &Ctx, _: usize, _: Host, _: usize) -> Result<Out> {
     Err(Error::CudaNotCompiled)
 }
 
 type Out = (String, &'static str, Option<Gemm>, Vec<Run>, Vec<String>);
+
+/// The host weights of the model under test, by family: each family has its own forward.
+enum Host {
+    Bert(Weights<HostTensor>),
+    ModernBert(crate::models::modernbert::Weights<HostTensor>),
+}
 
 struct Ctx<'a> {
     args: &'a BenchArgs,
@@ -397,7 +488,7 @@ impl Ctx<'_> {
     fn run_on<B: Backend + DeviceSync>(
         &self,
         backend: B,
-        host: Weights<HostTensor>,
+        host: Host,
         max_tokens: usize,
         dtype: &'static str,
     ) -> Result<Out> {
@@ -413,20 +504,21 @@ impl Ctx<'_> {
         } else {
             None
         };
-        let model = Model::new(Timed::new(backend), self.cfg.clone(), host, max_tokens)?
-            .with_graphs(self.args.cuda.cuda_graphs);
-        let device = model.device_name();
-        let mut runs = Vec::with_capacity(self.workload.sets.len());
-        let mut non_finite = 0;
-        for (set, encoded) in self.workload.sets.iter().zip(self.encoded) {
-            let (run, bad) = self.measure_n(&model, set.n, &set.calls, encoded)?;
-            non_finite += bad;
-            runs.push(run);
-        }
-        if non_finite > 0 {
-            notes.push(format!("{non_finite} logits were not finite"));
-        }
-        notes.extend(model.backend.notes());
+        let graphs = self.args.cuda.cuda_graphs;
+        let (cfg, timed) = (self.cfg.clone(), Timed::new(backend));
+        let (device, runs) = match host {
+            Host::Bert(w) => {
+                let model = Model::new(timed, cfg, w, max_tokens)?.with_graphs(graphs);
+                let runs = self.measure_all(&model, &model.backend, graphs, &mut notes)?;
+                (model.device_name(), runs)
+            }
+            Host::ModernBert(w) => {
+                let model = crate::models::modernbert::Model::new(timed, cfg, w, max_tokens)?
+                    .with_graphs(graphs);
+                let runs = self.measure_all(&model, &model.backend, graphs, &mut notes)?;
+                (model.device_name(), runs)
+            }
+        };
         if dtype == "f32" {
             notes.push(
                 "CPU: the f32 reference backend; MFU is against the measured f32 GEMM rate of this CPU"
@@ -441,9 +533,35 @@ impl Ctx<'_> {
         Ok((device, dtype, gemm, runs, notes))
     }
 
+    /// Every candidate count of the workload on `model`, whose backend is `timed`; the backend's
+    /// notes go to `notes`.
+    fn measure_all<B: Backend + DeviceSync>(
+        &self,
+        model: &dyn Scorer,
+        timed: &Timed<B>,
+        graphs: bool,
+        notes: &mut Vec<String>,
+    ) -> Result<Vec<Run>> {
+        let mut runs = Vec::with_capacity(self.workload.sets.len());
+        let mut non_finite = 0;
+        for (set, encoded) in self.workload.sets.iter().zip(self.encoded) {
+            let (run, bad) = self.measure_n(model, timed, graphs, set.n, &set.calls, encoded)?;
+            non_finite += bad;
+            runs.push(run);
+        }
+        if non_finite > 0 {
+            notes.push(format!("{non_finite} logits were not finite"));
+        }
+        notes.extend(timed.notes());
+        Ok(runs)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn measure_n<B: Backend + DeviceSync>(
         &self,
-        model: &Model<Timed<B>>,
+        model: &dyn Scorer,
+        timed: &Timed<B>,
+        graphs: bool,
         n: usize,
         calls: &[super::workload::Call],
         encoded: &[Vec<EncodedPair>],
@@ -453,13 +571,13 @@ impl Ctx<'_> {
             raw_scores: true,
             ..Options::default()
         };
-        let sync = || model.backend.inner.sync();
+        let sync = || timed.inner.sync();
         let k = calls.len();
         let mut non_finite = 0;
 
         // 1. End to end. With graphs, every call's shape is seen twice before the clock runs
         // (eager the first time, recorded the second), so no recording lands in the figures.
-        let warmup = if model.graphs() {
+        let warmup = if graphs {
             a.warmup.max(2 * k)
         } else {
             a.warmup
@@ -495,18 +613,18 @@ impl Ctx<'_> {
 
         // 3. The split, with syncs.
         let (mut up, mut fw, mut down) = (Vec::new(), Vec::new(), Vec::new());
-        model.backend.set(true);
+        timed.set(true);
         let split = (|| -> Result<()> {
             for i in 0..a.iterations {
                 model.score(&batches[i % k])?;
-                let m = model.backend.marks()?;
+                let m = timed.marks()?;
                 up.push(ms(m.upload));
                 fw.push(ms(m.forward));
                 down.push(ms(m.download));
             }
             Ok(())
         })();
-        model.backend.set(false);
+        timed.set(false);
         split?;
 
         let lens: Vec<Vec<usize>> = encoded
@@ -524,9 +642,7 @@ impl Ctx<'_> {
             tokens_per_call: d(&lens, &|l| l.iter().sum::<usize>() as f64),
             max_seqlen: lens.iter().flatten().copied().max().unwrap_or(0),
             truncated_pairs: encoded.iter().flatten().filter(|p| p.truncated).count(),
-            flops_per_call: d(&lens, &|l| {
-                report::forward_flops(l, c.num_layers, c.hidden_size, c.intermediate_size)
-            }),
+            flops_per_call: d(&lens, &|l| report::model_forward_flops(l, c)),
             e2e_ms: Stats::of(&e2e),
             forward_ms: Stats::of(&fwd),
             pairs_per_s: 0.0,
@@ -746,5 +862,76 @@ mod tests {
         bad.candidates = vec![];
         assert!(run(&bad).unwrap_err().to_string().contains("--candidates"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A ModernBERT directory runs through the family's own forward: every figure reported, the
+    /// FLOPs by ModernBERT's formula, and the bench's pipeline gives rerank's scores.
+    #[test]
+    fn bench_runs_a_modernbert_model_through_its_own_forward() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/models/modernbert-cls");
+        let export =
+            std::env::temp_dir().join(format!("crossrank-mb-wl-{}.json", std::process::id()));
+        let args = BenchArgs {
+            model_dir: dir.clone(),
+            model_name: model_name(&dir),
+            device: Device::Cpu,
+            candidates: vec![4],
+            lengths: Lengths::Marco,
+            calls: 2,
+            iterations: 2,
+            warmup: 1,
+            seed: 5,
+            max_length: None,
+            gemm: false,
+            cuda: Default::default(),
+            export_workload: Some(export.clone()),
+        };
+        let r = run(&args).unwrap();
+        assert_eq!(r.model.architecture, "ModernBertForSequenceClassification");
+        let x = &r.runs[0];
+        assert!(x.tflops > 0.0 && x.pairs_per_s > 0.0 && x.split.upload_ms.is_some());
+        let w: Workload = serde_json::from_str(&std::fs::read_to_string(&export).unwrap()).unwrap();
+        let (cfg, tokenizer, _, _) = engine::inspect(&dir).unwrap();
+        let max = tokenizer.default_max_length();
+        let lens: Vec<Vec<usize>> = w.sets[0]
+            .calls
+            .iter()
+            .map(|c| {
+                let pairs = tokenizer.encode_group(&c.query, &c.passages, max).unwrap();
+                pairs.iter().map(|p| p.ids.len()).collect()
+            })
+            .collect();
+        let want: f64 = lens
+            .iter()
+            .map(|l| report::model_forward_flops(l, &cfg))
+            .sum::<f64>()
+            / lens.len() as f64;
+        assert_eq!(x.flops_per_call, want);
+        assert_ne!(
+            want,
+            lens.iter()
+                .map(|l| report::forward_flops(
+                    l,
+                    cfg.num_layers,
+                    cfg.hidden_size,
+                    cfg.intermediate_size
+                ))
+                .sum::<f64>()
+                / lens.len() as f64
+        );
+        let reranker = Reranker::load(&dir, Device::Cpu, &LoadOptions::default()).unwrap();
+        let call = &w.sets[0].calls[0];
+        let expected = reranker
+            .rerank(&call.query, &call.passages, &Options::default())
+            .unwrap();
+        let (_, _, _, ckpt) = engine::inspect(&dir).unwrap();
+        let host = crate::models::modernbert::load(&ckpt, &cfg).unwrap();
+        let model =
+            crate::models::modernbert::Model::new(Timed::new(CpuBackend), cfg.clone(), host, 4096)
+                .unwrap();
+        let (ranked, _) =
+            e2e_call(&model, &tokenizer, &cfg, max, call, &Options::default()).unwrap();
+        assert_eq!(ranked, expected);
+        let _ = std::fs::remove_file(&export);
     }
 }

@@ -9,6 +9,14 @@
 //! | bge-large | XLM-R | 24 × 1024 | 16 | 4096 | 250002 | 8194 | synthetic Unigram, 250002 pieces |
 //! | tiny-bert | BERT | 2 × 64 | 2 | 128 | the tokenizer's | 512 | the given BERT tokenizer |
 //! | tiny-xlmr | XLM-R | 2 × 64 | 2 | 128 | 250002 | 514 | synthetic Unigram, 250002 pieces |
+//! | gte-modernbert-base | ModernBERT | 22 × 768 | 12 | 1152 (GeGLU) | 50368 | 8192 | the real BERT WordPiece of all-MiniLM-L6-v2 |
+//!
+//! gte-modernbert-base is Alibaba-NLP/gte-reranker-modernbert-base's config as published
+//! (ModernBERT-base: window 128, a full layer every third, RoPE theta 160000 full / 10000
+//! sliding, mean pooling, no biases). Its tokenizer is not the model's BPE (none ships in a
+//! package we can install): all-MiniLM-L6-v2's WordPiece, framed `[CLS] A [SEP] B [SEP]` as
+//! ModernBERT's post-processor frames pairs, ids inside the 50368-row table; token counts per
+//! word are WordPiece's, of the same kind as the BPE's, not the same numbers.
 //!
 //! bge-large has bge-reranker-v2-m3's 8194 positions, so its pairs are never truncated;
 //! bge-base has bge-reranker-base's 514 (512 usable).
@@ -53,12 +61,15 @@ pub enum Shape {
     BgeLarge,
     TinyBert,
     TinyXlmr,
+    GteModernBertBase,
 }
 
 /// The dimensions of a shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dims {
     pub xlmr: bool,
+    /// A ModernBERT shape (pre-norm, RoPE, GeGLU; see the module table).
+    pub modernbert: bool,
     pub layers: usize,
     pub hidden: usize,
     pub heads: usize,
@@ -71,12 +82,13 @@ pub struct Dims {
 pub const XLMR_VOCAB: usize = 250_002;
 
 impl Shape {
-    pub const ALL: [Shape; 5] = [
+    pub const ALL: [Shape; 6] = [
         Shape::MiniLmL6,
         Shape::BgeBase,
         Shape::BgeLarge,
         Shape::TinyBert,
         Shape::TinyXlmr,
+        Shape::GteModernBertBase,
     ];
 
     pub fn name(self) -> &'static str {
@@ -86,6 +98,7 @@ impl Shape {
             Shape::BgeLarge => "bge-large",
             Shape::TinyBert => "tiny-bert",
             Shape::TinyXlmr => "tiny-xlmr",
+            Shape::GteModernBertBase => "gte-modernbert-base",
         }
     }
 
@@ -96,9 +109,11 @@ impl Shape {
             Shape::BgeLarge => (true, 24, 1024, 16, 4096, Some(XLMR_VOCAB), 8194),
             Shape::TinyBert => (false, 2, 64, 2, 128, None, 512),
             Shape::TinyXlmr => (true, 2, 64, 2, 128, Some(XLMR_VOCAB), 514),
+            Shape::GteModernBertBase => (false, 22, 768, 12, 1152, Some(50368), 8192),
         };
         Dims {
             xlmr,
+            modernbert: self == Shape::GteModernBertBase,
             layers,
             hidden,
             heads,
@@ -187,7 +202,14 @@ pub fn write_shape(
         )));
     }
     write(&out.join("tokenizer.json"), tokenizer_json.as_bytes())?;
-    let tokenizer_config = if d.xlmr {
+    let tokenizer_config = if d.modernbert {
+        json!({
+            "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": d.positions,
+            "model_input_names": ["input_ids", "attention_mask"], "cls_token": "[CLS]",
+            "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]",
+            "mask_token": "[MASK]"
+        })
+    } else if d.xlmr {
         json!({
             "add_prefix_space": true, "backend": "tokenizers", "bos_token": "<s>",
             "cls_token": "<s>", "eos_token": "</s>", "mask_token": "<mask>",
@@ -208,7 +230,7 @@ pub fn write_shape(
     )?;
     write(
         &out.join("config.json"),
-        pretty(&config_json(shape, vocab))?.as_bytes(),
+        pretty(&config_json(shape.name(), &d, vocab))?.as_bytes(),
     )?;
     write_weights(&out.join("model.safetensors"), &d, vocab, seed)
 }
@@ -234,15 +256,29 @@ fn resolve_bert_tokenizer(given: Option<&Path>) -> Result<PathBuf> {
 }
 
 /// config.json as transformers writes it for the shape.
-fn config_json(shape: Shape, vocab: usize) -> serde_json::Value {
-    let d = shape.dims();
+fn config_json(name: &str, d: &Dims, vocab: usize) -> serde_json::Value {
+    if d.modernbert {
+        return json!({
+            "architectures": ["ModernBertForSequenceClassification"], "model_type": "modernbert",
+            "hidden_size": d.hidden, "num_hidden_layers": d.layers,
+            "num_attention_heads": d.heads, "intermediate_size": d.intermediate,
+            "vocab_size": vocab, "max_position_embeddings": d.positions,
+            "hidden_activation": "gelu", "classifier_activation": "gelu",
+            "classifier_pooling": "mean", "classifier_bias": false, "attention_bias": false,
+            "mlp_bias": false, "norm_bias": false, "norm_eps": 1e-5, "local_attention": 128,
+            "global_attn_every_n_layers": 3, "global_rope_theta": 160000.0,
+            "local_rope_theta": 10000.0, "pad_token_id": 0, "cls_token_id": 101,
+            "sep_token_id": 102, "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0},
+            "initializer_range": 0.02, "dtype": "float16", "crossrank_shape": name
+        });
+    }
     let common = json!({
         "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
         "hidden_size": d.hidden, "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0},
         "initializer_range": 0.02, "intermediate_size": d.intermediate,
         "max_position_embeddings": d.positions, "num_attention_heads": d.heads,
         "num_hidden_layers": d.layers, "position_embedding_type": "absolute",
-        "vocab_size": vocab, "dtype": "float16", "crossrank_shape": shape.name()
+        "vocab_size": vocab, "dtype": "float16", "crossrank_shape": name
     });
     let mut v = common;
     let extra = if d.xlmr {
@@ -270,8 +306,39 @@ enum Init {
     One,
 }
 
+/// Every tensor of a ModernBERT checkpoint (hub names, no biases but the classifier's).
+fn modernbert_tensor_list(d: &Dims, vocab: usize) -> Vec<(String, Vec<usize>, Init)> {
+    let (h, i) = (d.hidden, d.intermediate);
+    let w = |name: String, shape: Vec<usize>| (format!("{name}.weight"), shape, Init::Small);
+    let norm = |name: String| (format!("{name}.weight"), vec![h], Init::One);
+    let mut t = vec![
+        w("model.embeddings.tok_embeddings".into(), vec![vocab, h]),
+        norm("model.embeddings.norm".into()),
+    ];
+    for l in 0..d.layers {
+        let p = format!("model.layers.{l}");
+        if l > 0 {
+            t.push(norm(format!("{p}.attn_norm")));
+        }
+        t.push(w(format!("{p}.attn.Wqkv"), vec![3 * h, h]));
+        t.push(w(format!("{p}.attn.Wo"), vec![h, h]));
+        t.push(norm(format!("{p}.mlp_norm")));
+        t.push(w(format!("{p}.mlp.Wi"), vec![2 * i, h]));
+        t.push(w(format!("{p}.mlp.Wo"), vec![h, i]));
+    }
+    t.push(norm("model.final_norm".into()));
+    t.push(w("head.dense".into(), vec![h, h]));
+    t.push(norm("head.norm".into()));
+    t.push(w("classifier".into(), vec![1, h]));
+    t.push(("classifier.bias".into(), vec![1], Init::Small));
+    t
+}
+
 /// Every tensor of the checkpoint: name, shape, init.
 fn tensor_list(d: &Dims, vocab: usize) -> Vec<(String, Vec<usize>, Init)> {
+    if d.modernbert {
+        return modernbert_tensor_list(d, vocab);
+    }
     let h = d.hidden;
     let i = d.intermediate;
     let p = if d.xlmr { "roberta." } else { "bert." };
@@ -582,15 +649,20 @@ mod tests {
 
     #[test]
     fn checkpoint_matches_the_config_parameter_count() {
-        for shape in [Shape::MiniLmL6, Shape::BgeBase, Shape::BgeLarge] {
+        for shape in [
+            Shape::MiniLmL6,
+            Shape::BgeBase,
+            Shape::BgeLarge,
+            Shape::GteModernBertBase,
+        ] {
             let d = shape.dims();
             let vocab = d.vocab.unwrap();
             let n: usize = tensor_list(&d, vocab)
                 .iter()
                 .map(|(_, s, _)| s.iter().product::<usize>())
                 .sum();
-            let cfg = crate::config::ModelConfig::from_json(&config_json(shape, vocab).to_string())
-                .unwrap();
+            let json = config_json(shape.name(), &d, vocab).to_string();
+            let cfg = crate::config::ModelConfig::from_json(&json).unwrap();
             assert_eq!(n, cfg.parameter_count(), "{}", shape.name());
         }
         // bge-large is the 560M-parameter bge-reranker-v2-m3 shape.
@@ -600,5 +672,46 @@ mod tests {
             .map(|(_, s, _)| s.iter().product::<usize>())
             .sum();
         assert!((560_000_000..570_000_000).contains(&n), "{n}");
+    }
+
+    /// The ModernBERT tensor list is what the family's loader reads, at a tiny size: every
+    /// tensor found under its hub name and shape, and the model scores on the CPU.
+    #[test]
+    fn a_modernbert_checkpoint_loads_and_scores() {
+        let dir = std::env::temp_dir().join(format!("crossrank-mb-shape-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = Dims {
+            modernbert: true,
+            layers: 3,
+            hidden: 32,
+            heads: 2,
+            intermediate: 24,
+            vocab: Some(64),
+            positions: 64,
+            ..Shape::GteModernBertBase.dims()
+        };
+        let json = config_json("tiny-modernbert", &d, 64);
+        let cfg = crate::config::ModelConfig::from_json(&json.to_string()).unwrap();
+        write_weights(&dir.join("model.safetensors"), &d, 64, 3).unwrap();
+        let ckpt = crate::weights::Checkpoint::open(&dir).unwrap();
+        let host = crate::models::modernbert::load(&ckpt, &cfg).unwrap();
+        assert_eq!(host.layers.len(), 3);
+        assert!(host.layers[0].attn_norm.is_none() && host.layers[1].attn_norm.is_some());
+        let model = crate::models::modernbert::Model::new(
+            crate::backend::cpu::CpuBackend,
+            cfg.clone(),
+            host,
+            64,
+        )
+        .unwrap();
+        let pair = crate::tokenize::EncodedPair {
+            ids: vec![1, 5, 9, 2, 7, 7, 2],
+            type_ids: vec![0; 7],
+            truncated: false,
+        };
+        let batch = crate::batch::PackedBatch::pack(&[pair], &cfg);
+        let logits = crate::model::Scorer::score(&model, &batch).unwrap();
+        assert!(logits.len() == 1 && logits[0].is_finite(), "{logits:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
