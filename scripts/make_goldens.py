@@ -818,6 +818,10 @@ def main() -> None:
     from make_modernbert_goldens import make_modernbert
 
     make_modernbert()
+    # So do the LLM rerankers' (scripts/make_qwen_goldens.py).
+    from make_qwen_goldens import make_qwen
+
+    make_qwen()
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ impl PackedBatch {
         self.input_ids.extend_from_slice(ids);
         self.token_type_ids.extend_from_slice(type_ids);
         match cfg.family {
-            Family::Bert | Family::ModernBert => self.position_ids.extend(0..ids.len() as u32),
+            Family::Bert | Family::ModernBert | Family::Qwen => {
+                self.position_ids.extend(0..ids.len() as u32)
+            }
             Family::Roberta => {
                 // transformers' create_position_ids_from_input_ids: a running count of
                 // non-padding tokens, offset by padding_idx; padding tokens sit at padding_idx.

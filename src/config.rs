@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 
 pub const SUPPORTED_ARCHITECTURES: &str = "BertForSequenceClassification, \
 RobertaForSequenceClassification, XLMRobertaForSequenceClassification, \
-ModernBertForSequenceClassification";
+ModernBertForSequenceClassification, Qwen3ForCausalLM and Qwen2ForCausalLM (LLM rerankers)";
 
 /// The model families crossrank runs. They differ in position ids, token type ids, tensor
 /// prefixes and the classification head.
@@ -26,6 +26,10 @@ pub enum Family {
     /// layers, GeGLU, head = pooling (cls or mean) + dense + act + LayerNorm + classifier.
     /// Its own settings are in [`ModelConfig::modernbert`].
     ModernBert,
+    /// Decoder LLM rerankers (Qwen3-Reranker, mxbai-rerank-v2 on Qwen2): RMSNorm pre-norm
+    /// blocks, RoPE, grouped-query causal attention, SwiGLU, scored from the yes / no logits of
+    /// the last position. Its own settings are in [`ModelConfig::qwen`].
+    Qwen,
 }
 
 /// The hidden activation of the feed-forward block.
@@ -33,6 +37,159 @@ pub enum Family {
 pub enum Activation {
     /// `gelu` in transformers: the exact erf form.
     GeluErf,
+    /// `silu` (x · sigmoid(x)): the gate of Qwen's SwiGLU.
+    Silu,
+}
+
+/// What a Qwen2 / Qwen3 causal-LM config says beyond the shared fields, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QwenConfig {
+    /// Qwen3 (per-head RMSNorm on Q and K, no QKV bias by default) or Qwen2 (QKV bias).
+    pub qwen3: bool,
+    pub num_kv_heads: usize,
+    pub rope_theta: f64,
+    pub rms_norm_eps: f32,
+    /// Bias on the Q, K and V projections (Qwen2 always; Qwen3 when `attention_bias`).
+    pub qkv_bias: bool,
+    /// The LM head is the embedding table (`tie_word_embeddings`).
+    pub tied_embeddings: bool,
+}
+
+impl QwenConfig {
+    /// The whole validated config of a Qwen2 / Qwen3 causal LM.
+    fn config(architecture: String, v: &serde_json::Value) -> Result<ModelConfig, String> {
+        use serde_json::Value;
+        let qwen3 = architecture == "Qwen3ForCausalLM";
+        let uint = |name: &str| -> Result<Option<usize>, String> {
+            match v.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(x) => match x.as_u64() {
+                    Some(0) => Err(format!("field `{name}` must be positive, got 0")),
+                    Some(n) => Ok(Some(n as usize)),
+                    None => Err(format!("field `{name}` = {x} is not a positive integer")),
+                },
+            }
+        };
+        let need = |name: &str| uint(name)?.ok_or_else(|| format!("field `{name}` is missing"));
+        let flag = |name: &str, default: bool| -> Result<bool, String> {
+            match v.get(name) {
+                None | Some(Value::Null) => Ok(default),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(x) => Err(format!("field `{name}` = {x} is not a boolean")),
+            }
+        };
+        let hidden_size = need("hidden_size")?;
+        let num_heads = need("num_attention_heads")?;
+        let num_kv_heads = uint("num_key_value_heads")?.unwrap_or(num_heads);
+        if num_heads % num_kv_heads != 0 {
+            return Err(format!(
+                "field `num_attention_heads` ({num_heads}) is not a multiple of `num_key_value_heads` ({num_kv_heads})"
+            ));
+        }
+        // Qwen3 states head_dim (128 on the 0.6B model, whose hidden / heads is 64).
+        let head_dim = uint("head_dim")?.unwrap_or(hidden_size / num_heads);
+        if !head_dim.is_multiple_of(2) {
+            return Err(format!(
+                "field `head_dim` = {head_dim} is not even (RoPE pairs)"
+            ));
+        }
+        match v
+            .get("hidden_act")
+            .and_then(Value::as_str)
+            .unwrap_or("silu")
+        {
+            "silu" => {}
+            other => {
+                return Err(format!(
+                    "field `hidden_act` = \"{other}\" is not supported (supported: silu)"
+                ))
+            }
+        }
+        // transformers 5: rope_parameters; older configs: rope_theta and rope_scaling.
+        let mut rope_theta = v
+            .get("rope_theta")
+            .and_then(Value::as_f64)
+            .unwrap_or(10_000.0);
+        if let Some(x) = v.get("rope_scaling").filter(|x| !x.is_null()) {
+            return Err(format!(
+                "field `rope_scaling` = {x} is not supported (only default RoPE)"
+            ));
+        }
+        if let Some(p) = v.get("rope_parameters").filter(|x| !x.is_null()) {
+            let kind = p
+                .get("rope_type")
+                .and_then(Value::as_str)
+                .unwrap_or("default");
+            if kind != "default" {
+                return Err(format!(
+                    "field `rope_parameters.rope_type` = \"{kind}\" is not supported (supported: default)"
+                ));
+            }
+            match p.get("rope_theta").and_then(Value::as_f64) {
+                Some(t) if t > 0.0 => rope_theta = t,
+                _ => {
+                    return Err(
+                        "field `rope_parameters.rope_theta` is missing or not positive".into(),
+                    )
+                }
+            }
+        }
+        if !(rope_theta.is_finite() && rope_theta > 0.0) {
+            return Err(format!("field `rope_theta` = {rope_theta} is not positive"));
+        }
+        if flag("use_sliding_window", false)? {
+            return Err(
+                "field `use_sliding_window` = true is not supported (full causal attention only)"
+                    .into(),
+            );
+        }
+        if let Some(Value::Array(types)) = v.get("layer_types") {
+            if let Some(t) = types.iter().find(|t| t.as_str() != Some("full_attention")) {
+                return Err(format!(
+                    "field `layer_types` has layer type {t}, which is not supported (supported: full_attention)"
+                ));
+            }
+        }
+        let rms_norm_eps = v
+            .get("rms_norm_eps")
+            .and_then(Value::as_f64)
+            .unwrap_or(1e-6);
+        if !(rms_norm_eps > 0.0 && rms_norm_eps < 1.0) {
+            return Err(format!(
+                "field `rms_norm_eps` = {rms_norm_eps} is out of range"
+            ));
+        }
+        let qwen = QwenConfig {
+            qwen3,
+            num_kv_heads,
+            rope_theta,
+            rms_norm_eps: rms_norm_eps as f32,
+            qkv_bias: if qwen3 {
+                flag("attention_bias", false)?
+            } else {
+                true
+            },
+            tied_embeddings: flag("tie_word_embeddings", false)?,
+        };
+        Ok(ModelConfig {
+            architecture,
+            family: Family::Qwen,
+            vocab_size: need("vocab_size")?,
+            hidden_size,
+            num_layers: need("num_hidden_layers")?,
+            num_heads,
+            head_dim,
+            intermediate_size: need("intermediate_size")?,
+            activation: Activation::Silu,
+            max_position_embeddings: need("max_position_embeddings")?,
+            type_vocab_size: 1,
+            layer_norm_eps: qwen.rms_norm_eps,
+            pad_token_id: 0,
+            num_labels: 1,
+            modernbert: None,
+            qwen: Some(qwen),
+        })
+    }
 }
 
 /// What `config.json` says, as transformers reads it. Unknown fields are ignored.
@@ -79,6 +236,8 @@ pub struct ModelConfig {
     pub num_labels: usize,
     /// The ModernBERT family's own settings; `Some` exactly when `family` is ModernBert.
     pub modernbert: Option<ModernBertConfig>,
+    /// The Qwen family's own settings; `Some` exactly when `family` is Qwen.
+    pub qwen: Option<QwenConfig>,
 }
 
 /// Which attention a ModernBERT layer runs.
@@ -306,9 +465,9 @@ impl ModelConfig {
     /// Columns of the FFN's first linear: 2 · intermediate for a gated MLP (ModernBERT's
     /// GeGLU: input | gate), else intermediate.
     pub fn ffn_in_width(&self) -> usize {
-        match self.modernbert {
-            Some(_) => 2 * self.intermediate_size,
-            None => self.intermediate_size,
+        match self.family {
+            Family::ModernBert | Family::Qwen => 2 * self.intermediate_size,
+            Family::Bert | Family::Roberta => self.intermediate_size,
         }
     }
 
@@ -342,6 +501,11 @@ impl ModelConfig {
                 Family::Roberta
             }
             "ModernBertForSequenceClassification" => Family::ModernBert,
+            "Qwen3ForCausalLM" | "Qwen2ForCausalLM" => {
+                let v: serde_json::Value =
+                    serde_json::from_str(text).map_err(|e| format!("not a valid config: {e}"))?;
+                return QwenConfig::config(architecture, &v);
+            }
             other => {
                 return Err(format!(
                     "architecture `{other}` is not supported (supported: {SUPPORTED_ARCHITECTURES})"
@@ -404,6 +568,7 @@ impl ModelConfig {
             (_, Some(p)) if p >= 0 => p as u32,
             (Family::Bert, _) => 0,
             (Family::ModernBert, _) => 50283,
+            (Family::Qwen, _) => 0,
             (Family::Roberta, _) => {
                 return Err(
                     "field `pad_token_id` is missing or negative; RoBERTa positions need it".into(),
@@ -454,6 +619,7 @@ impl ModelConfig {
             pad_token_id,
             num_labels,
             modernbert,
+            qwen: None,
         };
         if cfg.max_positions() == 0 {
             return Err(format!(
@@ -468,7 +634,7 @@ impl ModelConfig {
     /// padding_idx + 1, so that many rows are unusable.
     pub fn max_positions(&self) -> usize {
         match self.family {
-            Family::Bert | Family::ModernBert => self.max_position_embeddings,
+            Family::Bert | Family::ModernBert | Family::Qwen => self.max_position_embeddings,
             Family::Roberta => self
                 .max_position_embeddings
                 .saturating_sub(self.pad_token_id as usize + 1),
@@ -485,6 +651,18 @@ impl ModelConfig {
     pub fn parameter_count(&self) -> usize {
         let h = self.hidden_size;
         let i = self.intermediate_size;
+        if let Some(q) = &self.qwen {
+            let (d, heads, kv) = (self.head_dim, self.num_heads, q.num_kv_heads);
+            let qkv = h * (heads + 2 * kv) * d + if q.qkv_bias { (heads + 2 * kv) * d } else { 0 };
+            let qk_norm = if q.qwen3 { 2 * d } else { 0 };
+            let layer = qkv + heads * d * h + qk_norm + 3 * h * i + 2 * h;
+            let lm_head = if q.tied_embeddings {
+                0
+            } else {
+                self.vocab_size * h
+            };
+            return self.vocab_size * h + self.num_layers * layer + h + lm_head;
+        }
         if let Some(m) = &self.modernbert {
             let norm = if m.norm_bias { 2 * h } else { h };
             let bias = |on: bool, n: usize| if on { n } else { 0 };

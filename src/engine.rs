@@ -9,6 +9,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::batch::PackedBatch;
 use crate::config::{Family, LayerType, ModelConfig};
 use crate::error::{Error, Result};
+use crate::llm_template::LlmEncoder;
 use crate::model::{Model, Scorer};
 use crate::tokenize::{EncodedPair, PairTokenizer, TruncationSide};
 use crate::weights::{self, Checkpoint, DiskDtype};
@@ -52,6 +53,9 @@ pub struct LoadOptions {
     /// The most tokens one forward pass takes; bigger calls are split. Sizes the arena.
     pub max_batch_tokens: usize,
     pub cuda: CudaOptions,
+    /// A causal-LM reranker's prompt template by name (`llm_template::TEMPLATES`); None: the
+    /// architecture's own.
+    pub template: Option<String>,
 }
 
 impl Default for LoadOptions {
@@ -59,6 +63,7 @@ impl Default for LoadOptions {
         LoadOptions {
             max_batch_tokens: 16384,
             cuda: CudaOptions::default(),
+            template: None,
         }
     }
 }
@@ -102,6 +107,9 @@ pub struct Options {
     pub top_k: Option<usize>,
     /// Which end of a too-long pair is cut (default: right, as transformers).
     pub truncation_side: TruncationSide,
+    /// A causal-LM reranker's instruction in place of its template's default (encoder models
+    /// have none and ignore it).
+    pub instruction: Option<String>,
 }
 
 /// One passage's result.
@@ -173,6 +181,7 @@ pub fn inspect(dir: &Path) -> Result<(ModelConfig, PairTokenizer, ModelInfo, Che
             Family::Bert => "bert",
             Family::Roberta => "roberta",
             Family::ModernBert => "modernbert",
+            Family::Qwen => "qwen",
         },
         window: cfg.modernbert.as_ref().map(|m| m.local_attention),
         layer_types: cfg.modernbert.as_ref().map(|m| {
@@ -184,10 +193,12 @@ pub fn inspect(dir: &Path) -> Result<(ModelConfig, PairTokenizer, ModelInfo, Che
                 })
                 .collect()
         }),
-        pooling: cfg
-            .modernbert
-            .as_ref()
-            .map_or("cls", |m| m.classifier_pooling.as_str()),
+        pooling: match (&cfg.modernbert, cfg.family) {
+            (Some(m), _) => m.classifier_pooling.as_str(),
+            // A causal LM scores from its last position's yes / no logits.
+            (None, Family::Qwen) => "last",
+            (None, _) => "cls",
+        },
     };
     Ok((cfg, tokenizer, info, ckpt))
 }
@@ -195,6 +206,8 @@ pub fn inspect(dir: &Path) -> Result<(ModelConfig, PairTokenizer, ModelInfo, Che
 pub struct Reranker {
     cfg: ModelConfig,
     tokenizer: PairTokenizer,
+    /// A causal-LM reranker's prompt template, bound to its tokenizer.
+    llm: Option<LlmEncoder>,
     scorer: Box<dyn Scorer>,
     info: ModelInfo,
     dtype: DiskDtype,
@@ -228,6 +241,43 @@ impl Reranker {
             return Ok(Reranker {
                 cfg,
                 tokenizer,
+                llm: None,
+                scorer,
+                info,
+                dtype,
+            });
+        }
+        if cfg.family == Family::Qwen {
+            let template = match &opts.template {
+                Some(name) => crate::llm_template::by_name(name)?,
+                None => crate::llm_template::default_for(&cfg.architecture).ok_or_else(|| {
+                    Error::input(format!(
+                        "no reranking template for {} (pass --template; known: {})",
+                        cfg.architecture,
+                        template_names()
+                    ))
+                })?,
+            };
+            let llm = LlmEncoder::new(template, tokenizer.inner())?;
+            let host = crate::models::qwen::load(&ckpt, &cfg, llm.yes_id, llm.no_id)?;
+            let scorer: Box<dyn Scorer> = match device {
+                Device::Cpu => Box::new(crate::models::qwen::Model::new(
+                    CpuBackend,
+                    cfg.clone(),
+                    host,
+                    max_tokens,
+                )?),
+                Device::Cuda(_) => {
+                    return Err(Error::input(
+                        "cuda: the Qwen LLM rerankers run on the CPU only in this version",
+                    ))
+                }
+            };
+            let dtype = ckpt.dtype();
+            return Ok(Reranker {
+                cfg,
+                tokenizer,
+                llm: Some(llm),
                 scorer,
                 info,
                 dtype,
@@ -243,6 +293,7 @@ impl Reranker {
         Ok(Reranker {
             cfg,
             tokenizer,
+            llm: None,
             scorer,
             info,
             dtype,
@@ -291,9 +342,38 @@ impl Reranker {
         max_length: Option<usize>,
         side: TruncationSide,
     ) -> Result<Vec<EncodedPair>> {
+        self.encode_for(query, passages, max_length, side, None)
+    }
+
+    /// `encode_with`, with a causal-LM reranker's instruction in place of its template's
+    /// default. Through a template the middle text is cut from its end whatever `side` says,
+    /// as the reference code does.
+    pub fn encode_for<S: AsRef<str> + Sync>(
+        &self,
+        query: &str,
+        passages: &[S],
+        max_length: Option<usize>,
+        side: TruncationSide,
+        instruction: Option<&str>,
+    ) -> Result<Vec<EncodedPair>> {
         let max_length = self.tokenizer.resolve_max_length(max_length)?;
-        self.tokenizer
-            .encode_group_with(query, passages, max_length, side)
+        match &self.llm {
+            Some(llm) => llm.encode_group(
+                self.tokenizer.inner(),
+                instruction,
+                query,
+                passages,
+                max_length,
+            ),
+            None => self
+                .tokenizer
+                .encode_group_with(query, passages, max_length, side),
+        }
+    }
+
+    /// A causal-LM reranker's template and its token ids (None for encoder models).
+    pub fn llm_template(&self) -> Option<&LlmEncoder> {
+        self.llm.as_ref()
     }
 
     /// Raw logits for encoded pairs, in order, packed into as few forwards as the arena allows.
@@ -328,7 +408,13 @@ impl Reranker {
         passages: &[S],
         opts: &Options,
     ) -> Result<Vec<Ranked>> {
-        let pairs = self.encode_with(query, passages, opts.max_length, opts.truncation_side)?;
+        let pairs = self.encode_for(
+            query,
+            passages,
+            opts.max_length,
+            opts.truncation_side,
+            opts.instruction.as_deref(),
+        )?;
         let refs: Vec<&EncodedPair> = pairs.iter().collect();
         let logits = self.score_pairs(&refs)?;
         Ok(rank(&pairs, &logits, opts))
@@ -342,7 +428,15 @@ impl Reranker {
     ) -> Result<Vec<Vec<Ranked>>> {
         let encoded = groups
             .iter()
-            .map(|g| self.encode_with(&g.query, &g.passages, opts.max_length, opts.truncation_side))
+            .map(|g| {
+                self.encode_for(
+                    &g.query,
+                    &g.passages,
+                    opts.max_length,
+                    opts.truncation_side,
+                    opts.instruction.as_deref(),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let refs: Vec<&EncodedPair> = encoded.iter().flatten().collect();
         let logits = self.score_pairs(&refs)?;
@@ -456,6 +550,15 @@ fn modernbert_cuda(
         crate::models::modernbert::Model::new(backend, cfg.clone(), host, max_tokens)?
             .with_graphs(opts.cuda_graphs),
     ))
+}
+
+/// The names of the causal-LM reranking templates, comma-separated.
+pub fn template_names() -> String {
+    let names: Vec<&str> = crate::llm_template::TEMPLATES
+        .iter()
+        .map(|t| t.name)
+        .collect();
+    names.join(", ")
 }
 
 /// The backends compiled into this build.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod docs;
 pub mod engine;
 pub mod error;
+pub mod llm_template;
 pub mod model;
 pub mod models;
 pub mod serve;

@@ -48,6 +48,12 @@ enum Command {
         max_batch_tokens: usize,
         #[command(flatten)]
         cuda: CudaOptions,
+        /// A causal-LM reranker's prompt template (see `info`); default: the architecture's.
+        #[arg(long)]
+        template: Option<String>,
+        /// A causal-LM reranker's instruction in place of the template's default.
+        #[arg(long)]
+        instruction: Option<String>,
     },
     /// Serve reranking over HTTP (TEI /rerank, Cohere/Jina /v1 and /v2/rerank, /rerank/batch),
     /// or as JSON lines on stdin/stdout with --stdio.
@@ -108,6 +114,8 @@ fn run(command: Command) -> Result<()> {
             device,
             max_batch_tokens,
             cuda,
+            template,
+            instruction,
         } => {
             let device: Device = device.parse()?;
             let passages = crossrank::docs::read_docs(&docs)?;
@@ -120,12 +128,14 @@ fn run(command: Command) -> Result<()> {
                 &LoadOptions {
                     max_batch_tokens,
                     cuda,
+                    template,
                 },
             )?;
             let opts = Options {
                 max_length,
                 raw_scores,
                 top_k,
+                instruction,
                 ..Options::default()
             };
             let results = reranker.rerank(&query, &passages, &opts)?;
@@ -140,6 +150,13 @@ fn run(command: Command) -> Result<()> {
                 "backends": engine::backends(),
                 "cuda_architectures": engine::cuda_architectures(),
                 "devices": engine::cuda_devices(),
+                "templates": crossrank::llm_template::TEMPLATES.iter().map(|t| {
+                    serde_json::json!({
+                        "name": t.name,
+                        "about": t.about,
+                        "default_instruction": t.default_instruction,
+                    })
+                }).collect::<Vec<_>>(),
             });
             if let Some(dir) = model {
                 let (_, _, info, _) = engine::inspect(&dir)?;

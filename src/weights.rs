@@ -335,9 +335,9 @@ pub fn load(ckpt: &Checkpoint, cfg: &ModelConfig) -> Result<Weights<HostTensor>>
         prefix: match cfg.family {
             Family::Bert => "bert.",
             Family::Roberta => "roberta.",
-            Family::ModernBert => {
-                return Err(Error::Input(
-                    "the ModernBERT family is loaded by its own forward (rerank, serve on the CPU); this command does not run it in this version".into(),
+            Family::ModernBert | Family::Qwen => {
+                return Err(Error::Internal(
+                    "a family with its own forward (ModernBERT, Qwen) reached BERT's loader".into(),
                 ))
             }
         },
@@ -400,7 +400,7 @@ pub fn load(ckpt: &Checkpoint, cfg: &ModelConfig) -> Result<Weights<HostTensor>>
                 in_dim: h,
             },
         },
-        Family::Roberta | Family::ModernBert => {
+        Family::Roberta | Family::ModernBert | Family::Qwen => {
             let exact = |name: &str, shape: &[usize]| ckpt.tensor(&[name.to_string()], shape);
             Head {
                 dense: Linear {

@@ -8,9 +8,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 
 use common::*;
 use crossrank::engine::Options;
@@ -19,7 +17,8 @@ use crossrank::{Device, LoadOptions, Reranker};
 /// Same math in f32 on both sides, summed in another order (the gemm crate and f64 sums in
 /// attention and LayerNorm against PyTorch's kernels; RoPE's frequencies in f64 here). These
 /// logits reach ±9, so the noise is larger than BERT's in absolute terms (about 3e-6 relative).
-/// Measured (2026-11-30, every golden): modernbert-cls 1.05e-5, modernbert-mean 7.5e-6. Rule as
+/// Measured (2026-11-30, every golden): modernbert-cls 1.05e-5, modernbert-mean 7.5e-6; 9.1e-6
+/// and 6.4e-6 since the windowed reference divides in f64 (shared with the causal one). Rule as
 /// in parity.rs: twice the worst measured, rounded up (well inside the 1e-4 the issue asks).
 const LOGIT_ATOL: f32 = 2.5e-5;
 /// Batched against alone: only the order of sums changes.
@@ -110,50 +109,6 @@ fn batched_scores_equal_one_at_a_time() {
                 together[i]
             );
         }
-    }
-}
-
-fn crossrank(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_crossrank"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"").unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn rerank(model: &Path, extra: &[&str]) -> Output {
-    let docs = model.join("d.txt");
-    std::fs::write(&docs, "a passage\nanother passage\n").unwrap();
-    let mut args = vec![
-        "rerank",
-        "--model",
-        model.to_str().unwrap(),
-        "--query",
-        "what do rerankers do?",
-        "--docs",
-        docs.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    crossrank(&args)
-}
-
-fn assert_refused(out: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "exit code; stderr: {err}");
-    assert!(out.stdout.is_empty(), "nothing on stdout when refused");
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "one line on stderr, got: {err}");
-    assert!(lines[0].starts_with("error:"), "{err}");
-    for n in needles {
-        assert!(
-            lines[0].contains(n),
-            "`{}` does not mention `{n}`",
-            lines[0]
-        );
     }
 }
 

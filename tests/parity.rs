@@ -45,6 +45,7 @@ fn check_set(
         raw_scores: true,
         top_k: None,
         truncation_side: side,
+        instruction: None,
     };
     let mut worst = 0f32;
     for (g, group) in groups.iter().enumerate() {

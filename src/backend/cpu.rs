@@ -65,9 +65,80 @@ pub fn layer_norm_row(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
     }
 }
 
+/// RMSNorm of one row in place, as transformers' Qwen RMSNorm: `x · rsqrt(mean(x²) + eps) ·
+/// weight`, the mean in f64.
+pub fn rms_norm_row(x: &mut [f32], weight: &[f32], eps: f32) {
+    let ms = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / x.len() as f64;
+    let inv = 1.0 / (ms + eps as f64).sqrt();
+    for (v, w) in x.iter_mut().zip(weight) {
+        *v = (*v as f64 * inv) as f32 * w;
+    }
+}
+
+/// RoPE's frequencies for a head of `d`: transformers' `1 / theta^(2i/d)`, here in f64 rounded
+/// to f32.
+fn rope_inv_freq(d: usize, theta: f64) -> Vec<f32> {
+    (0..d / 2)
+        .map(|i| (1.0 / theta.powf((2 * i) as f64 / d as f64)) as f32)
+        .collect()
+}
+
+/// Turns one head in place: element i pairs with i + d/2 (transformers' `rotate_half`), by the
+/// angle `pos · inv_freq[i]` in f32.
+fn rotate_half(x: &mut [f32], inv_freq: &[f32], pos: f32) {
+    let half = x.len() / 2;
+    for (i, f) in inv_freq.iter().enumerate() {
+        let angle = pos * f;
+        let (sin, cos) = (angle.sin(), angle.cos());
+        let (a, b) = (x[i], x[i + half]);
+        x[i] = a * cos - b * sin;
+        x[i + half] = b * cos + a * sin;
+    }
+}
+
+/// One query row of attention over the keys in `keys`, plainly, in f64: `o = softmax(q·kⱼ ·
+/// scale) · vⱼ`. The windowed and causal references share it.
+fn attend_row<'a>(
+    q: &[f32],
+    keys: std::ops::Range<usize>,
+    k_at: impl Fn(usize) -> &'a [f32],
+    v_at: impl Fn(usize) -> &'a [f32],
+    scale: f64,
+    o: &mut [f32],
+) {
+    let scores: Vec<f64> = keys
+        .clone()
+        .map(|j| {
+            let dot: f64 = q
+                .iter()
+                .zip(k_at(j))
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum();
+            dot * scale
+        })
+        .collect();
+    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let p: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+    let sum: f64 = p.iter().sum();
+    for (c, v) in o.iter_mut().enumerate() {
+        let acc: f64 = keys
+            .clone()
+            .zip(&p)
+            .map(|(j, p)| p * v_at(j)[c] as f64)
+            .sum();
+        *v = (acc / sum) as f32;
+    }
+}
+
 /// GELU, exact erf form, as transformers' "gelu".
 pub fn gelu_erf(x: f32) -> f32 {
     (0.5 * x as f64 * (1.0 + libm::erf(x as f64 / std::f64::consts::SQRT_2))) as f32
+}
+
+/// SiLU, `x · sigmoid(x)`, in f64 as the reference computes every activation.
+pub fn silu(x: f32) -> f32 {
+    let x = x as f64;
+    (x / (1.0 + (-x).exp())) as f32
 }
 
 fn check_len(what: &str, have: usize, need: usize) -> Result<()> {
@@ -189,8 +260,10 @@ impl Backend for CpuBackend {
         out[..rows * o].par_chunks_mut(o).for_each(|row| {
             for (v, b) in row.iter_mut().zip(&lin.b) {
                 *v += b;
-                if let Some(Activation::GeluErf) = act {
-                    *v = gelu_erf(*v);
+                match act {
+                    Some(Activation::GeluErf) => *v = gelu_erf(*v),
+                    Some(Activation::Silu) => *v = silu(*v),
+                    None => {}
                 }
             }
         });
@@ -414,11 +487,8 @@ impl Backend for CpuBackend {
         if !d.is_multiple_of(2) {
             return Err(Error::Internal(format!("rope: head_dim {d} is odd")));
         }
-        let half = d / 2;
         // transformers: inv_freq = 1 / theta^(2i/d) and the angle position · inv_freq, in f32.
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| (1.0 / theta.powf((2 * i) as f64 / d as f64)) as f32)
-            .collect();
+        let inv_freq = rope_inv_freq(d, theta);
         qkv[..rows * 3 * h]
             .par_chunks_mut(3 * h)
             .enumerate()
@@ -426,14 +496,7 @@ impl Backend for CpuBackend {
                 let pos = batch.position_ids[t] as f32;
                 // Q and K, not V.
                 for head in 0..2 * heads {
-                    let x = &mut row[head * d..(head + 1) * d];
-                    for (i, f) in inv_freq.iter().enumerate() {
-                        let angle = pos * f;
-                        let (sin, cos) = (angle.sin(), angle.cos());
-                        let (a, b) = (x[i], x[i + half]);
-                        x[i] = a * cos - b * sin;
-                        x[i + half] = b * cos + a * sin;
-                    }
+                    rotate_half(&mut row[head * d..(head + 1) * d], &inv_freq, pos);
                 }
             });
         Ok(())
@@ -470,27 +533,16 @@ impl Backend for CpuBackend {
                 let lo = i.saturating_sub(half_window).max(r.start);
                 let hi = (i + half_window + 1).min(r.end);
                 for head in 0..heads {
-                    let q = &qkv[i * 3 * h + head * d..][..d];
-                    let scores: Vec<f64> = (lo..hi)
-                        .map(|j| {
-                            let k = &qkv[j * 3 * h + h + head * d..][..d];
-                            q.iter()
-                                .zip(k)
-                                .map(|(a, b)| *a as f64 * *b as f64)
-                                .sum::<f64>()
-                                * scale
-                        })
-                        .collect();
-                    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                    let p: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
-                    let sum: f64 = p.iter().sum();
-                    for (c, v) in o[head * d..(head + 1) * d].iter_mut().enumerate() {
-                        *v = (lo..hi)
-                            .zip(&p)
-                            .map(|(j, p)| p * qkv[j * 3 * h + 2 * h + head * d + c] as f64)
-                            .sum::<f64>() as f32
-                            / sum as f32;
-                    }
+                    let at = |j: usize, third: usize| &qkv[j * 3 * h + third * h + head * d..][..d];
+                    let q = at(i, 0);
+                    attend_row(
+                        q,
+                        lo..hi,
+                        |j| at(j, 1),
+                        |j| at(j, 2),
+                        scale,
+                        &mut o[head * d..][..d],
+                    );
                 }
             });
         Ok(())
@@ -514,6 +566,7 @@ impl Backend for CpuBackend {
                 for ((o, a), g) in o.iter_mut().zip(input).zip(gate) {
                     *o = match act {
                         Activation::GeluErf => gelu_erf(*a),
+                        Activation::Silu => silu(*a),
                     } * g;
                 }
             });
@@ -540,6 +593,140 @@ impl Backend for CpuBackend {
                 } else {
                     (sum / len as f64) as f32
                 };
+            }
+        }
+        Ok(())
+    }
+
+    fn rmsnorm(
+        &self,
+        delta: Option<&Vec<f32>>,
+        hidden: &mut Vec<f32>,
+        rows: usize,
+        weight: &Vec<f32>,
+        eps: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let w = weight.len();
+        check_len("rmsnorm hidden", hidden.len(), rows * w)?;
+        check_len("rmsnorm out", out.len(), rows * w)?;
+        if let Some(d) = delta {
+            check_len("rmsnorm delta", d.len(), rows * w)?;
+            hidden[..rows * w]
+                .iter_mut()
+                .zip(&d[..rows * w])
+                .for_each(|(x, d)| *x += d);
+        }
+        out[..rows * w]
+            .par_chunks_mut(w)
+            .zip(hidden[..rows * w].par_chunks(w))
+            .for_each(|(o, x)| {
+                o.copy_from_slice(x);
+                rms_norm_row(o, weight, eps);
+            });
+        Ok(())
+    }
+
+    fn qk_norm_rope(
+        &self,
+        qkv: &mut Vec<f32>,
+        batch: &PackedBatch,
+        heads: usize,
+        kv_heads: usize,
+        d: usize,
+        norms: Option<(&Vec<f32>, &Vec<f32>)>,
+        eps: f32,
+        theta: f64,
+    ) -> Result<()> {
+        let width = (heads + 2 * kv_heads) * d;
+        let rows = batch.tokens();
+        check_len("qk_norm_rope qkv", qkv.len(), rows * width)?;
+        if !d.is_multiple_of(2) {
+            return Err(Error::Internal(format!(
+                "qk_norm_rope: head_dim {d} is odd"
+            )));
+        }
+        if let Some((q, k)) = norms {
+            check_len("qk_norm_rope q_norm", q.len(), d)?;
+            check_len("qk_norm_rope k_norm", k.len(), d)?;
+        }
+        let inv_freq = rope_inv_freq(d, theta);
+        qkv[..rows * width]
+            .par_chunks_mut(width)
+            .enumerate()
+            .for_each(|(t, row)| {
+                let pos = batch.position_ids[t] as f32;
+                // Q's heads, then K's: heads + kv_heads heads of d; V untouched.
+                for head in 0..heads + kv_heads {
+                    let x = &mut row[head * d..(head + 1) * d];
+                    if let Some((q, k)) = norms {
+                        rms_norm_row(x, if head < heads { q } else { k }, eps);
+                    }
+                    rotate_half(x, &inv_freq, pos);
+                }
+            });
+        Ok(())
+    }
+
+    fn attention_causal(
+        &self,
+        qkv: &Vec<f32>,
+        batch: &PackedBatch,
+        heads: usize,
+        kv_heads: usize,
+        d: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+            return Err(Error::Internal(format!(
+                "attention_causal: {heads} query heads over {kv_heads} K/V heads"
+            )));
+        }
+        let width = (heads + 2 * kv_heads) * d;
+        let (h, rows, group) = (heads * d, batch.tokens(), heads / kv_heads);
+        check_len("attention_causal qkv", qkv.len(), rows * width)?;
+        check_len("attention_causal out", out.len(), rows * h)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let seq_of: Vec<usize> = (0..batch.len())
+            .flat_map(|s| std::iter::repeat_n(s, batch.range(s).len()))
+            .collect();
+        // One task per query row: every key of its sequence up to itself, plainly, in f64.
+        out[..rows * h]
+            .par_chunks_mut(h)
+            .enumerate()
+            .for_each(|(i, o)| {
+                let Some(&s) = seq_of.get(i) else {
+                    o.fill(0.0);
+                    return;
+                };
+                let keys = batch.range(s).start..i + 1;
+                for head in 0..heads {
+                    let kv = head / group;
+                    let q = &qkv[i * width + head * d..][..d];
+                    let k_at = |j: usize| &qkv[j * width + h + kv * d..][..d];
+                    let v_at = |j: usize| &qkv[j * width + h + kv_heads * d + kv * d..][..d];
+                    attend_row(q, keys.clone(), k_at, v_at, scale, &mut o[head * d..][..d]);
+                }
+            });
+        Ok(())
+    }
+
+    fn gather_last(
+        &self,
+        src: &Vec<f32>,
+        width: usize,
+        batch: &PackedBatch,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let n = batch.len();
+        check_len("gather_last src", src.len(), batch.tokens() * width)?;
+        check_len("gather_last out", out.len(), n * width)?;
+        for s in 0..n {
+            let r = batch.range(s);
+            let o = &mut out[s * width..(s + 1) * width];
+            match r.end.checked_sub(1).filter(|_| !r.is_empty()) {
+                Some(last) => o.copy_from_slice(&src[last * width..(last + 1) * width]),
+                None => o.fill(0.0),
             }
         }
         Ok(())

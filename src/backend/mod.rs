@@ -177,8 +177,9 @@ pub trait Backend: Send + Sync + 'static {
         Err(unsupported(self, "attention_window"))
     }
 
-    /// GeGLU: `x` is [rows, 2·inter], the first half the input and the second the gate
-    /// (transformers' `chunk(2)` order); `out[rows, inter] = act(input) · gate`.
+    /// A gated MLP's middle: `x` is [rows, 2·inter], `out[rows, inter] = act(first half) ·
+    /// second half`. ModernBERT's GeGLU (gelu; `chunk(2)` gives input | gate) and Qwen's SwiGLU
+    /// (silu; gate_proj | up_proj fused at load).
     fn geglu(
         &self,
         x: &Self::Buf,
@@ -215,6 +216,72 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<()> {
         let _ = (x, n, lin, out);
         Err(unsupported(self, "classify"))
+    }
+
+    // ---- Ops the decoder LLM rerankers need (Qwen). ----
+
+    /// RMSNorm over `rows` rows of `weight.len()` columns: `out = x · rsqrt(mean(x²) + eps) ·
+    /// weight`; with a `delta`, `hidden += delta` first and the norm reads the sum (a pre-norm
+    /// residual fused with the next norm).
+    fn rmsnorm(
+        &self,
+        delta: Option<&Self::Buf>,
+        hidden: &mut Self::Buf,
+        rows: usize,
+        weight: &Self::Buf,
+        eps: f32,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (delta, hidden, rows, weight, eps, out);
+        Err(unsupported(self, "rmsnorm"))
+    }
+
+    /// On the fused projection [tokens, (heads + 2·kv_heads)·head_dim] (Q | K | V, heads
+    /// contiguous): with `norms` (Qwen3's q_norm and k_norm, head_dim each) an RMSNorm of every
+    /// Q and K head, then RoPE on them (`rope`'s pairing), by each token's position id.
+    #[allow(clippy::too_many_arguments)]
+    fn qk_norm_rope(
+        &self,
+        qkv: &mut Self::Buf,
+        batch: &Self::Batch,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        norms: Option<(&Self::Buf, &Self::Buf)>,
+        eps: f32,
+        theta: f64,
+    ) -> Result<()> {
+        let _ = (qkv, batch, heads, kv_heads, head_dim, norms, eps, theta);
+        Err(unsupported(self, "qk_norm_rope"))
+    }
+
+    /// Causal grouped-query attention inside each sequence, reading the fused projection laid
+    /// out as for `qk_norm_rope`: query head h uses K/V head h / (heads / kv_heads), query i sees
+    /// keys j <= i; writes [tokens, heads·head_dim].
+    fn attention_causal(
+        &self,
+        qkv: &Self::Buf,
+        batch: &Self::Batch,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (qkv, batch, heads, kv_heads, head_dim, out);
+        Err(unsupported(self, "attention_causal"))
+    }
+
+    /// `out[s] = src[last row of sequence s]`, `width` wide, packed into rows 0..n (zeros for
+    /// an empty sequence).
+    fn gather_last(
+        &self,
+        src: &Self::Buf,
+        width: usize,
+        batch: &Self::Batch,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (src, width, batch, out);
+        Err(unsupported(self, "gather_last"))
     }
 
     /// The first `n` logits `head` wrote, once the device has finished them.

@@ -380,6 +380,11 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         .max(tokenizer.max_length_limit());
     let host = match cfg.family {
         Family::ModernBert => Host::ModernBert(crate::models::modernbert::load(&ckpt, &cfg)?),
+        Family::Qwen => {
+            return Err(Error::input(
+                "bench: the Qwen LLM rerankers are not benchmarked in this version",
+            ))
+        }
         _ => Host::Bert(weights::load(&ckpt, &cfg)?),
     };
     drop(ckpt);

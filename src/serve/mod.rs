@@ -130,6 +130,7 @@ impl Service {
             &LoadOptions {
                 max_batch_tokens: opts.max_batch_tokens,
                 cuda: opts.cuda,
+                ..LoadOptions::default()
             },
         )?;
         let loaded = t0.elapsed();

@@ -1,7 +1,9 @@
 //! Shared helpers for the integration tests: the committed test models and their goldens.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 
 use serde::Deserialize;
 
@@ -321,5 +323,52 @@ pub fn skip_without_gpu(test: &str) -> bool {
             true
         }
         None => false,
+    }
+}
+
+/// Runs the crossrank binary with `args` and an empty stdin.
+pub fn crossrank(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crossrank"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"").unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `crossrank rerank` on `model` with two passages, plus `extra` flags.
+pub fn rerank(model: &Path, extra: &[&str]) -> Output {
+    let docs = model.join("d.txt");
+    std::fs::write(&docs, "a passage\nanother passage\n").unwrap();
+    let mut args = vec![
+        "rerank",
+        "--model",
+        model.to_str().unwrap(),
+        "--query",
+        "what do rerankers do?",
+        "--docs",
+        docs.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    crossrank(&args)
+}
+
+/// A refusal: exit code 1, nothing on stdout, one `error:` line naming every needle.
+pub fn assert_refused(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exit code; stderr: {err}");
+    assert!(out.stdout.is_empty(), "nothing on stdout when refused");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr, got: {err}");
+    assert!(lines[0].starts_with("error:"), "{err}");
+    for n in needles {
+        assert!(
+            lines[0].contains(n),
+            "`{}` does not mention `{n}`",
+            lines[0]
+        );
     }
 }

@@ -494,6 +494,9 @@ impl Backend for CudaBackend {
         match act {
             None => Ok(()),
             Some(Activation::GeluErf) => self.kernels.gelu(&self.stream, out, rows * o),
+            Some(Activation::Silu) => Err(Error::Cuda(
+                "linear: a SiLU epilogue is not implemented on CUDA".into(),
+            )),
         }
     }
 
@@ -659,6 +662,9 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         match act {
             Activation::GeluErf => self.kernels.geglu(&self.stream, x, rows, inter, out),
+            Activation::Silu => Err(Error::Cuda(
+                "the gated MLP with SiLU (SwiGLU) is not implemented on CUDA yet".into(),
+            )),
         }
     }
 
