@@ -1146,6 +1146,43 @@ mod tests {
         }
     }
 
+    /// The caller's answer is the 504 at the deadline itself, while the forward in progress
+    /// still runs; the scheduler then drops the request before the next forward.
+    #[test]
+    fn the_504_comes_at_the_deadline_without_waiting_for_the_forward() {
+        let (rig, big) = Rig::behind_big(10, 30, None);
+        let small = rig
+            .submit_within("small", &docs(2000, 3), Some(10))
+            .unwrap();
+        rig.sync();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        // The first forward never finishes until stepped; the answer must not wait for it.
+        let answer = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), small.answer()).await
+        });
+        let e = answer.expect("answered at the deadline").unwrap_err();
+        assert!(e.message.contains("budget of 10 ms"), "{}", e.message);
+        assert_eq!(rig.forwards().len(), 1);
+        rig.advance_clock(10);
+        rig.run_free();
+        assert_eq!(logits(big.reply).unwrap(), want(1000, 30));
+        rig.scheduler.shutdown();
+        assert!(rig
+            .forwards()
+            .iter()
+            .flatten()
+            .all(|t| !(2000..2003).contains(t)));
+        let text = rig.metrics.render();
+        assert!(
+            text.contains("crossrank_deadline_exceeded_total 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("crossrank_cancelled_total 0\n"), "{text}");
+    }
+
     /// A large request whose deadline passes between its forwards: the rest of its pairs are
     /// dropped. One whose deadline passes during its last forward is answered 504 too, as its
     /// caller's own timer has already answered.
