@@ -852,6 +852,27 @@ mod tests {
             self.fake.update(|s| s.steps = None);
         }
 
+        /// Stops the scheduler and checks that the one request tagged [first, first + n) was
+        /// dropped by its deadline: none of its pairs reached a forward, and it was counted once,
+        /// as a deadline and not as a client gone away.
+        fn dropped_by_deadline(&self, first: u32, n: u32) {
+            self.scheduler.shutdown();
+            let forwards = self.forwards();
+            let scored = forwards.iter().flatten();
+            assert!(
+                scored.clone().all(|t| !(first..first + n).contains(t)),
+                "{forwards:?}"
+            );
+            let text = self.metrics.render();
+            for line in [
+                "crossrank_deadline_exceeded_total 1\n",
+                "crossrank_cancelled_total 0\n",
+                "crossrank_queue_depth 0\n",
+            ] {
+                assert!(text.contains(line), "{line:?} not in\n{text}");
+            }
+        }
+
         fn advance_clock(&self, ms: u64) {
             self.clock_ms.fetch_add(ms, Ordering::AcqRel);
         }
@@ -1130,20 +1151,7 @@ mod tests {
         rig.run_free();
         assert_eq!(logits(patient.reply).unwrap(), want(3000, 3));
         assert_eq!(logits(big.reply).unwrap(), want(1000, 15));
-        rig.scheduler.shutdown();
-        assert!(rig
-            .forwards()
-            .iter()
-            .flatten()
-            .all(|t| !(2000..2003).contains(t)));
-        let text = rig.metrics.render();
-        for line in [
-            "crossrank_deadline_exceeded_total 1\n",
-            "crossrank_cancelled_total 0\n",
-            "crossrank_queue_depth 0\n",
-        ] {
-            assert!(text.contains(line), "{line:?} not in\n{text}");
-        }
+        rig.dropped_by_deadline(2000, 3);
     }
 
     /// The caller's answer is the 504 at the deadline itself, while the forward in progress
@@ -1169,18 +1177,7 @@ mod tests {
         rig.advance_clock(10);
         rig.run_free();
         assert_eq!(logits(big.reply).unwrap(), want(1000, 30));
-        rig.scheduler.shutdown();
-        assert!(rig
-            .forwards()
-            .iter()
-            .flatten()
-            .all(|t| !(2000..2003).contains(t)));
-        let text = rig.metrics.render();
-        assert!(
-            text.contains("crossrank_deadline_exceeded_total 1\n"),
-            "{text}"
-        );
-        assert!(text.contains("crossrank_cancelled_total 0\n"), "{text}");
+        rig.dropped_by_deadline(2000, 3);
     }
 
     /// A large request whose deadline passes between its forwards: the rest of its pairs are
