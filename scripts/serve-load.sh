@@ -7,9 +7,9 @@
 # test head (tests/data/minilm-head) when scripts/fetch-minilm.sh can provide it.
 #
 # FAIRNESS=1: instead, the small-behind-big mix of issue 14 on MiniLM only, with
-# --max-batch-tokens ${MAX_BATCH_TOKENS:-4096}: small requests (10 docs of 60 words, 2 a second,
-# open loop) alone for SMALL_SECONDS (20), then beside one client sending 300-doc requests back
-# to back for MIX_SECONDS (30), then two such big clients alone for BIG_SECONDS (30). Each
+# --max-batch-tokens ${MAX_BATCH_TOKENS:-4096}: small requests (10 docs of 60 words, SMALL_RATE
+# a second (0.5), open loop) alone for SMALL_SECONDS (20), then beside one client sending 300-doc
+# requests back to back for MIX_SECONDS (40), then that big client alone for BIG_SECONDS (30). Each
 # scenario runs on every server of SERVERS ("label=binary ...", default this checkout's release
 # build), one after the other, so a before/after comparison shares the machine's state.
 set -euo pipefail
@@ -71,11 +71,11 @@ stop_server() {
 echo "serve-load: $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), device $DEVICE, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "${FAIRNESS:-0}" = 1 ]; then
     read -r -a SERVER_LIST <<<"${SERVERS:-HEAD=target/release/crossrank}"
-    SMALL=(--docs 10 --words 60 --rate 2)
+    SMALL=(--docs 10 --words 60 --rate "${SMALL_RATE:-0.5}")
     SCENARIOS=(
         "small requests alone|--seconds ${SMALL_SECONDS:-20} ${SMALL[*]}"
-        "small requests beside big ones|--seconds ${MIX_SECONDS:-30} ${SMALL[*]} --big-clients 1 --big-docs 300"
-        "big requests alone|--seconds ${BIG_SECONDS:-30} --docs 0 --words 60 --big-clients 2 --big-docs 300"
+        "small requests beside big ones|--seconds ${MIX_SECONDS:-40} ${SMALL[*]} --big-clients 1 --big-docs 300"
+        "big requests alone|--seconds ${BIG_SECONDS:-30} --docs 0 --words 60 --big-clients 1 --big-docs 300"
     )
     for scenario in "${SCENARIOS[@]}"; do
         for server in "${SERVER_LIST[@]}"; do
