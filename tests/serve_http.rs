@@ -594,6 +594,18 @@ async fn deadlines_from_the_body_the_header_and_the_server_default() {
         .post_with("/rerank", ("X-Request-Timeout-Ms", "600000"), body)
         .await;
     assert_eq!((s, pairs(&v, "score")), (200, want.clone()));
+    // Budgets past any clock's range are no deadline at all, not a panic.
+    for huge in [u64::MAX, 1_000_000_000_000_000] {
+        let body = json!({"query": group.query, "texts": group.passages, "raw_scores": true,
+                          "timeout_ms": huge});
+        let (s, v) = server.post("/rerank", body).await;
+        assert_eq!((s, pairs(&v, "score")), (200, want.clone()), "{huge}");
+        let body = json!({"query": group.query, "texts": group.passages, "raw_scores": true});
+        let (s, v) = server
+            .post_with("/rerank", ("X-Request-Timeout-Ms", &huge.to_string()), body)
+            .await;
+        assert_eq!((s, pairs(&v, "score")), (200, want.clone()), "{huge}");
+    }
 
     // Budgets too short: 504 naming the budget and where it came from; the body wins.
     let many: Vec<String> = (0..1000)
