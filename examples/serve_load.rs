@@ -4,6 +4,11 @@
 //!
 //! cargo run --release --example serve_load -- --url http://127.0.0.1:8080 \
 //!     --concurrency 16 --seconds 20 --docs 32 --words 40
+//!
+//! With `--rate R` the requests arrive open loop instead, R a second whatever the answers (as a
+//! search front end sends them); with `--big-clients N`, N more clients send requests of
+//! `--big-docs` documents back to back beside them, measured apart (the mix of issue 14: how
+//! long small requests wait behind big ones).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +38,17 @@ struct Args {
     /// Sent as `Authorization: Bearer KEY`.
     #[arg(long)]
     api_key: Option<String>,
+    /// Open loop: this many requests a second, each sent whatever the answers so far, instead
+    /// of `--concurrency` clients back to back.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Clients sending big requests back to back beside the others (0: none). With
+    /// `--docs 0` only they run.
+    #[arg(long, default_value_t = 0)]
+    big_clients: usize,
+    /// Documents per big request.
+    #[arg(long, default_value_t = 300)]
+    big_docs: usize,
 }
 
 const WORDS: &[&str] = &[
@@ -86,15 +102,12 @@ fn text(seed: &mut u64, n: usize) -> String {
     out.join(" ")
 }
 
-/// 64 different request bodies, cycled by the clients.
-fn bodies(args: &Args) -> Vec<String> {
-    let mut seed = 42u64;
-    (0..64)
+/// `n` different request bodies of `docs` documents, cycled by the clients.
+fn bodies(args: &Args, n: usize, docs: usize, mut seed: u64) -> Vec<String> {
+    (0..n)
         .map(|_| {
             let query = text(&mut seed, 8);
-            let docs: Vec<String> = (0..args.docs)
-                .map(|_| text(&mut seed, args.words))
-                .collect();
+            let docs: Vec<String> = (0..docs).map(|_| text(&mut seed, args.words)).collect();
             let body = if args.route == "/rerank" {
                 serde_json::json!({ "query": query, "texts": docs })
             } else {
@@ -119,26 +132,157 @@ fn metric(text: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// What the clients of one kind saw.
+#[derive(Default)]
+struct Seen {
+    latencies: Vec<Duration>,
+    errors: usize,
+}
+
+impl Seen {
+    fn add(&mut self, other: Seen) {
+        self.latencies.extend(other.latencies);
+        self.errors += other.errors;
+    }
+}
+
+/// Where and how to send.
+#[derive(Clone)]
+struct Target {
+    client: reqwest::Client,
+    url: String,
+    auth: Option<String>,
+}
+
+impl Target {
+    /// One request; its latency, or None if it failed.
+    async fn send(&self, body: String) -> Option<Duration> {
+        let mut r = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(a) = &self.auth {
+            r = r.header("authorization", a);
+        }
+        let t0 = Instant::now();
+        let ok = match r.send().await {
+            Ok(resp) => resp.status().is_success() && resp.bytes().await.is_ok(),
+            Err(_) => false,
+        };
+        ok.then(|| t0.elapsed())
+    }
+
+    /// `clients` clients sending back to back until `deadline`, cycling through `bodies`.
+    fn closed_loop(
+        &self,
+        clients: usize,
+        bodies: Arc<Vec<String>>,
+        deadline: Instant,
+    ) -> Vec<tokio::task::JoinHandle<Seen>> {
+        (0..clients)
+            .map(|w| {
+                let (target, bodies) = (self.clone(), bodies.clone());
+                tokio::spawn(async move {
+                    let mut seen = Seen::default();
+                    let mut k = w;
+                    while Instant::now() < deadline {
+                        match target.send(bodies[k % bodies.len()].clone()).await {
+                            Some(l) => seen.latencies.push(l),
+                            None => seen.errors += 1,
+                        }
+                        // A stride coprime with 64: clients rarely send the same body at once.
+                        k += 7;
+                    }
+                    seen
+                })
+            })
+            .collect()
+    }
+
+    /// `rate` requests a second until `deadline`, each sent whatever the answers so far.
+    fn open_loop(
+        &self,
+        rate: f64,
+        bodies: Arc<Vec<String>>,
+        deadline: Instant,
+    ) -> tokio::task::JoinHandle<Seen> {
+        let target = self.clone();
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            let mut k = 0;
+            while Instant::now() < deadline {
+                tick.tick().await;
+                let (target, body) = (target.clone(), bodies[k % bodies.len()].clone());
+                sent.push(tokio::spawn(async move { target.send(body).await }));
+                k += 7;
+            }
+            let mut seen = Seen::default();
+            for s in sent {
+                match s.await.ok().flatten() {
+                    Some(l) => seen.latencies.push(l),
+                    None => seen.errors += 1,
+                }
+            }
+            seen
+        })
+    }
+}
+
+async fn gather(tasks: Vec<tokio::task::JoinHandle<Seen>>) -> Result<Seen, String> {
+    let mut seen = Seen::default();
+    for t in tasks {
+        seen.add(t.await.map_err(|e| e.to_string())?);
+    }
+    seen.latencies.sort();
+    Ok(seen)
+}
+
+/// One line of throughput and one of latency for a kind of request.
+fn report(what: &str, seen: &Seen, docs: usize, words: usize, wall: f64) {
+    let n = seen.latencies.len();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{what}: {n} requests ok, {} failed, in {wall:.1} s: {:.2} requests/s, {:.0} pairs/s ({docs} docs x {words} words per request)",
+        seen.errors,
+        n as f64 / wall,
+        (n * docs) as f64 / wall,
+    );
+    println!(
+        "{what}: latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms(percentile(&seen.latencies, 50.0)),
+        ms(percentile(&seen.latencies, 99.0)),
+        ms(percentile(&seen.latencies, 100.0))
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), String> {
     let args = Args::parse();
     if !(1..=60).contains(&args.seconds) {
         return Err("--seconds must be between 1 and 60".into());
     }
-    if args.concurrency == 0 || args.docs == 0 {
-        return Err("--concurrency and --docs must be at least 1".into());
+    if args.concurrency == 0 || (args.docs == 0 && args.big_clients == 0) {
+        return Err("--concurrency must be at least 1, and --docs too unless --big-clients".into());
+    }
+    if args.rate.is_some_and(|r| !(r > 0.0 && r <= 1000.0)) {
+        return Err("--rate must be more than 0 and at most 1000 a second".into());
     }
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(60))
         .build()
         .map_err(|e| e.to_string())?;
-    let url = format!("{}{}", args.url.trim_end_matches('/'), args.route);
+    let target = Target {
+        client: client.clone(),
+        url: format!("{}{}", args.url.trim_end_matches('/'), args.route),
+        auth: args.api_key.as_ref().map(|k| format!("Bearer {k}")),
+    };
     let metrics_url = format!("{}/metrics", args.url.trim_end_matches('/'));
-    let auth = args.api_key.as_ref().map(|k| format!("Bearer {k}"));
     let get_metrics = || async {
         let mut r = client.get(&metrics_url);
-        if let Some(a) = &auth {
+        if let Some(a) = &target.auth {
             r = r.header("authorization", a);
         }
         match r.send().await {
@@ -147,66 +291,37 @@ async fn main() -> Result<(), String> {
         }
     };
     let before = get_metrics().await;
-    let bodies = Arc::new(bodies(&args));
+    let small = Arc::new(bodies(&args, 64, args.docs, 42));
+    let big = Arc::new(bodies(&args, 8, args.big_docs, 7));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let start = Instant::now();
-    let workers: Vec<_> = (0..args.concurrency)
-        .map(|w| {
-            let (client, url, bodies, auth) =
-                (client.clone(), url.clone(), bodies.clone(), auth.clone());
-            tokio::spawn(async move {
-                let (mut latencies, mut errors) = (Vec::new(), 0usize);
-                let mut k = w;
-                while Instant::now() < deadline {
-                    let mut r = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(bodies[k % bodies.len()].clone());
-                    if let Some(a) = &auth {
-                        r = r.header("authorization", a);
-                    }
-                    let t0 = Instant::now();
-                    let ok = match r.send().await {
-                        Ok(resp) => resp.status().is_success() && resp.bytes().await.is_ok(),
-                        Err(_) => false,
-                    };
-                    if ok {
-                        latencies.push(t0.elapsed());
-                    } else {
-                        errors += 1;
-                    }
-                    // A stride coprime with 64: clients rarely send the same body at once.
-                    k += 7;
-                }
-                (latencies, errors)
-            })
-        })
-        .collect();
-    let (mut latencies, mut errors) = (Vec::new(), 0);
-    for w in workers {
-        let (l, e) = w.await.map_err(|e| e.to_string())?;
-        latencies.extend(l);
-        errors += e;
-    }
+    let big_tasks = target.closed_loop(args.big_clients, big, deadline);
+    let small_tasks = match (args.docs, args.rate) {
+        (0, _) => Vec::new(),
+        (_, Some(rate)) => vec![target.open_loop(rate, small, deadline)],
+        (_, None) => target.closed_loop(args.concurrency, small, deadline),
+    };
+    let small_seen = gather(small_tasks).await?;
+    let big_seen = gather(big_tasks).await?;
     let wall = start.elapsed().as_secs_f64();
-    latencies.sort();
     let after = get_metrics().await;
-    let n = latencies.len();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!(
-        "{n} requests ok, {errors} failed, in {wall:.1} s from {} clients: {:.1} requests/s, {:.0} pairs/s ({} docs x {} words per request)",
-        args.concurrency,
-        n as f64 / wall,
-        (n * args.docs) as f64 / wall,
-        args.docs,
-        args.words
-    );
-    println!(
-        "latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        ms(percentile(&latencies, 50.0)),
-        ms(percentile(&latencies, 99.0)),
-        ms(percentile(&latencies, 100.0))
-    );
+    if args.docs > 0 {
+        let how = match args.rate {
+            Some(rate) => format!("{rate} a second, open loop"),
+            None => format!("{} clients", args.concurrency),
+        };
+        report(
+            &format!("requests ({how})"),
+            &small_seen,
+            args.docs,
+            args.words,
+            wall,
+        );
+    }
+    if args.big_clients > 0 {
+        let what = format!("big requests ({} clients)", args.big_clients);
+        report(&what, &big_seen, args.big_docs, args.words, wall);
+    }
     let delta = |name: &str| Some(metric(&after, name)? - metric(&before, name).unwrap_or(0.0));
     if let (Some(forwards), Some(pairs), Some(tokens), Some(busy)) = (
         delta("crossrank_batch_pairs_count"),
@@ -225,6 +340,7 @@ async fn main() -> Result<(), String> {
             );
         }
     }
+    let errors = small_seen.errors + big_seen.errors;
     if errors > 0 {
         return Err(format!("{errors} requests failed"));
     }

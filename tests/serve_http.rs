@@ -87,6 +87,34 @@ impl Server {
         (s, v)
     }
 
+    /// POSTs JSON with one extra header.
+    async fn post_with(&self, path: &str, header: (&str, &str), body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .header(header.0, header.1)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{path} answered {status} with non-JSON {text:?}: {e}"));
+        (status, value)
+    }
+
+    /// Waits until every accepted request is answered or dropped (at most 30 s).
+    async fn drained(&self) {
+        let mut waited = 0;
+        while self.queue_depth() > 0 && waited < 600 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += 1;
+        }
+        assert_eq!(self.queue_depth(), 0, "the queue did not drain in 30 s");
+    }
+
     async fn get(&self, path: &str) -> (u16, String) {
         let r = self
             .client
@@ -476,6 +504,163 @@ async fn every_input_error_is_a_json_4xx() {
     server.stop().await;
 }
 
+/// Deadlines: `timeout_ms` on every route, else the X-Request-Timeout-Ms header, else
+/// --request-timeout-ms. A bad budget is a 4xx naming where it came from. A budget of 1 ms for
+/// 1000 documents (more than its tokenization alone takes) is a 504 naming the budget and its
+/// source, counted in /metrics; a generous one changes nothing, bit for bit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_from_the_body_the_header_and_the_server_default() {
+    let name = "bert-f32";
+    let server = Server::model(name).await;
+    let routes = |query: &str, texts: &[String], timeout: Value| {
+        let docs = json!(texts);
+        let groups = json!([{"query": query, "documents": docs}]);
+        [
+            (
+                "/rerank",
+                json!({"query": query, "texts": docs, "timeout_ms": timeout, "raw_scores": true}),
+                "score",
+            ),
+            (
+                "/v1/rerank",
+                json!({"query": query, "documents": docs, "timeout_ms": timeout}),
+                "relevance_score",
+            ),
+            (
+                "/v2/rerank",
+                json!({"query": query, "documents": docs, "timeout_ms": timeout}),
+                "relevance_score",
+            ),
+            (
+                "/rerank/batch",
+                json!({"groups": groups, "timeout_ms": timeout, "raw_scores": true}),
+                "relevance_score",
+            ),
+        ]
+    };
+    let one = vec!["a".to_string()];
+    for bad in [
+        json!(0),
+        json!(-5),
+        json!(1.5),
+        json!("100"),
+        json!(true),
+        json!([1]),
+    ] {
+        for (path, body, _) in routes("q", &one, bad.clone()) {
+            let (s, v) = server.post(path, body).await;
+            assert_error(s, &v, 422, "timeout_ms must be a positive integer");
+        }
+    }
+    let body = json!({"query": "q", "texts": ["a"]});
+    for bad in ["0", "-1", "1.5", "soon", ""] {
+        let (s, v) = server
+            .post_with("/rerank", ("X-Request-Timeout-Ms", bad), body.clone())
+            .await;
+        assert_error(
+            s,
+            &v,
+            400,
+            "X-Request-Timeout-Ms must be a positive integer",
+        );
+    }
+
+    // Generous budgets: the scores of the request alone, on every route and by the header.
+    let lib = library(name);
+    let group = &golden(name).groups[0];
+    let scored = lib.rerank(&group.query, &group.passages, &raw()).unwrap();
+    let want: Vec<(usize, f32)> = scored.iter().map(|r| (r.index, r.score)).collect();
+    let sigmoid: Vec<(usize, f32)> = want
+        .iter()
+        .map(|&(i, s)| (i, crossrank::engine::sigmoid(s)))
+        .collect();
+    for (path, body, key) in routes(&group.query, &group.passages, json!(600_000)) {
+        let (s, v) = server.post(path, body).await;
+        assert_eq!(s, 200, "{path}: {v}");
+        let results = match path {
+            "/rerank" => &v,
+            "/rerank/batch" => &v["groups"][0]["results"],
+            _ => &v["results"],
+        };
+        let expect = if key == "score" || path == "/rerank/batch" {
+            &want
+        } else {
+            &sigmoid
+        };
+        assert_eq!(&pairs(results, key), expect, "{path}");
+    }
+    let body = json!({"query": group.query, "texts": group.passages, "raw_scores": true});
+    let (s, v) = server
+        .post_with("/rerank", ("X-Request-Timeout-Ms", "600000"), body)
+        .await;
+    assert_eq!((s, pairs(&v, "score")), (200, want.clone()));
+    // Budgets past any clock's range are no deadline at all, not a panic.
+    for huge in [u64::MAX, 1_000_000_000_000_000] {
+        let body = json!({"query": group.query, "texts": group.passages, "raw_scores": true,
+                          "timeout_ms": huge});
+        let (s, v) = server.post("/rerank", body).await;
+        assert_eq!((s, pairs(&v, "score")), (200, want.clone()), "{huge}");
+        let body = json!({"query": group.query, "texts": group.passages, "raw_scores": true});
+        let (s, v) = server
+            .post_with("/rerank", ("X-Request-Timeout-Ms", &huge.to_string()), body)
+            .await;
+        assert_eq!((s, pairs(&v, "score")), (200, want.clone()), "{huge}");
+    }
+
+    // Budgets too short: 504 naming the budget and where it came from; the body wins.
+    let many: Vec<String> = (0..1000)
+        .map(|i| format!("{i} {}", "word ".repeat(40)))
+        .collect();
+    let (s, v) = server
+        .post(
+            "/rerank",
+            json!({"query": "q", "texts": many, "timeout_ms": 1}),
+        )
+        .await;
+    assert_error(s, &v, 504, "budget of 1 ms (timeout_ms)");
+    assert_eq!(v["error_type"], "timeout");
+    let body = json!({"query": "q", "documents": many});
+    let (s, v) = server
+        .post_with("/v1/rerank", ("X-Request-Timeout-Ms", "1"), body)
+        .await;
+    assert_error(s, &v, 504, "budget of 1 ms (X-Request-Timeout-Ms)");
+    let body = json!({"groups": [{"query": "q", "documents": many}], "timeout_ms": 1});
+    let (s, v) = server
+        .post_with("/rerank/batch", ("X-Request-Timeout-Ms", "600000"), body)
+        .await;
+    assert_error(s, &v, 504, "budget of 1 ms (timeout_ms)");
+    server.drained().await;
+    let (_, text) = server.get("/metrics").await;
+    assert!(
+        text.contains("crossrank_deadline_exceeded_total 3\n"),
+        "{text}"
+    );
+    assert!(text.contains("crossrank_requests_total{route=\"/rerank\",status=\"504\"} 1\n"));
+    server.stop().await;
+
+    // The server default applies to requests that give no budget of their own.
+    let mut opts = ServeOptions::new(model_dir(name), Device::Cpu);
+    opts.request_timeout_ms = Some(0);
+    let refused = Service::start(opts.clone()).err().unwrap();
+    assert!(
+        refused.to_string().contains("--request-timeout-ms"),
+        "{refused}"
+    );
+    opts.request_timeout_ms = Some(1);
+    let server = Server::start(opts).await;
+    let (_, info) = server.get("/info").await;
+    assert!(info.contains("\"request_timeout_ms\":1"), "{info}");
+    let (s, v) = server
+        .post("/rerank", json!({"query": "q", "texts": many}))
+        .await;
+    assert_error(s, &v, 504, "budget of 1 ms (--request-timeout-ms)");
+    let body = json!({"query": group.query, "texts": group.passages, "raw_scores": true, "timeout_ms": 600_000});
+    let (s, v) = server.post("/rerank", body).await;
+    assert_eq!((s, pairs(&v, "score")), (200, want));
+    server.drained().await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_key_is_required_except_on_health() {
     let mut opts = ServeOptions::new(model_dir("bert-f32"), Device::Cpu);
@@ -588,12 +773,7 @@ async fn clients_that_go_away_free_their_place() {
         let _ = t.await.unwrap();
     }
     // Every accepted request is answered or dropped: the queue empties within a bound.
-    let mut waited = 0;
-    while server.queue_depth() > 0 && waited < 600 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        waited += 1;
-    }
-    assert_eq!(server.queue_depth(), 0, "the queue did not drain in 30 s");
+    server.drained().await;
     let (s, v) = server
         .post("/rerank", json!({"query": "q", "texts": ["a", "b"]}))
         .await;

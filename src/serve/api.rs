@@ -9,6 +9,8 @@
 //! - `/rerank/batch`: `{groups: [{query, documents, top_n?}], raw_scores?, return_documents?,
 //!   truncate?}` → `{id, model, groups: [{results: [...]}], usage}`.
 //!
+//! Every route also takes `timeout_ms` (a positive integer): the request's latency budget.
+//!
 //! Unknown fields are ignored (clients such as the Cohere SDK send fields we do not use).
 
 use serde::Deserialize;
@@ -47,6 +49,18 @@ impl ApiError {
     /// 500: the forward pass or the service failed.
     pub fn backend(message: impl Into<String>) -> Self {
         Self::new(500, "backend", message)
+    }
+
+    /// 504: the request's deadline passed before it was scored.
+    pub fn deadline(timeout: Timeout) -> Self {
+        Self::new(
+            504,
+            "timeout",
+            format!(
+                "the request was not scored within its budget of {} ms ({}); its pairs not yet scored were dropped",
+                timeout.ms, timeout.source
+            ),
+        )
     }
 
     pub fn body(&self) -> Value {
@@ -93,6 +107,44 @@ pub struct Limits {
     pub max_client_batch_size: usize,
 }
 
+/// A request's latency budget, counted from when it is accepted, and where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeout {
+    pub ms: u64,
+    /// `timeout_ms`, `X-Request-Timeout-Ms` or `--request-timeout-ms`: named in the 504.
+    pub source: &'static str,
+}
+
+impl Timeout {
+    /// A budget given as text (a header): a positive integer of milliseconds, or a 400 naming
+    /// `source`.
+    pub fn parse(text: &str, source: &'static str) -> Result<Timeout, ApiError> {
+        match text.trim().parse::<u64>() {
+            Ok(ms) if ms > 0 => Ok(Timeout { ms, source }),
+            _ => Err(ApiError::new(
+                400,
+                "invalid_header",
+                format!("{source} must be a positive integer of milliseconds, got {text:?}"),
+            )),
+        }
+    }
+
+    /// The body's `timeout_ms`: absent or null is none, a positive integer is a budget,
+    /// anything else a 422 naming the field.
+    fn from_field(value: Option<Value>) -> Result<Option<Timeout>, ApiError> {
+        let source = "timeout_ms";
+        match value {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(ms) if ms > 0 => Ok(Some(Timeout { ms, source })),
+                _ => Err(ApiError::validation(format!(
+                    "{source} must be a positive integer of milliseconds, got {v}"
+                ))),
+            },
+        }
+    }
+}
+
 /// One query and its documents.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupIn {
@@ -116,6 +168,8 @@ pub struct Call {
     pub truncation_side: TruncationSide,
     /// The client's `model` field, echoed back.
     pub model: Option<String>,
+    /// The latency budget: the body's `timeout_ms`, else the header, else the server default.
+    pub timeout: Option<Timeout>,
 }
 
 impl Call {
@@ -126,6 +180,8 @@ impl Call {
 
 #[derive(Deserialize)]
 struct TeiRequest {
+    #[serde(default)]
+    timeout_ms: Option<Value>,
     query: String,
     texts: Vec<String>,
     #[serde(default)]
@@ -140,6 +196,8 @@ struct TeiRequest {
 
 #[derive(Deserialize)]
 struct CohereRequest {
+    #[serde(default)]
+    timeout_ms: Option<Value>,
     #[serde(default)]
     model: Option<String>,
     query: String,
@@ -160,6 +218,8 @@ struct BatchGroup {
 
 #[derive(Deserialize)]
 struct BatchRequest {
+    #[serde(default)]
+    timeout_ms: Option<Value>,
     #[serde(default)]
     model: Option<String>,
     groups: Vec<BatchGroup>,
@@ -212,6 +272,7 @@ pub fn parse_value(route: Route, value: Value, limits: &Limits) -> Result<Call, 
                 truncate: r.truncate.unwrap_or(true),
                 truncation_side,
                 model: None,
+                timeout: Timeout::from_field(r.timeout_ms)?,
             }
         }
         Route::Cohere { .. } => {
@@ -228,6 +289,7 @@ pub fn parse_value(route: Route, value: Value, limits: &Limits) -> Result<Call, 
                 truncate: true,
                 truncation_side: TruncationSide::Right,
                 model: r.model,
+                timeout: Timeout::from_field(r.timeout_ms)?,
             }
         }
         Route::Batch => {
@@ -252,6 +314,7 @@ pub fn parse_value(route: Route, value: Value, limits: &Limits) -> Result<Call, 
                 truncate: r.truncate.unwrap_or(true),
                 truncation_side: TruncationSide::Right,
                 model: r.model,
+                timeout: Timeout::from_field(r.timeout_ms)?,
             }
         }
     };

@@ -8,14 +8,14 @@ use std::time::Instant;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 
-use super::api::{self, ApiError, Route};
+use super::api::{self, ApiError, Route, Timeout};
 use super::{log_request, Served, Service};
 use crate::error::{Error, Result};
 
@@ -80,8 +80,9 @@ pub fn router(service: Arc<Service>) -> Router {
     let score = |route: Route| {
         post(
             move |State(s): State<Arc<Service>>,
+                  headers: HeaderMap,
                   body: std::result::Result<Bytes, BytesRejection>| {
-                score(s, route, body)
+                score(s, route, headers, body)
             },
         )
     };
@@ -107,9 +108,29 @@ pub fn router(service: Arc<Service>) -> Router {
         .with_state(service)
 }
 
+/// The header that carries a request's latency budget; the body's `timeout_ms` wins over it.
+pub const TIMEOUT_HEADER: &str = "X-Request-Timeout-Ms";
+
+/// The budget in `X-Request-Timeout-Ms`, if sent; a value that is not a positive integer is a
+/// 400 naming the header.
+fn header_timeout(headers: &HeaderMap) -> std::result::Result<Option<Timeout>, ApiError> {
+    let Some(value) = headers.get(TIMEOUT_HEADER) else {
+        return Ok(None);
+    };
+    let text = value.to_str().map_err(|_| {
+        ApiError::new(
+            400,
+            "invalid_header",
+            format!("{TIMEOUT_HEADER} must be a positive integer of milliseconds"),
+        )
+    })?;
+    Timeout::parse(text, TIMEOUT_HEADER).map(Some)
+}
+
 async fn score(
     service: Arc<Service>,
     route: Route,
+    headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Response {
     let body = match body {
@@ -127,10 +148,14 @@ async fn score(
             return error(&err);
         }
     };
-    let call = match api::parse_body(route, &body, &service.limits) {
+    let mut call = match api::parse_body(route, &body, &service.limits) {
         Ok(c) => c,
         Err(e) => return error(&e),
     };
+    match header_timeout(&headers) {
+        Ok(t) => call.timeout = call.timeout.or(t),
+        Err(e) => return error(&e),
+    }
     let docs = call.documents();
     match service.rerank(call).await {
         Ok((value, served)) => {

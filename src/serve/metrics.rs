@@ -86,6 +86,7 @@ pub struct Metrics {
     forward_failures: AtomicU64,
     rejected_overloaded: AtomicU64,
     cancelled: AtomicU64,
+    deadline_exceeded: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -103,6 +104,7 @@ impl Default for Metrics {
             forward_failures: AtomicU64::new(0),
             rejected_overloaded: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
+            deadline_exceeded: AtomicU64::new(0),
         }
     }
 }
@@ -149,6 +151,11 @@ impl Metrics {
     /// A request whose client went away before its forward.
     pub fn cancelled(&self) {
         self.cancelled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request answered 504: its deadline passed before it was scored.
+    pub fn deadline_exceeded(&self) {
+        self.deadline_exceeded.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition format.
@@ -212,7 +219,7 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {p}_{name} {help}\n# TYPE {p}_{name} histogram");
             h.write(&mut out, &format!("{p}_{name}"), "");
         }
-        let scalars: [(&str, &str, &str, &AtomicU64); 6] = [
+        let scalars: [(&str, &str, &str, &AtomicU64); 7] = [
             (
                 "queue_depth",
                 "gauge",
@@ -238,6 +245,12 @@ impl Metrics {
                 "counter",
                 "Requests dropped because their client went away.",
                 &self.cancelled,
+            ),
+            (
+                "deadline_exceeded_total",
+                "counter",
+                "Requests answered 504 because their deadline passed before they were scored; their pairs not yet scored were dropped before their forward.",
+                &self.deadline_exceeded,
             ),
         ];
         for (name, kind, help, v) in scalars {

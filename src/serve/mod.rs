@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::engine::{self, Device, LoadOptions, Reranker};
 use crate::error::{Error, Result};
-use api::{ApiError, Call, Limits, Meta};
+use api::{ApiError, Call, Limits, Meta, Timeout};
 use metrics::Metrics;
 use scheduler::Scheduler;
 
@@ -53,6 +53,11 @@ pub struct ServeOptions {
     /// The largest request body, or stdio line, in bytes (413 past it).
     #[arg(long, default_value_t = 8 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// The latency budget of a request that gives none (`timeout_ms` or
+    /// `X-Request-Timeout-Ms`): past it the answer is 504 and its pairs not yet scored are
+    /// dropped. Off by default.
+    #[arg(long)]
+    pub request_timeout_ms: Option<u64>,
     /// JSON lines on stdin and stdout instead of HTTP.
     #[arg(long)]
     pub stdio: bool,
@@ -73,6 +78,7 @@ impl ServeOptions {
             max_client_batch_size: 1000,
             max_concurrent: 512,
             max_body_bytes: 8 * 1024 * 1024,
+            request_timeout_ms: None,
             stdio: false,
             cuda: engine::CudaOptions::default(),
         }
@@ -88,6 +94,9 @@ impl ServeOptions {
             if v == 0 {
                 return Err(Error::input(format!("{name} must be at least 1")));
             }
+        }
+        if self.request_timeout_ms == Some(0) {
+            return Err(Error::input("--request-timeout-ms must be at least 1"));
         }
         if self.api_key.as_deref() == Some("") {
             return Err(Error::input("--api-key must not be empty"));
@@ -144,7 +153,7 @@ impl Service {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| opts.model.display().to_string());
         eprintln!(
-            "crossrank serve: {} ({}, {} parameters, {}) on {}, loaded in {:.0} ms, warm-up forward {:.1} ms; max length {}, max batch tokens {}, max client batch {}, max concurrent {}, max body {} bytes{}",
+            "crossrank serve: {} ({}, {} parameters, {}) on {}, loaded in {:.0} ms, warm-up forward {:.1} ms; max length {}, max batch tokens {}, max client batch {}, max concurrent {}, max body {} bytes, request timeout {}{}",
             opts.model.display(),
             info.architecture,
             info.parameters,
@@ -157,6 +166,8 @@ impl Service {
             opts.max_client_batch_size,
             opts.max_concurrent,
             opts.max_body_bytes,
+            opts.request_timeout_ms
+                .map_or("none".to_string(), |ms| format!("{ms} ms")),
             if opts.api_key.is_some() { ", API key required" } else { "" },
         );
         let limits = Limits {
@@ -180,15 +191,17 @@ impl Service {
         }))
     }
 
-    /// Scores a checked request through the scheduler and renders its answer.
-    pub async fn rerank(&self, call: Call) -> std::result::Result<(Value, Served), ApiError> {
+    /// Scores a checked request through the scheduler and renders its answer. A request with
+    /// no budget of its own gets --request-timeout-ms.
+    pub async fn rerank(&self, mut call: Call) -> std::result::Result<(Value, Served), ApiError> {
+        if call.timeout.is_none() {
+            call.timeout = self.opts.request_timeout_ms.map(|ms| Timeout {
+                ms,
+                source: "--request-timeout-ms",
+            });
+        }
         let call = Arc::new(call);
-        let pending = self.scheduler.submit(call.clone())?;
-        let scored = pending.await.map_err(|_| {
-            ApiError::backend(
-                "the request was dropped: the inference thread stopped (see the server log)",
-            )
-        })??;
+        let scored = self.scheduler.submit(call.clone())?.answer().await?;
         let id = format!(
             "{}-{}",
             self.id_prefix,
@@ -229,6 +242,7 @@ impl Service {
             "max_client_batch_size": self.opts.max_client_batch_size,
             "max_concurrent": self.opts.max_concurrent,
             "max_body_bytes": self.opts.max_body_bytes,
+            "request_timeout_ms": self.opts.request_timeout_ms,
             "api_key_required": self.opts.api_key.is_some(),
             "cuda_graphs": self.opts.cuda.cuda_graphs,
             "tune_gemm": self.opts.cuda.tune_gemm,

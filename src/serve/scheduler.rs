@@ -2,16 +2,20 @@
 //!
 //! A request is one job (one group, or many for /rerank/batch); its query is tokenized once
 //! and its pairs stay together in order. The inference thread owns the forward: it takes every
-//! job that is waiting, packs their pairs front to back into forwards of at most
-//! `max_batch_tokens` tokens (a large job spans several forwards, a small one shares a forward
-//! with its neighbours), and answers each job when its last pair is scored. Meanwhile the
-//! tokenizer thread encodes the jobs that arrive, so tokenization overlaps the forward.
+//! job that is waiting and fills each forward of at most `max_batch_tokens` tokens fairly from
+//! all of them (see [`plan`]): a small request that arrives while a large one is being scored
+//! gets its pairs into the next forward, and a large request alone still fills every forward.
+//! Each job is answered when its last pair is scored. Meanwhile the tokenizer thread encodes
+//! the jobs that arrive, so tokenization overlaps the forward.
 //!
 //! Every accepted job is answered exactly once through its oneshot channel: with its scores,
-//! with the error of the forward that held its pairs (only the jobs in that forward fail), or,
-//! if a thread dies, by the channel closing, which the caller turns into a 500. A job whose
-//! client has gone away is dropped before its forward instead of being scored.
+//! with the error of the forward that held its pairs (only the jobs in that forward fail), with
+//! a 504 once its deadline has passed (its pairs not yet scored are dropped before their
+//! forward), or, if a thread dies, by the channel closing, which the caller turns into a 500. A
+//! job whose client has gone away is dropped before its forward instead of being scored.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -21,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::api::{ApiError, Call, GroupScores};
+use super::api::{ApiError, Call, GroupScores, Timeout};
 use super::metrics::Metrics;
 use crate::engine::Reranker;
 use crate::error::{Error, Result};
@@ -82,15 +86,46 @@ impl PairScorer for Reranker {
     }
 }
 
+/// The time deadlines are checked against: `Instant::now`, or a hand-moved clock in tests.
+pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
+
+/// When a request's budget runs out.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    pub at: Instant,
+    pub timeout: Timeout,
+}
+
+/// A queued request's answer, to be awaited.
+pub struct Pending {
+    pub reply: oneshot::Receiver<Reply>,
+    pub deadline: Option<Deadline>,
+}
+
+impl Pending {
+    /// The answer; at the deadline a 504 at once, without waiting for a forward in progress
+    /// (the scheduler then drops the request's remaining pairs before their forward).
+    pub async fn answer(self) -> Reply {
+        let closed = || {
+            ApiError::backend(
+                "the request was dropped: the inference thread stopped (see the server log)",
+            )
+        };
+        match self.deadline {
+            None => self.reply.await.map_err(|_| closed())?,
+            Some(d) => {
+                let at = tokio::time::Instant::from_std(d.at);
+                match tokio::time::timeout_at(at, self.reply).await {
+                    Ok(reply) => reply.map_err(|_| closed())?,
+                    Err(_) => Err(ApiError::deadline(d.timeout)),
+                }
+            }
+        }
+    }
+}
+
 /// Holds one place among the --max-concurrent; freed when the job is answered or dropped.
 struct Permit(Arc<Metrics>);
-
-/// Frees the job's place, then answers: a caller that sees the answer also sees the place free
-/// (the stdio reader relies on it to never be refused).
-fn answer(reply: oneshot::Sender<Reply>, permit: Permit, result: Reply) {
-    drop(permit);
-    let _ = reply.send(result);
-}
 
 impl Drop for Permit {
     fn drop(&mut self) {
@@ -98,19 +133,60 @@ impl Drop for Permit {
     }
 }
 
+/// Why a job is not scored any further.
+enum Verdict {
+    /// Its deadline has passed: answered 504.
+    Expired(Timeout),
+    /// Its client has gone away: dropped.
+    Gone,
+}
+
+/// What answers a job, whichever thread holds it.
+struct Ticket {
+    reply: oneshot::Sender<Reply>,
+    permit: Permit,
+    accepted: Instant,
+    deadline: Option<Deadline>,
+}
+
+impl Ticket {
+    /// Frees the job's place, then answers: a caller that sees the answer also sees the place
+    /// free (the stdio reader relies on it to never be refused).
+    fn answer(self, result: Reply) {
+        drop(self.permit);
+        let _ = self.reply.send(result);
+    }
+
+    /// Whether the job is past its deadline at `now` (checked first: the caller's own timer
+    /// closes the channel at the deadline) or its client has gone away.
+    fn verdict(&self, now: Instant) -> Option<Verdict> {
+        match self.deadline {
+            Some(d) if now >= d.at => Some(Verdict::Expired(d.timeout)),
+            _ if self.reply.is_closed() => Some(Verdict::Gone),
+            _ => None,
+        }
+    }
+
+    fn settle(self, verdict: Verdict, metrics: &Metrics) {
+        match verdict {
+            Verdict::Expired(timeout) => {
+                metrics.deadline_exceeded();
+                self.answer(Err(ApiError::deadline(timeout)));
+            }
+            Verdict::Gone => metrics.cancelled(),
+        }
+    }
+}
+
 struct Job {
     call: Arc<Call>,
-    reply: oneshot::Sender<Reply>,
-    accepted: Instant,
-    permit: Permit,
+    ticket: Ticket,
 }
 
 struct Encoded {
     pairs: Vec<EncodedPair>,
     group_lens: Vec<usize>,
-    reply: oneshot::Sender<Reply>,
-    accepted: Instant,
-    permit: Permit,
+    ticket: Ticket,
 }
 
 /// A job in the inference thread: its pairs, the logits so far, the next pair to schedule.
@@ -126,6 +202,7 @@ pub struct Scheduler {
     threads: Mutex<Vec<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
     max_concurrent: usize,
+    clock: Clock,
     /// False once a thread has stopped or a forward panicked: /health turns 503.
     alive: Arc<AtomicBool>,
 }
@@ -146,6 +223,16 @@ impl Scheduler {
         metrics: Arc<Metrics>,
         max_concurrent: usize,
     ) -> Result<Self> {
+        Self::start_with_clock(reranker, metrics, max_concurrent, Arc::new(Instant::now))
+    }
+
+    /// [`Scheduler::start`] with deadlines measured on `clock`.
+    pub fn start_with_clock<S: PairScorer>(
+        reranker: Arc<S>,
+        metrics: Arc<Metrics>,
+        max_concurrent: usize,
+        clock: Clock,
+    ) -> Result<Self> {
         let (submit, jobs) = mpsc::channel::<Job>();
         let (encoded_tx, encoded_rx) = mpsc::channel::<Encoded>();
         let alive = Arc::new(AtomicBool::new(true));
@@ -159,30 +246,29 @@ impl Scheduler {
                 })
                 .map_err(|e| Error::Internal(format!("cannot start the {name} thread: {e}")))
         };
-        let (r, m) = (reranker.clone(), metrics.clone());
+        let (r, m, c) = (reranker.clone(), metrics.clone(), clock.clone());
         let tokenizer = spawn(
             "crossrank-tokenize",
-            Box::new(move || tokenize_loop(&*r, &m, jobs, encoded_tx)),
+            Box::new(move || tokenize_loop(&*r, &m, &c, jobs, encoded_tx)),
         )?;
-        let (r, m, a) = (reranker, metrics.clone(), alive.clone());
+        let (r, m, a, c) = (reranker, metrics.clone(), alive.clone(), clock.clone());
         let inference = spawn(
             "crossrank-forward",
-            Box::new(move || inference_loop(&*r, &m, &a, encoded_rx)),
+            Box::new(move || inference_loop(&*r, &m, &a, &c, encoded_rx)),
         )?;
         Ok(Scheduler {
             submit: Mutex::new(Some(submit)),
             threads: Mutex::new(vec![tokenizer, inference]),
             metrics,
             max_concurrent,
+            clock,
             alive,
         })
     }
 
-    /// Queues a request, or refuses it at once with 503 past --max-concurrent.
-    pub fn submit(
-        &self,
-        call: Arc<Call>,
-    ) -> std::result::Result<oneshot::Receiver<Reply>, ApiError> {
+    /// Queues a request, or refuses it at once with 503 past --max-concurrent. Its deadline,
+    /// if it has a budget, counts from now.
+    pub fn submit(&self, call: Arc<Call>) -> std::result::Result<Pending, ApiError> {
         let unavailable = || ApiError::new(503, "unavailable", "the server is shutting down");
         let depth = &self.metrics.queue_depth;
         if depth.fetch_add(1, Ordering::AcqRel) >= self.max_concurrent as u64 {
@@ -198,19 +284,30 @@ impl Scheduler {
             ));
         }
         let permit = Permit(self.metrics.clone());
+        // A budget too large for an Instant is no deadline at all.
+        let deadline = call.timeout.and_then(|timeout| {
+            let at = (self.clock)().checked_add(Duration::from_millis(timeout.ms))?;
+            Some(Deadline { at, timeout })
+        });
         let (reply, rx) = oneshot::channel();
         let job = Job {
             call,
-            reply,
-            accepted: Instant::now(),
-            permit,
+            ticket: Ticket {
+                reply,
+                permit,
+                accepted: Instant::now(),
+                deadline,
+            },
         };
         let sender = self.submit.lock().map_err(|_| unavailable())?;
         match sender.as_ref() {
             Some(tx) => tx.send(job).map_err(|_| unavailable())?,
             None => return Err(unavailable()),
         }
-        Ok(rx)
+        Ok(Pending {
+            reply: rx,
+            deadline,
+        })
     }
 
     /// Both threads are running and no forward has panicked.
@@ -242,32 +339,31 @@ impl Drop for Scheduler {
 fn tokenize_loop<S: PairScorer>(
     r: &S,
     metrics: &Metrics,
+    clock: &Clock,
     jobs: Receiver<Job>,
     out: Sender<Encoded>,
 ) {
-    for job in jobs {
-        if job.reply.is_closed() {
-            metrics.cancelled();
+    for Job { call, ticket } in jobs {
+        if let Some(verdict) = ticket.verdict(clock()) {
+            ticket.settle(verdict, metrics);
             continue;
         }
-        match encode(r, &job.call) {
-            Err(e) => answer(job.reply, job.permit, Err(e)),
+        match encode(r, &call) {
+            Err(e) => ticket.answer(Err(e)),
             Ok((pairs, group_lens)) if pairs.is_empty() => {
                 let scored = Scored {
                     groups: group_lens.iter().map(|_| GroupScores::default()).collect(),
                     tokens: 0,
-                    queue: job.accepted.elapsed(),
+                    queue: ticket.accepted.elapsed(),
                     infer: Duration::ZERO,
                 };
-                answer(job.reply, job.permit, Ok(scored));
+                ticket.answer(Ok(scored));
             }
             Ok((pairs, group_lens)) => {
                 let encoded = Encoded {
                     pairs,
                     group_lens,
-                    reply: job.reply,
-                    accepted: job.accepted,
-                    permit: job.permit,
+                    ticket,
                 };
                 // If the inference thread is gone, the job is dropped here and its caller
                 // sees the channel close.
@@ -323,66 +419,94 @@ fn encode<S: PairScorer>(
     Ok((pairs, lens))
 }
 
+/// How many of its next pairs each waiting request puts into the next forward of at most
+/// `limit` tokens. `waiting[k]` are request k's pairs not yet scored, oldest request first.
+///
+/// The policy: the forward is filled one pair at a time, and each pair goes to the request
+/// with the fewest tokens in this forward so far, the oldest on a tie. A request whose next
+/// pair does not fit stops taking for this forward (its pairs stay in order); the first pair
+/// always goes in, however long. So:
+/// - a request alone fills every forward exactly as the library's front-to-back packing does;
+/// - requests that need less than an even share of the budget get all their pairs in, and the
+///   rest is split evenly among the larger ones (max-min fairness, to within a pair);
+/// - with k requests waiting and pairs of at most L tokens, a request that does not finish in a
+///   forward got more than `limit / k - L` tokens of it (when it stopped taking, the others had
+///   at most L more than it, and the next pair did not fit: `k * (x + L) - L > limit - L`);
+/// - ties go to the oldest, so a request waits only behind older ones, never younger.
+fn plan(waiting: &[&[EncodedPair]], limit: usize) -> Vec<usize> {
+    let mut takes = vec![0; waiting.len()];
+    let mut turn: BinaryHeap<Reverse<(usize, usize)>> = (0..waiting.len())
+        .filter(|&k| !waiting[k].is_empty())
+        .map(|k| Reverse((0, k)))
+        .collect();
+    let mut pairs = 0;
+    let mut tokens = 0;
+    while let Some(Reverse((taken, k))) = turn.pop() {
+        let t = waiting[k][takes[k]].ids.len();
+        if pairs > 0 && tokens + t > limit {
+            continue;
+        }
+        pairs += 1;
+        tokens += t;
+        takes[k] += 1;
+        if takes[k] < waiting[k].len() {
+            turn.push(Reverse((taken + t, k)));
+        }
+    }
+    takes
+}
+
 /// `alive` turns false after a forward panics: the requests in it get a 500 and the loop goes on,
 /// but a model whose forward panicked may be broken (a poisoned arena), so /health says so.
 fn inference_loop<S: PairScorer>(
     r: &S,
     metrics: &Metrics,
     alive: &AtomicBool,
+    clock: &Clock,
     jobs: Receiver<Encoded>,
 ) {
     let limit = r.max_batch_tokens();
-    let mut active: Vec<Active> = Vec::new();
+    // Oldest first.
+    let mut queue: Vec<Active> = Vec::new();
     loop {
-        if active.is_empty() {
+        if queue.is_empty() {
             match jobs.recv() {
-                Ok(job) => active.push(Active::new(job)),
+                Ok(job) => queue.push(Active::new(job)),
                 Err(_) => return,
             }
         }
-        active.extend(jobs.try_iter().map(Active::new));
-        // A job whose client has gone away is not scored any further.
-        active.retain(|a| {
-            let gone = a.job.reply.is_closed();
-            if gone {
-                metrics.cancelled();
+        queue.extend(jobs.try_iter().map(Active::new));
+        // A job past its deadline or whose client has gone away is not scored any further.
+        let now = clock();
+        for a in std::mem::take(&mut queue) {
+            match a.job.ticket.verdict(now) {
+                Some(verdict) => a.job.ticket.settle(verdict, metrics),
+                None => queue.push(a),
             }
-            !gone
-        });
-        if active.is_empty() {
+        }
+        if queue.is_empty() {
             continue;
         }
 
-        // Pack: (job, first pair, end) front to back, at least one pair per forward.
-        let mut spans = Vec::new();
-        let mut tokens = 0;
-        let mut count = 0;
-        'pack: for (k, a) in active.iter().enumerate() {
-            let start = a.next;
-            let mut end = start;
-            while end < a.job.pairs.len() {
-                let t = a.job.pairs[end].ids.len();
-                if count > 0 && tokens + t > limit {
-                    if end > start {
-                        spans.push((k, start, end));
-                    }
-                    break 'pack;
-                }
-                tokens += t;
-                count += 1;
-                end += 1;
-            }
-            spans.push((k, start, end));
-        }
+        let spans: Vec<(usize, usize, usize)> = {
+            let waiting: Vec<&[EncodedPair]> =
+                queue.iter().map(|a| &a.job.pairs[a.next..]).collect();
+            plan(&waiting, limit)
+                .into_iter()
+                .enumerate()
+                .filter(|&(_, n)| n > 0)
+                .map(|(k, n)| (k, queue[k].next, queue[k].next + n))
+                .collect()
+        };
+        let count: usize = spans.iter().map(|&(_, s, e)| e - s).sum();
+        let refs: Vec<&EncodedPair> = spans
+            .iter()
+            .flat_map(|&(k, s, e)| queue[k].job.pairs[s..e].iter())
+            .collect();
+        let tokens: usize = refs.iter().map(|p| p.ids.len()).sum();
 
         let t0 = Instant::now();
-        let outcome = {
-            let refs: Vec<&EncodedPair> = spans
-                .iter()
-                .flat_map(|&(k, s, e)| active[k].job.pairs[s..e].iter())
-                .collect();
-            catch_unwind(AssertUnwindSafe(|| r.score(&refs)))
-        };
+        let outcome = catch_unwind(AssertUnwindSafe(|| r.score(&refs)));
         let seconds = t0.elapsed().as_secs_f64();
         let logits = match outcome {
             Ok(Ok(l)) if l.len() == count => Ok(l),
@@ -398,15 +522,15 @@ fn inference_loop<S: PairScorer>(
         };
         metrics.forward(count, tokens, seconds, logits.is_ok());
 
-        let mut failed = vec![false; active.len()];
+        let mut failed = vec![false; queue.len()];
         match &logits {
             Ok(values) => {
                 let mut at = 0;
                 for &(k, s, e) in &spans {
-                    let a = &mut active[k];
+                    let a = &mut queue[k];
                     if a.first_forward.is_none() {
                         a.first_forward = Some(t0);
-                        metrics.queued((t0 - a.job.accepted).as_secs_f64());
+                        metrics.queued((t0 - a.job.ticket.accepted).as_secs_f64());
                     }
                     a.logits.extend_from_slice(&values[at..at + (e - s)]);
                     a.next = e;
@@ -424,14 +548,15 @@ fn inference_loop<S: PairScorer>(
             }
         }
         // Answer the failed and the finished jobs; keep the rest, in order.
-        for (k, a) in std::mem::take(&mut active).into_iter().enumerate() {
+        let now = clock();
+        for (k, a) in std::mem::take(&mut queue).into_iter().enumerate() {
             if failed[k] {
                 let msg = logits.as_ref().err().cloned().unwrap_or_default();
-                answer(a.job.reply, a.job.permit, Err(ApiError::backend(msg)));
+                a.job.ticket.answer(Err(ApiError::backend(msg)));
             } else if a.next == a.job.pairs.len() {
-                a.finish();
+                a.finish(now, metrics);
             } else {
-                active.push(a);
+                queue.push(a);
             }
         }
     }
@@ -448,7 +573,14 @@ impl Active {
         }
     }
 
-    fn finish(self) {
+    /// Answers with the scores, or with the 504 its caller has already given if the deadline
+    /// passed during its last forward.
+    fn finish(self, now: Instant, metrics: &Metrics) {
+        let ticket = self.job.ticket;
+        if let Some(verdict @ Verdict::Expired(_)) = ticket.verdict(now) {
+            ticket.settle(verdict, metrics);
+            return;
+        }
         let first = self.first_forward.unwrap_or_else(Instant::now);
         let mut groups = Vec::with_capacity(self.job.group_lens.len());
         let mut at = 0;
@@ -461,31 +593,62 @@ impl Active {
         let scored = Scored {
             groups,
             tokens: self.job.pairs.iter().map(|p| p.ids.len()).sum(),
-            queue: first - self.job.accepted,
+            queue: first - ticket.accepted,
             infer: first.elapsed(),
         };
-        answer(self.job.reply, self.job.permit, Ok(scored));
+        ticket.answer(Ok(scored));
     }
 }
 
 #[cfg(test)]
 mod tests {
-    //! The scheduler over a fake model whose forwards are recorded and can be held, so that
-    //! what each forward packs is known exactly.
+    //! The scheduler over a fake model whose forwards are recorded and can be held or stepped
+    //! one at a time, and a hand-moved clock for deadlines, so that what each forward packs is
+    //! known exactly and nothing depends on timing.
 
+    use std::sync::atomic::AtomicU64;
     use std::sync::Condvar;
 
     use super::*;
     use crate::serve::api::{GroupIn, Route};
 
+    #[derive(Default)]
+    struct State {
+        /// A forward holding id 100 waits while this is true.
+        held: bool,
+        /// Some(n): every forward waits until it may go, and n more may; None: they run freely.
+        steps: Option<usize>,
+        /// Encoding the query "hold" waits while this is true.
+        hold_encode: bool,
+        /// The first id of every pair, forward by forward, recorded as each forward starts.
+        forwards: Vec<Vec<u32>>,
+        /// Every query encoded, in order.
+        queries: Vec<String>,
+    }
+
     /// A doc "T:N" encodes to N tokens of id T, and scores T + N/1000. A forward holding id 999
-    /// fails, one holding 666 panics, and one holding 100 waits until `release`.
+    /// fails, one holding 666 panics.
     struct Fake {
         limit: usize,
-        held: Mutex<bool>,
-        forwards: Mutex<Vec<Vec<u32>>>,
-        queries: Mutex<Vec<String>>,
+        state: Mutex<State>,
         changed: Condvar,
+    }
+
+    impl Fake {
+        /// Waits until `ready` holds (at most 10 s: a test that waits longer has failed).
+        fn wait_for(&self, what: &str, ready: impl Fn(&State) -> bool) {
+            let state = self.state.lock().unwrap();
+            let (_state, timeout) = self
+                .changed
+                .wait_timeout_while(state, Duration::from_secs(10), |s| !ready(s))
+                .unwrap();
+            assert!(!timeout.timed_out(), "{what} never happened");
+        }
+
+        fn update(&self, f: impl FnOnce(&mut State)) {
+            f(&mut self.state.lock().unwrap());
+            self.changed.notify_all();
+        }
     }
 
     impl PairScorer for Fake {
@@ -495,6 +658,9 @@ mod tests {
             docs: &[String],
             _side: TruncationSide,
         ) -> Result<Vec<EncodedPair>> {
+            if query == "hold" {
+                self.wait_for("the encode release", |s| !s.hold_encode);
+            }
             let pairs = docs
                 .iter()
                 .map(|d| {
@@ -507,26 +673,29 @@ mod tests {
                     }
                 })
                 .collect();
-            self.queries.lock().unwrap().push(query.to_string());
-            self.changed.notify_all();
+            self.update(|s| s.queries.push(query.to_string()));
             Ok(pairs)
         }
 
         fn score(&self, pairs: &[&EncodedPair]) -> Result<Vec<f32>> {
             let tags: Vec<u32> = pairs.iter().map(|p| p.ids[0]).collect();
-            self.forwards.lock().unwrap().push(tags.clone());
-            self.changed.notify_all();
-            if tags.contains(&100) {
-                let held = self.held.lock().unwrap();
-                let _held = self.changed.wait_while(held, |h| *h).unwrap();
-            }
+            self.update(|s| s.forwards.push(tags.clone()));
+            let held = tags.contains(&100);
+            self.wait_for("the forward's release", |s| {
+                !(held && s.held) && s.steps != Some(0)
+            });
+            self.update(|s| {
+                if let Some(n) = &mut s.steps {
+                    *n -= 1;
+                }
+            });
             if tags.contains(&999) {
                 return Err(Error::Internal("poisoned pair".into()));
             }
             assert!(!tags.contains(&666), "a panicking forward");
             Ok(pairs
                 .iter()
-                .map(|p| p.ids[0] as f32 + p.ids.len() as f32 / 1000.0)
+                .map(|p| score_of(p.ids[0], p.ids.len()))
                 .collect())
         }
 
@@ -539,42 +708,98 @@ mod tests {
         }
     }
 
+    fn score_of(tag: u32, tokens: usize) -> f32 {
+        tag as f32 + tokens as f32 / 1000.0
+    }
+
     struct Rig {
         fake: Arc<Fake>,
         metrics: Arc<Metrics>,
         scheduler: Scheduler,
+        /// The hand-moved clock's reading, in ms after the rig started.
+        clock_ms: Arc<AtomicU64>,
     }
 
     impl Rig {
-        /// A scheduler whose first forward is held until `release`.
-        fn held(limit: usize, max_concurrent: usize) -> (Rig, oneshot::Receiver<Reply>) {
+        fn new(limit: usize, max_concurrent: usize, steps: Option<usize>) -> Rig {
             let fake = Arc::new(Fake {
                 limit,
-                held: Mutex::new(true),
-                forwards: Mutex::default(),
-                queries: Mutex::default(),
+                state: Mutex::new(State {
+                    held: true,
+                    steps,
+                    ..State::default()
+                }),
                 changed: Condvar::new(),
             });
             let metrics = Arc::new(Metrics::default());
+            let clock_ms = Arc::new(AtomicU64::new(0));
+            let (base, ms) = (Instant::now(), clock_ms.clone());
+            let clock: Clock =
+                Arc::new(move || base + Duration::from_millis(ms.load(Ordering::Acquire)));
             let scheduler =
-                Scheduler::start(fake.clone(), metrics.clone(), max_concurrent).unwrap();
-            let rig = Rig {
+                Scheduler::start_with_clock(fake.clone(), metrics.clone(), max_concurrent, clock)
+                    .unwrap();
+            Rig {
                 fake,
                 metrics,
                 scheduler,
-            };
+                clock_ms,
+            }
+        }
+
+        /// A scheduler whose first forward, holding a request of its own, is held until
+        /// `release`.
+        fn held(limit: usize, max_concurrent: usize) -> (Rig, oneshot::Receiver<Reply>) {
+            let rig = Rig::new(limit, max_concurrent, None);
             let gate = rig.submit("gate", &["100:1"]).unwrap();
-            // The held forward holds the gate alone: wait until it has started.
-            let forwards = rig.fake.forwards.lock().unwrap();
-            let (forwards, timeout) = rig
-                .fake
-                .changed
-                .wait_timeout_while(forwards, Duration::from_secs(10), |f| f.is_empty())
-                .unwrap();
-            assert!(!timeout.timed_out(), "the held forward never started");
-            assert_eq!(*forwards, vec![vec![100]]);
-            drop(forwards);
+            rig.fake
+                .wait_for("the held forward", |s| !s.forwards.is_empty());
+            assert_eq!(rig.forwards(), vec![vec![100]]);
             (rig, gate)
+        }
+
+        /// A scheduler whose every forward waits for `step`.
+        fn stepped(limit: usize) -> Rig {
+            Rig::new(limit, 64, Some(0))
+        }
+
+        /// A stepped scheduler whose first forward, waiting, holds the start of a large
+        /// request of `n` one-token pairs tagged from 1000 (timeout_ms `timeout_ms`).
+        fn behind_big(limit: usize, n: u32, timeout_ms: Option<u64>) -> (Rig, Pending) {
+            let rig = Rig::stepped(limit);
+            let big = rig
+                .submit_within("big", &docs(1000, n), timeout_ms)
+                .unwrap();
+            rig.fake
+                .wait_for("the first forward", |s| !s.forwards.is_empty());
+            (rig, big)
+        }
+
+        fn call(groups: &[(&str, &[String])], timeout_ms: Option<u64>) -> Arc<Call> {
+            Arc::new(Call {
+                route: if groups.len() == 1 {
+                    Route::Tei
+                } else {
+                    Route::Batch
+                },
+                groups: groups
+                    .iter()
+                    .map(|(query, docs)| GroupIn {
+                        query: query.to_string(),
+                        docs: docs.to_vec(),
+                        top_n: None,
+                    })
+                    .collect(),
+                raw_scores: true,
+                return_docs: false,
+                truncate: true,
+                truncation_side: TruncationSide::Right,
+                model: None,
+                timeout: timeout_ms.map(|ms| Timeout {
+                    ms,
+                    source: "timeout_ms",
+                }),
+            })
         }
 
         fn submit(
@@ -582,44 +807,93 @@ mod tests {
             query: &str,
             docs: &[&str],
         ) -> std::result::Result<oneshot::Receiver<Reply>, ApiError> {
-            self.scheduler.submit(Arc::new(Call {
-                route: Route::Tei,
-                groups: vec![GroupIn {
-                    query: query.into(),
-                    docs: docs.iter().map(|d| d.to_string()).collect(),
-                    top_n: None,
-                }],
-                raw_scores: true,
-                return_docs: false,
-                truncate: true,
-                truncation_side: TruncationSide::Right,
-                model: None,
-            }))
+            self.submit_within(query, &strings(docs), None)
+                .map(|p| p.reply)
         }
 
-        /// Waits until every job submitted so far is tokenized and queued (a sentinel job with
-        /// no documents, answered by the tokenizer thread, marks the point), then lets the held
-        /// forward go.
-        fn release(&self) {
+        /// A request with a budget of `timeout_ms` on the rig's clock.
+        fn submit_within(
+            &self,
+            query: &str,
+            docs: &[String],
+            timeout_ms: Option<u64>,
+        ) -> std::result::Result<Pending, ApiError> {
+            self.scheduler
+                .submit(Rig::call(&[(query, docs)], timeout_ms))
+        }
+
+        /// Returns once every request submitted so far is tokenized and queued for the
+        /// inference thread: a sentinel with no documents, answered by the tokenizer thread
+        /// after all of them, marks the point.
+        fn sync(&self) {
             let sentinel = self.submit("sentinel", &[]).unwrap();
-            let queries = self.fake.queries.lock().unwrap();
-            let (queries, timeout) = self
-                .fake
-                .changed
-                .wait_timeout_while(queries, Duration::from_secs(10), |q| {
-                    !q.iter().any(|x| x == "sentinel")
-                })
-                .unwrap();
-            assert!(!timeout.timed_out(), "the sentinel was never tokenized");
-            drop(queries);
             assert!(sentinel.blocking_recv().unwrap().is_ok());
-            *self.fake.held.lock().unwrap() = false;
-            self.fake.changed.notify_all();
+        }
+
+        /// Lets the held first forward go, once everything submitted is queued.
+        fn release(&self) {
+            self.sync();
+            self.fake.update(|s| s.held = false);
+        }
+
+        /// Lets the forward that waits finish, then waits until the next one has started and
+        /// returns what it holds. The answers of the requests the finished forward completed
+        /// are sent before the next forward starts.
+        fn step(&self) -> Vec<u32> {
+            let before = self.forwards().len();
+            self.fake.update(|s| s.steps = Some(1));
+            self.fake
+                .wait_for("the next forward", |s| s.forwards.len() > before);
+            self.forwards()[before].clone()
+        }
+
+        /// Lets every forward run freely from now on.
+        fn run_free(&self) {
+            self.fake.update(|s| s.steps = None);
+        }
+
+        /// Stops the scheduler and checks that the one request tagged [first, first + n) was
+        /// dropped by its deadline: none of its pairs reached a forward, and it was counted once,
+        /// as a deadline and not as a client gone away.
+        fn dropped_by_deadline(&self, first: u32, n: u32) {
+            self.scheduler.shutdown();
+            let forwards = self.forwards();
+            let scored = forwards.iter().flatten();
+            assert!(
+                scored.clone().all(|t| !(first..first + n).contains(t)),
+                "{forwards:?}"
+            );
+            let text = self.metrics.render();
+            for line in [
+                "crossrank_deadline_exceeded_total 1\n",
+                "crossrank_cancelled_total 0\n",
+                "crossrank_queue_depth 0\n",
+            ] {
+                assert!(text.contains(line), "{line:?} not in\n{text}");
+            }
+        }
+
+        fn advance_clock(&self, ms: u64) {
+            self.clock_ms.fetch_add(ms, Ordering::AcqRel);
         }
 
         fn forwards(&self) -> Vec<Vec<u32>> {
-            self.fake.forwards.lock().unwrap().clone()
+            self.fake.state.lock().unwrap().forwards.clone()
         }
+    }
+
+    fn strings(docs: &[&str]) -> Vec<String> {
+        docs.iter().map(|d| d.to_string()).collect()
+    }
+
+    /// `n` one-token docs tagged `first`, `first + 1`, ...
+    fn docs(first: u32, n: u32) -> Vec<String> {
+        (first..first + n).map(|t| format!("{t}:1")).collect()
+    }
+
+    /// What `docs(first, n)` must score: each pair's own logit, whatever it shared a forward with.
+    fn want(first: u32, n: u32) -> Vec<f32> {
+        (first..first + n).map(|t| score_of(t, 1)).collect()
     }
 
     fn logits(rx: oneshot::Receiver<Reply>) -> std::result::Result<Vec<f32>, ApiError> {
@@ -628,8 +902,17 @@ mod tests {
             .map(|s| s.groups[0].logits.clone())
     }
 
+    /// The tags of a forward in [first, first + n).
+    fn of(forward: &[u32], first: u32, n: u32) -> Vec<u32> {
+        forward
+            .iter()
+            .copied()
+            .filter(|t| (first..first + n).contains(t))
+            .collect()
+    }
+
     #[test]
-    fn requests_share_forwards_and_large_ones_are_split_in_order() {
+    fn waiting_requests_share_each_forward_fairly() {
         let (rig, gate) = Rig::held(10, 16);
         let a = rig.submit("a", &["1:4", "2:4"]).unwrap();
         let b = rig.submit("b", &["3:4"]).unwrap();
@@ -639,13 +922,310 @@ mod tests {
         assert_eq!(logits(a).unwrap(), vec![1.004, 2.004]);
         assert_eq!(logits(b).unwrap(), vec![3.004]);
         assert_eq!(logits(c).unwrap(), vec![4.003, 5.003, 6.003, 7.003]);
-        // Front to back, at most 10 tokens a forward: b shares with c, c spans two forwards.
+        // At most 10 tokens a forward, each pair to the request with the fewest tokens in it so
+        // far: a and b take 4 each, then neither c's 3 nor a's next 4 fit. Then a and c share,
+        // and c, alone, finishes.
         assert_eq!(
             rig.forwards(),
-            vec![vec![100], vec![1, 2], vec![3, 4, 5], vec![6, 7]]
+            vec![vec![100], vec![1, 3], vec![2, 4, 5], vec![6, 7]]
         );
         rig.scheduler.shutdown();
         assert_eq!(rig.metrics.queue_depth.load(Ordering::Acquire), 0);
+    }
+
+    /// The case: a small request that arrives while a large one is being scored gets
+    /// all its pairs into the very next forward, and every answer is each pair's own score.
+    #[test]
+    fn a_small_request_gets_into_the_next_forward_of_a_large_one() {
+        let (rig, big) = Rig::behind_big(10, 30, None);
+        assert_eq!(rig.forwards()[0], (1000..1010).collect::<Vec<_>>());
+        let small = rig.submit_within("small", &docs(2000, 3), None).unwrap();
+        rig.sync();
+        let second = rig.step();
+        assert_eq!(of(&second, 2000, 3), vec![2000, 2001, 2002], "{second:?}");
+        assert_eq!(of(&second, 1000, 30), (1010..1017).collect::<Vec<_>>());
+        // The small one is answered before the third forward starts.
+        let third = rig.step();
+        assert_eq!(third, (1017..1027).collect::<Vec<_>>());
+        let mut small = small.reply;
+        let scored = small
+            .try_recv()
+            .expect("answered after its forward")
+            .unwrap();
+        assert_eq!(scored.groups[0].logits, want(2000, 3));
+        rig.run_free();
+        assert_eq!(logits(big.reply).unwrap(), want(1000, 30));
+    }
+
+    /// A request alone is packed as the library packs it, front to back: every forward holds as
+    /// many pairs as fit in the budget, and the next pair would not have fitted.
+    #[test]
+    fn a_lone_request_fills_every_forward_to_the_budget() {
+        let limit = 10;
+        let rig = Rig::new(limit, 16, None);
+        let lens: Vec<usize> = (0..40).map(|i| 1 + (i * 7) % 5).collect();
+        let docs: Vec<String> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("{}:{n}", 1000 + i))
+            .collect();
+        let big = rig.submit_within("big", &docs, None).unwrap();
+        let want: Vec<f32> = (0..40)
+            .map(|i| score_of(1000 + i, lens[i as usize]))
+            .collect();
+        assert_eq!(logits(big.reply).unwrap(), want);
+        // The library's rule (Reranker::score_pairs): take pairs while they fit, at least one.
+        let mut expected = Vec::new();
+        let mut start = 0;
+        while start < lens.len() {
+            let (mut end, mut tokens) = (start, 0);
+            while end < lens.len() && (end == start || tokens + lens[end] <= limit) {
+                tokens += lens[end];
+                end += 1;
+            }
+            expected.push((start..end).map(|i| 1000 + i as u32).collect::<Vec<_>>());
+            start = end;
+        }
+        let forwards = rig.forwards();
+        assert_eq!(forwards, expected);
+        for f in &forwards[..forwards.len() - 1] {
+            let tokens: usize = f.iter().map(|&t| lens[(t - 1000) as usize]).sum();
+            let next = lens[(f[f.len() - 1] - 1000 + 1) as usize];
+            assert!(tokens <= limit && tokens + next > limit, "{f:?}");
+        }
+    }
+
+    /// A stream of small requests that alone would fill every forward (two of 5 one-token
+    /// pairs before each forward of 10) cannot starve a large request: with k requests waiting
+    /// and pairs of L = 1 token, a request not finished in a forward gets more than 10/k - 1
+    /// tokens of it, and so the large one finishes within a bound of forwards.
+    #[test]
+    fn a_large_request_is_not_starved_by_a_stream_of_small_ones() {
+        let (limit, longest) = (10.0, 1.0);
+        let (rig, big) = Rig::behind_big(10, 30, None);
+        let big = big.reply;
+        let mut smalls: Vec<oneshot::Receiver<Reply>> = Vec::new();
+        let mut left = 30 - rig.forwards()[0].len();
+        let mut forwards = 1;
+        for i in 0..20u32 {
+            // Requests waiting for the next forward: the big one, the small ones not yet
+            // answered, and the two new ones.
+            smalls.retain_mut(|rx| rx.try_recv().is_err());
+            let k = 1 + smalls.len() + 2;
+            for j in 0..2 {
+                let first = 2000 + 10 * (2 * i + j);
+                let rx = rig.submit_within("small", &docs(first, 5), None).unwrap();
+                smalls.push(rx.reply);
+            }
+            rig.sync();
+            let forward = rig.step();
+            forwards += 1;
+            let got = of(&forward, 1000, 30).len();
+            left -= got;
+            if left > 0 {
+                assert!(
+                    got as f64 > limit / k as f64 - longest,
+                    "forward {forwards}: the large request got {got} of 10 tokens among {k} requests"
+                );
+            } else {
+                break;
+            }
+        }
+        assert_eq!(
+            left, 0,
+            "the large request was not finished in {forwards} forwards"
+        );
+        // 20 pairs after the first forward, at least 2 a forward while at most 9 requests wait.
+        assert!(forwards <= 11, "{forwards} forwards");
+        rig.run_free();
+        assert_eq!(logits(big).unwrap(), want(1000, 30));
+    }
+
+    /// /rerank/batch is one request however many groups it has: it shares a forward with
+    /// another request half and half, not a third per group; its groups stay in order.
+    #[test]
+    fn a_batch_call_is_one_request_whatever_its_groups() {
+        let (rig, big) = Rig::behind_big(12, 30, None);
+        let (g0, g1, g2) = (docs(2000, 10), docs(3000, 10), docs(4000, 10));
+        let call = Rig::call(&[("a", &g0), ("b", &g1), ("c", &g2)], None);
+        let batch = rig.scheduler.submit(call).unwrap();
+        rig.sync();
+        let second = rig.step();
+        assert_eq!(of(&second, 1000, 30).len(), 6, "{second:?}");
+        assert_eq!(
+            second.iter().filter(|&&t| t >= 2000).count(),
+            6,
+            "{second:?}"
+        );
+        assert_eq!(of(&second, 2000, 10), (2000..2006).collect::<Vec<_>>());
+        rig.run_free();
+        let scored = batch.reply.blocking_recv().unwrap().unwrap();
+        let groups: Vec<Vec<f32>> = scored.groups.into_iter().map(|g| g.logits).collect();
+        assert_eq!(groups, vec![want(2000, 10), want(3000, 10), want(4000, 10)]);
+        assert_eq!(logits(big.reply).unwrap(), want(1000, 30));
+    }
+
+    /// The policy's stated properties over seeded random queues: a lone request is packed
+    /// front to back; a forward holds at most the budget (or one pair); the oldest request
+    /// always gets a pair; a request left unfinished got more than limit/k - L tokens.
+    #[test]
+    fn the_plan_keeps_its_stated_bounds() {
+        let mut seed = 7u64;
+        let mut next = |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        let pair = |n: usize| EncodedPair {
+            ids: vec![1; n],
+            type_ids: vec![0; n],
+            truncated: false,
+        };
+        for case in 0..2000 {
+            let limit = 4 + next(60);
+            let longest = 1 + next(limit.min(16));
+            let k = 1 + next(12);
+            let queues: Vec<Vec<EncodedPair>> = (0..k)
+                .map(|_| (0..1 + next(20)).map(|_| pair(1 + next(longest))).collect())
+                .collect();
+            let waiting: Vec<&[EncodedPair]> = queues.iter().map(Vec::as_slice).collect();
+            let takes = plan(&waiting, limit);
+            let tokens_of =
+                |r: usize| -> usize { waiting[r][..takes[r]].iter().map(|p| p.ids.len()).sum() };
+            let total: usize = (0..k).map(tokens_of).sum();
+            let pairs: usize = takes.iter().sum();
+            assert!(
+                total <= limit || pairs == 1,
+                "case {case}: {total} > {limit}"
+            );
+            assert!(takes[0] >= 1, "case {case}: the oldest got nothing");
+            let l = waiting
+                .iter()
+                .flat_map(|w| w.iter())
+                .map(|p| p.ids.len())
+                .max();
+            let l = l.unwrap_or(0) as f64;
+            for r in 0..k {
+                if takes[r] < waiting[r].len() {
+                    assert!(
+                        tokens_of(r) as f64 > limit as f64 / k as f64 - l,
+                        "case {case}: request {r} got {} of {limit} among {k}",
+                        tokens_of(r)
+                    );
+                }
+            }
+            // Alone, the library's front-to-back rule.
+            let alone = plan(&waiting[..1], limit);
+            let (mut end, mut tokens) = (0, 0);
+            while end < waiting[0].len()
+                && (end == 0 || tokens + waiting[0][end].ids.len() <= limit)
+            {
+                tokens += waiting[0][end].ids.len();
+                end += 1;
+            }
+            assert_eq!(alone, vec![end], "case {case}");
+        }
+    }
+
+    /// A request whose deadline passes while it waits is answered 504 naming its budget, and
+    /// its pairs never reach a forward; one with a generous deadline is scored as usual.
+    #[test]
+    fn a_request_past_its_deadline_is_answered_504_and_never_scored() {
+        let (rig, big) = Rig::behind_big(10, 15, None);
+        let late = rig.submit_within("late", &docs(2000, 3), Some(10)).unwrap();
+        let patient = rig
+            .submit_within("patient", &docs(3000, 3), Some(3_600_000))
+            .unwrap();
+        rig.sync();
+        rig.advance_clock(11);
+        let second = rig.step();
+        let e = late.reply.blocking_recv().unwrap().unwrap_err();
+        assert_eq!((e.status, e.kind), (504, "timeout"));
+        assert!(
+            e.message.contains("budget of 10 ms (timeout_ms)"),
+            "{}",
+            e.message
+        );
+        assert_eq!(of(&second, 3000, 3), vec![3000, 3001, 3002], "{second:?}");
+        rig.run_free();
+        assert_eq!(logits(patient.reply).unwrap(), want(3000, 3));
+        assert_eq!(logits(big.reply).unwrap(), want(1000, 15));
+        rig.dropped_by_deadline(2000, 3);
+    }
+
+    /// The caller's answer is the 504 at the deadline itself, while the forward in progress
+    /// still runs; the scheduler then drops the request before the next forward.
+    #[test]
+    fn the_504_comes_at_the_deadline_without_waiting_for_the_forward() {
+        let (rig, big) = Rig::behind_big(10, 30, None);
+        let small = rig
+            .submit_within("small", &docs(2000, 3), Some(10))
+            .unwrap();
+        rig.sync();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        // The first forward never finishes until stepped; the answer must not wait for it.
+        let answer = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), small.answer()).await
+        });
+        let e = answer.expect("answered at the deadline").unwrap_err();
+        assert!(e.message.contains("budget of 10 ms"), "{}", e.message);
+        assert_eq!(rig.forwards().len(), 1);
+        rig.advance_clock(10);
+        rig.run_free();
+        assert_eq!(logits(big.reply).unwrap(), want(1000, 30));
+        rig.dropped_by_deadline(2000, 3);
+    }
+
+    /// A large request whose deadline passes between its forwards: the rest of its pairs are
+    /// dropped. One whose deadline passes during its last forward is answered 504 too, as its
+    /// caller's own timer has already answered.
+    #[test]
+    fn a_deadline_drops_the_pairs_not_yet_scored() {
+        let (rig, big) = Rig::behind_big(10, 30, Some(50));
+        rig.advance_clock(50);
+        rig.run_free();
+        let e = big.reply.blocking_recv().unwrap().unwrap_err();
+        assert!(e.message.contains("budget of 50 ms"), "{}", e.message);
+        let small = rig.submit_within("small", &docs(2000, 2), None).unwrap();
+        assert_eq!(logits(small.reply).unwrap(), want(2000, 2));
+        // The big one's first forward, then the small one's: nothing more of the big one.
+        assert_eq!(rig.forwards().len(), 2, "{:?}", rig.forwards());
+
+        let rig = Rig::stepped(10);
+        let last = rig.submit_within("last", &docs(1000, 3), Some(50)).unwrap();
+        rig.fake
+            .wait_for("the first forward", |s| !s.forwards.is_empty());
+        rig.advance_clock(50);
+        rig.run_free();
+        assert_eq!(last.reply.blocking_recv().unwrap().unwrap_err().status, 504);
+        assert!(rig
+            .metrics
+            .render()
+            .contains("crossrank_deadline_exceeded_total 1\n"));
+    }
+
+    /// A request already past its deadline when the tokenizer reaches it is not even tokenized.
+    #[test]
+    fn a_request_past_its_deadline_is_not_tokenized() {
+        let rig = Rig::new(10, 16, None);
+        rig.fake.update(|s| s.hold_encode = true);
+        let first = rig.submit("hold", &["1:1"]).unwrap();
+        let late = rig.submit_within("late", &docs(2000, 2), Some(5)).unwrap();
+        rig.advance_clock(5);
+        rig.fake.update(|s| s.hold_encode = false);
+        assert_eq!(late.reply.blocking_recv().unwrap().unwrap_err().status, 504);
+        assert_eq!(logits(first).unwrap(), vec![1.001]);
+        assert!(!rig
+            .fake
+            .state
+            .lock()
+            .unwrap()
+            .queries
+            .contains(&"late".into()));
     }
 
     #[test]
@@ -685,10 +1265,7 @@ mod tests {
         assert!(e.message.contains("poisoned pair"), "{}", e.message);
         assert_eq!(logits(c).unwrap_err().status, 500);
         assert_eq!(logits(d).unwrap(), vec![5.002]);
-        assert_eq!(
-            rig.forwards(),
-            vec![vec![100], vec![1], vec![999, 3], vec![5]]
-        );
+        assert_eq!(rig.forwards(), vec![vec![100], vec![1, 5], vec![999, 3]]);
         // A panicking forward is a 500 too; the scheduler keeps answering, and says it is
         // unhealthy from then on.
         assert!(rig.scheduler.healthy());
@@ -719,17 +1296,14 @@ mod tests {
         assert!(logits(a).is_ok());
         assert_eq!(logits(poisoned).unwrap_err().status, 500);
         assert!(logits(d).is_ok());
-        assert_eq!(
-            rig.forwards(),
-            vec![vec![100], vec![1], vec![999, 3], vec![5]]
-        );
+        assert_eq!(rig.forwards(), vec![vec![100], vec![1, 5], vec![999, 3]]);
         // Scored: the gate (1 token), a (8) and d (2); not the 9 tokens of the failed forward.
         let text = rig.metrics.render();
         for line in [
             "crossrank_pairs_total 3\n",
             "crossrank_tokens_total 11\n",
             "crossrank_forward_failures_total 1\n",
-            "crossrank_batch_pairs_count 4\n",
+            "crossrank_batch_pairs_count 3\n",
         ] {
             assert!(text.contains(line), "{line:?} not in\n{text}");
         }
@@ -760,8 +1334,7 @@ mod tests {
         assert_eq!((refused.status, refused.kind), (503, "overloaded"));
         assert!(refused.message.contains("--max-concurrent"));
         // The sentinel of `release` needs a place: free one by answering the gate first.
-        *rig.fake.held.lock().unwrap() = false;
-        rig.fake.changed.notify_all();
+        rig.fake.update(|s| s.held = false);
         assert!(logits(gate).is_ok());
         assert_eq!(logits(a).unwrap(), vec![1.001]);
         assert_eq!(
