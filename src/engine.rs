@@ -357,6 +357,12 @@ impl Reranker {
         instruction: Option<&str>,
     ) -> Result<Vec<EncodedPair>> {
         let max_length = self.tokenizer.resolve_max_length(max_length)?;
+        if instruction.is_some() && self.llm.is_none() {
+            return Err(Error::input(format!(
+                "instruction: {} takes none (only LLM rerankers have a prompt template)",
+                self.cfg.architecture
+            )));
+        }
         match &self.llm {
             Some(llm) => llm.encode_group(
                 self.tokenizer.inner(),

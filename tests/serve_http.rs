@@ -888,3 +888,68 @@ async fn concurrent_requests_match_one_at_a_time() {
     let server = Arc::into_inner(server).unwrap();
     server.stop().await;
 }
+
+/// An LLM reranker over HTTP: the body's `instruction` reaches the prompt on every route
+/// (scores equal the library's with the same instruction, and differ from the default's); an
+/// encoder model refuses an instruction with a 422 naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_reranker_takes_the_instruction_field() {
+    let name = "qwen3-reranker-tiny";
+    let server = Server::model(name).await;
+    let lib = library(name);
+    let (query, docs) = (
+        "how do I bake bread?",
+        ["Knead the dough.", "Stocks fell today."],
+    );
+    let want = |instruction: Option<&str>| -> Vec<(usize, f32)> {
+        let opts = Options {
+            raw_scores: true,
+            instruction: instruction.map(str::to_string),
+            ..Default::default()
+        };
+        lib.rerank(query, &docs, &opts)
+            .unwrap()
+            .iter()
+            .map(|r| (r.index, r.score))
+            .collect()
+    };
+    let custom = "Find recipes";
+    for instruction in [None, Some(custom)] {
+        let mut body = json!({"query": query, "texts": docs, "raw_scores": true});
+        if let Some(i) = instruction {
+            body["instruction"] = json!(i);
+        }
+        let (status, v) = server.post("/rerank", body).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(
+            pairs(&v, "score"),
+            want(instruction),
+            "/rerank {instruction:?}"
+        );
+    }
+    assert_ne!(want(None), want(Some(custom)));
+    let body = json!({"query": query, "documents": docs, "instruction": custom});
+    let (status, v) = server.post("/v2/rerank", body).await;
+    assert_eq!(status, 200, "{v}");
+    let sig: Vec<(usize, f32)> = want(Some(custom))
+        .into_iter()
+        .map(|(i, s)| (i, 1.0 / (1.0 + (-s).exp())))
+        .collect();
+    assert_eq!(pairs(&v["results"], "relevance_score"), sig, "/v2/rerank");
+    let body = json!({"groups": [{"query": query, "documents": docs}], "raw_scores": true,
+                      "instruction": custom});
+    let (status, v) = server.post("/rerank/batch", body).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        pairs(&v["groups"][0]["results"], "relevance_score"),
+        want(Some(custom)),
+        "/rerank/batch"
+    );
+    server.stop().await;
+
+    let server = Server::model("bert-f32").await;
+    let body = json!({"query": query, "texts": docs, "instruction": custom});
+    let (status, v) = server.post("/rerank", body).await;
+    assert_error(status, &v, 422, "instruction");
+    server.stop().await;
+}

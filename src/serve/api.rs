@@ -9,7 +9,9 @@
 //! - `/rerank/batch`: `{groups: [{query, documents, top_n?}], raw_scores?, return_documents?,
 //!   truncate?}` → `{id, model, groups: [{results: [...]}], usage}`.
 //!
-//! Every route also takes `timeout_ms` (a positive integer): the request's latency budget.
+//! Every route also takes `timeout_ms` (a positive integer): the request's latency budget, and
+//! `instruction` (a string): an LLM reranker's instruction in place of its template's default
+//! (a model without a template answers 422).
 //!
 //! Unknown fields are ignored (clients such as the Cohere SDK send fields we do not use).
 
@@ -170,6 +172,9 @@ pub struct Call {
     pub model: Option<String>,
     /// The latency budget: the body's `timeout_ms`, else the header, else the server default.
     pub timeout: Option<Timeout>,
+    /// An LLM reranker's instruction (the body's `instruction`) in place of its template's
+    /// default; a model without a template answers it with a 422.
+    pub instruction: Option<String>,
 }
 
 impl Call {
@@ -182,6 +187,8 @@ impl Call {
 struct TeiRequest {
     #[serde(default)]
     timeout_ms: Option<Value>,
+    #[serde(default)]
+    instruction: Option<String>,
     query: String,
     texts: Vec<String>,
     #[serde(default)]
@@ -198,6 +205,8 @@ struct TeiRequest {
 struct CohereRequest {
     #[serde(default)]
     timeout_ms: Option<Value>,
+    #[serde(default)]
+    instruction: Option<String>,
     #[serde(default)]
     model: Option<String>,
     query: String,
@@ -220,6 +229,8 @@ struct BatchGroup {
 struct BatchRequest {
     #[serde(default)]
     timeout_ms: Option<Value>,
+    #[serde(default)]
+    instruction: Option<String>,
     #[serde(default)]
     model: Option<String>,
     groups: Vec<BatchGroup>,
@@ -273,6 +284,7 @@ pub fn parse_value(route: Route, value: Value, limits: &Limits) -> Result<Call, 
                 truncation_side,
                 model: None,
                 timeout: Timeout::from_field(r.timeout_ms)?,
+                instruction: r.instruction,
             }
         }
         Route::Cohere { .. } => {
@@ -290,6 +302,7 @@ pub fn parse_value(route: Route, value: Value, limits: &Limits) -> Result<Call, 
                 truncation_side: TruncationSide::Right,
                 model: r.model,
                 timeout: Timeout::from_field(r.timeout_ms)?,
+                instruction: r.instruction,
             }
         }
         Route::Batch => {
@@ -315,6 +328,7 @@ pub fn parse_value(route: Route, value: Value, limits: &Limits) -> Result<Call, 
                 truncation_side: TruncationSide::Right,
                 model: r.model,
                 timeout: Timeout::from_field(r.timeout_ms)?,
+                instruction: r.instruction,
             }
         }
     };

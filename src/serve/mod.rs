@@ -63,6 +63,9 @@ pub struct ServeOptions {
     pub stdio: bool,
     #[command(flatten)]
     pub cuda: engine::CudaOptions,
+    /// An LLM reranker's prompt template (see `crossrank info`); default: the architecture's.
+    #[arg(long)]
+    pub template: Option<String>,
 }
 
 impl ServeOptions {
@@ -81,6 +84,7 @@ impl ServeOptions {
             request_timeout_ms: None,
             stdio: false,
             cuda: engine::CudaOptions::default(),
+            template: None,
         }
     }
 
@@ -139,7 +143,7 @@ impl Service {
             &LoadOptions {
                 max_batch_tokens: opts.max_batch_tokens,
                 cuda: opts.cuda,
-                ..LoadOptions::default()
+                template: opts.template.clone(),
             },
         )?;
         let loaded = t0.elapsed();

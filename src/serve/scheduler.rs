@@ -48,12 +48,14 @@ pub type Reply = std::result::Result<Scored, ApiError>;
 /// What the scheduler needs from a model: the two halves of a rerank call. [`Reranker`] is the
 /// one implementation outside tests.
 pub trait PairScorer: Send + Sync + 'static {
-    /// (query, doc) for every doc, truncated on `side` to the model's default max length.
+    /// (query, doc) for every doc, truncated on `side` to the model's default max length; an
+    /// LLM reranker's prompt carries `instruction` (or its template's default).
     fn encode(
         &self,
         query: &str,
         docs: &[String],
         side: TruncationSide,
+        instruction: Option<&str>,
     ) -> Result<Vec<EncodedPair>>;
     /// One logit per pair, in order.
     fn score(&self, pairs: &[&EncodedPair]) -> Result<Vec<f32>>;
@@ -69,8 +71,9 @@ impl PairScorer for Reranker {
         query: &str,
         docs: &[String],
         side: TruncationSide,
+        instruction: Option<&str>,
     ) -> Result<Vec<EncodedPair>> {
-        Reranker::encode_with(self, query, docs, None, side)
+        Reranker::encode_for(self, query, docs, None, side, instruction)
     }
 
     fn score(&self, pairs: &[&EncodedPair]) -> Result<Vec<f32>> {
@@ -384,7 +387,12 @@ fn encode<S: PairScorer>(
     let mut lens = Vec::with_capacity(call.groups.len());
     for (g, group) in call.groups.iter().enumerate() {
         let encoded = r
-            .encode(&group.query, &group.docs, call.truncation_side)
+            .encode(
+                &group.query,
+                &group.docs,
+                call.truncation_side,
+                call.instruction.as_deref(),
+            )
             .map_err(|e| match e {
                 Error::Input(m) => ApiError::validation(m),
                 other => ApiError::backend(other.to_string()),
@@ -657,6 +665,7 @@ mod tests {
             query: &str,
             docs: &[String],
             _side: TruncationSide,
+            _instruction: Option<&str>,
         ) -> Result<Vec<EncodedPair>> {
             if query == "hold" {
                 self.wait_for("the encode release", |s| !s.hold_encode);
@@ -795,6 +804,7 @@ mod tests {
                 truncate: true,
                 truncation_side: TruncationSide::Right,
                 model: None,
+                instruction: None,
                 timeout: timeout_ms.map(|ms| Timeout {
                     ms,
                     source: "timeout_ms",
