@@ -14,6 +14,10 @@ pub struct PackedBatch {
     /// i32 prefix sums of the sequence lengths: n + 1 entries, starting at 0.
     pub cu_seqlens: Vec<i32>,
     pub max_seqlen: usize,
+    /// A shared-prefix batch (causal models, [`PackedBatch::share_prefix`]): when non-zero,
+    /// sequence 0 is the prefix, these many rows, and every later sequence holds only what
+    /// follows it, attending to rows 0..shared_prefix before its own. 0: plain sequences.
+    pub shared_prefix: usize,
 }
 
 impl PackedBatch {
@@ -146,7 +150,72 @@ impl PackedBatch {
             position_ids: pad(&self.position_ids),
             cu_seqlens,
             max_seqlen: shape.max_seqlen.max(self.max_seqlen),
+            shared_prefix: self.shared_prefix,
         }
+    }
+
+    /// The longest run of ids every sequence starts with, cut so that each sequence keeps at
+    /// least one token of its own (its last row feeds the head); 0 with fewer than two
+    /// sequences. By ids, after tokenization: BPE may merge across a template's text boundary.
+    pub fn common_prefix(&self) -> usize {
+        let n = self.len();
+        if n < 2 || self.shared_prefix > 0 {
+            return 0;
+        }
+        let seq = |s: usize| &self.input_ids[self.range(s)];
+        let first = seq(0);
+        let mut p = (1..n).map(|s| seq(s).len()).fold(first.len(), usize::min);
+        p = p.saturating_sub(1);
+        for s in 1..n {
+            let other = seq(s);
+            p = first[..p]
+                .iter()
+                .zip(other)
+                .take_while(|(a, b)| a == b)
+                .count();
+            if p == 0 {
+                break;
+            }
+        }
+        p
+    }
+
+    /// The same sequences with their common prefix stored once (a causal model's K/V of a
+    /// prefix do not depend on what follows): sequence 0 is the prefix, then each sequence's
+    /// remaining tokens at their original positions. Its logits are the prefix's (to drop),
+    /// then one per original sequence. None when the sequences share no prefix.
+    pub fn share_prefix(&self) -> Option<PackedBatch> {
+        let p = self.common_prefix();
+        if p == 0 {
+            return None;
+        }
+        let n = self.len();
+        let mut b = PackedBatch {
+            cu_seqlens: vec![0],
+            shared_prefix: p,
+            ..Default::default()
+        };
+        let head = self.range(0).start;
+        b.input_ids
+            .extend_from_slice(&self.input_ids[head..head + p]);
+        b.token_type_ids
+            .extend_from_slice(&self.token_type_ids[head..head + p]);
+        b.position_ids
+            .extend_from_slice(&self.position_ids[head..head + p]);
+        b.cu_seqlens.push(p as i32);
+        b.max_seqlen = p;
+        for s in 0..n {
+            let r = self.range(s);
+            let rest = r.start + p..r.end;
+            b.input_ids.extend_from_slice(&self.input_ids[rest.clone()]);
+            b.token_type_ids
+                .extend_from_slice(&self.token_type_ids[rest.clone()]);
+            b.position_ids
+                .extend_from_slice(&self.position_ids[rest.clone()]);
+            b.cu_seqlens.push(b.input_ids.len() as i32);
+            b.max_seqlen = b.max_seqlen.max(rest.len());
+        }
+        Some(b)
     }
 }
 

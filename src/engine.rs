@@ -324,6 +324,11 @@ impl Reranker {
         self.scorer.max_batch_tokens()
     }
 
+    /// Tokens a shared-prefix forward kept out of the layers since load (LLM rerankers).
+    pub fn shared_tokens(&self) -> u64 {
+        self.scorer.shared_tokens()
+    }
+
     /// Encodes (query, passage) pairs; the query once, the passages in parallel.
     pub fn encode<S: AsRef<str> + Sync>(
         &self,

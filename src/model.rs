@@ -192,6 +192,11 @@ pub trait Scorer: Send + Sync {
     fn score(&self, batch: &PackedBatch) -> Result<Vec<f32>>;
     fn max_batch_tokens(&self) -> usize;
     fn device_name(&self) -> String;
+    /// Tokens a shared-prefix forward kept out of the layers since load (causal LM
+    /// rerankers; 0 for the others).
+    fn shared_tokens(&self) -> u64 {
+        0
+    }
 }
 
 impl<B: Backend> Scorer for Model<B> {

@@ -221,3 +221,98 @@ fn cli_templates_instructions_and_refusals() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The shared-prefix forward against the plain one on every golden case of both models: the
+/// same logits within 1e-5 (the same f32 math; only the GEMMs' row blocking differs), and
+/// exactly (n - 1) x the common id prefix fewer tokens, where that prefix is found by ids: in
+/// the case where BPE merges the document's first word with the template's space it is one
+/// token shorter than the text before the document.
+#[test]
+fn shared_prefix_gives_the_plain_forward_logits_with_fewer_tokens() {
+    use crossrank::batch::PackedBatch;
+    use crossrank::model::Scorer;
+    use crossrank::models::qwen;
+    for name in ["qwen3-reranker-tiny", "mxbai-rerank-tiny"] {
+        let dir = model_dir(name);
+        let r = Reranker::load(&dir, Device::Cpu, &LoadOptions::default()).unwrap();
+        let cfg = r.config().clone();
+        let llm = r.llm_template().unwrap();
+        let model = |share: bool| {
+            let ckpt = crossrank::weights::Checkpoint::open(&dir).unwrap();
+            let host = qwen::load(&ckpt, &cfg, llm.yes_id, llm.no_id).unwrap();
+            qwen::Model::new(crossrank::backend::cpu::CpuBackend, cfg.clone(), host, 8192)
+                .unwrap()
+                .with_shared_prefix(share)
+        };
+        let (plain, shared) = (model(false), model(true));
+        let mut worst = 0f32;
+        for case in &golden(name).cases {
+            let pairs = r
+                .encode_for(
+                    &case.query,
+                    &case.documents,
+                    None,
+                    TruncationSide::Right,
+                    case.instruction.as_deref(),
+                )
+                .unwrap();
+            let batch = PackedBatch::pack(&pairs, &cfg);
+            let p = batch.common_prefix();
+            let before = shared.shared_tokens();
+            let (a, b) = (plain.score(&batch).unwrap(), shared.score(&batch).unwrap());
+            let n = pairs.len() as u64;
+            assert_eq!(
+                shared.shared_tokens() - before,
+                (n - 1) * p as u64,
+                "{name} {}",
+                case.name
+            );
+            assert!(
+                p >= llm.prefix_ids.len(),
+                "{name} {}: the template prefix is shared",
+                case.name
+            );
+            for (x, y) in a.iter().zip(&b) {
+                worst = worst.max((x - y).abs());
+                assert!(
+                    (x - y).abs() <= 1e-5,
+                    "{name} {}: plain {x}, shared {y}",
+                    case.name
+                );
+            }
+            if case.name == "bpe-merges-across-boundary" && name == "qwen3-reranker-tiny" {
+                // Every document follows the same text; BPE merges its first word with that
+                // text's last space, so the shared ids stop one token short of it.
+                let instruction =
+                    "Given a web search query, retrieve relevant passages that answer the query";
+                let before_doc = format!(
+                    "<Instruct>: {instruction}\n<Query>: {}\n<Document>:",
+                    case.query
+                );
+                let tok = r.tokenizer().inner();
+                let text_ids = tok
+                    .encode_fast(before_doc.as_str(), false)
+                    .unwrap()
+                    .get_ids()
+                    .len();
+                // "...<Document>:" then the space that merged: one token more as text alone.
+                assert_eq!(
+                    p,
+                    llm.prefix_ids.len() + text_ids,
+                    "{name}: shared run by ids"
+                );
+                let with_space = tok
+                    .encode_fast(format!("{before_doc} ").as_str(), false)
+                    .unwrap()
+                    .get_ids()
+                    .len();
+                assert!(
+                    p < llm.prefix_ids.len() + with_space,
+                    "{name}: shorter than the text prefix"
+                );
+            }
+        }
+        assert_eq!(plain.shared_tokens(), 0);
+        println!("{name}: shared vs plain max |diff| {worst:.2e}");
+    }
+}

@@ -945,6 +945,18 @@ async fn llm_reranker_takes_the_instruction_field() {
         want(Some(custom)),
         "/rerank/batch"
     );
+    // Each call's two pairs share the template prefix and the query: counted in /metrics.
+    let (status, text) = server.get("/metrics").await;
+    assert_eq!(status, 200);
+    let shared: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("crossrank_shared_prefix_tokens_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no shared-prefix counter in {text}"));
+    assert!(
+        shared >= 4 * 39,
+        "{shared} shared tokens after four calls of two pairs"
+    );
     server.stop().await;
 
     let server = Server::model("bert-f32").await;

@@ -100,7 +100,7 @@ fn rotate_half(x: &mut [f32], inv_freq: &[f32], pos: f32) {
 /// scale) · vⱼ`. The windowed and causal references share it.
 fn attend_row<'a>(
     q: &[f32],
-    keys: std::ops::Range<usize>,
+    keys: impl Iterator<Item = usize> + Clone,
     k_at: impl Fn(usize) -> &'a [f32],
     v_at: impl Fn(usize) -> &'a [f32],
     scale: f64,
@@ -699,7 +699,9 @@ impl Backend for CpuBackend {
                     o.fill(0.0);
                     return;
                 };
-                let keys = batch.range(s).start..i + 1;
+                // A shared-prefix batch: every sequence after the prefix sees its rows first.
+                let prefix = if s > 0 { batch.shared_prefix } else { 0 };
+                let keys = (0..prefix).chain(batch.range(s).start..i + 1);
                 for head in 0..heads {
                     let kv = head / group;
                     let q = &qkv[i * width + head * d..][..d];

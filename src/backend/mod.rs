@@ -257,7 +257,8 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Causal grouped-query attention inside each sequence, reading the fused projection laid
     /// out as for `qk_norm_rope`: query head h uses K/V head h / (heads / kv_heads), query i sees
-    /// keys j <= i; writes [tokens, heads·head_dim].
+    /// keys j <= i; writes [tokens, heads·head_dim]. In a shared-prefix batch
+    /// (`PackedBatch::shared_prefix`), every sequence after the first also sees the prefix rows.
     fn attention_causal(
         &self,
         qkv: &Self::Buf,

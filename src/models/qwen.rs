@@ -11,7 +11,14 @@
 //!
 //! Only the last position feeds the head: the last layer runs its output projection, MLP and
 //! norms on each pair's last row alone.
+//!
+//! Shared prefix: the pairs of one call start with the same prompt prefix (and the same query),
+//! and under causal attention the prefix's keys and values do not depend on what follows. So a
+//! batch whose sequences share a run of leading ids is run with that run once
+//! (`PackedBatch::share_prefix`): the prefix as sequence 0, each pair's remaining tokens after
+//! it, attending to the prefix rows first. (n - 1) · prefix tokens fewer go through every layer.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::backend::Backend;
@@ -284,6 +291,38 @@ pub fn forward<B: Backend>(
     a: &mut Activations<B>,
     graphs: bool,
 ) -> Result<Vec<f32>> {
+    forward_shared(b, cfg, w, batch, a, graphs, false).map(|(logits, _)| logits)
+}
+
+/// `forward`; with `share`, a batch whose sequences share leading ids runs them once (module
+/// comment). Also returns the tokens that sharing kept out of the forward.
+pub fn forward_shared<B: Backend>(
+    b: &B,
+    cfg: &ModelConfig,
+    w: &Weights<B::Buf>,
+    batch: &PackedBatch,
+    a: &mut Activations<B>,
+    graphs: bool,
+    share: bool,
+) -> Result<(Vec<f32>, usize)> {
+    if let Some(shared) = share.then(|| batch.share_prefix()).flatten() {
+        let saved = batch.tokens() - shared.tokens();
+        let mut logits = forward_once(b, cfg, w, &shared, a, graphs)?;
+        // The prefix's own logit comes first.
+        logits.remove(0);
+        return Ok((logits, saved));
+    }
+    Ok((forward_once(b, cfg, w, batch, a, graphs)?, 0))
+}
+
+fn forward_once<B: Backend>(
+    b: &B,
+    cfg: &ModelConfig,
+    w: &Weights<B::Buf>,
+    batch: &PackedBatch,
+    a: &mut Activations<B>,
+    graphs: bool,
+) -> Result<Vec<f32>> {
     let (tokens, n) = (batch.tokens(), batch.len());
     if tokens > a.max_tokens || n > a.max_seqs {
         return Err(Error::Internal(format!(
@@ -413,6 +452,9 @@ pub struct Model<B: Backend> {
     arena: Mutex<Activations<B>>,
     max_tokens: usize,
     graphs: bool,
+    share_prefix: bool,
+    /// Tokens the shared-prefix forward kept out of the layers, since load.
+    shared_tokens: AtomicU64,
 }
 
 impl<B: Backend> Model<B> {
@@ -431,7 +473,15 @@ impl<B: Backend> Model<B> {
             arena: Mutex::new(arena),
             max_tokens,
             graphs: false,
+            share_prefix: true,
+            shared_tokens: AtomicU64::new(0),
         })
+    }
+
+    /// Runs a common prefix of a batch's sequences once (on by default; module comment).
+    pub fn with_shared_prefix(mut self, on: bool) -> Self {
+        self.share_prefix = on;
+        self
     }
 
     /// Pads every batch to its [`BatchShape`] and lets the backend record and replay the
@@ -448,14 +498,22 @@ impl<B: Backend> Scorer for Model<B> {
             .arena
             .lock()
             .map_err(|_| Error::Internal("a previous forward panicked".into()))?;
-        forward(
+        let (logits, saved) = forward_shared(
             &self.backend,
             &self.cfg,
             &self.weights,
             batch,
             &mut arena,
             self.graphs,
-        )
+            self.share_prefix,
+        )?;
+        self.shared_tokens
+            .fetch_add(saved as u64, Ordering::Relaxed);
+        Ok(logits)
+    }
+
+    fn shared_tokens(&self) -> u64 {
+        self.shared_tokens.load(Ordering::Relaxed)
     }
 
     fn max_batch_tokens(&self) -> usize {

@@ -191,7 +191,7 @@ async fn info(State(s): State<Arc<Service>>) -> Response {
 }
 
 async fn metrics(State(s): State<Arc<Service>>) -> Response {
-    let mut r = Response::new(Body::from(s.metrics.render()));
+    let mut r = Response::new(Body::from(s.render_metrics()));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),

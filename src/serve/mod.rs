@@ -132,6 +132,17 @@ pub struct Service {
 }
 
 impl Service {
+    /// The Prometheus text of /metrics: the serving metrics, then the model's shared-prefix
+    /// saving (tokens an LLM reranker's shared-prefix forward kept out of the layers).
+    pub fn render_metrics(&self) -> String {
+        let mut text = self.metrics.render();
+        text.push_str(&format!(
+            "# HELP crossrank_shared_prefix_tokens_total Tokens not run through the model because a prefix shared by the pairs of a forward ran once (LLM rerankers).\n# TYPE crossrank_shared_prefix_tokens_total counter\ncrossrank_shared_prefix_tokens_total {}\n",
+            self.reranker.shared_tokens()
+        ));
+        text
+    }
+
     /// Loads the model, runs a warm-up forward and starts the scheduler. Prints a start-up
     /// summary on stderr.
     pub fn start(opts: ServeOptions) -> Result<Arc<Service>> {
