@@ -320,4 +320,46 @@ mod tests {
         assert_eq!(p.range(1), b.range(1));
         assert!(p.range(3).is_empty());
     }
+
+    fn raw(seqs: &[&[u32]]) -> PackedBatch {
+        let mut b = PackedBatch {
+            cu_seqlens: vec![0],
+            ..Default::default()
+        };
+        for ids in seqs {
+            b.input_ids.extend_from_slice(ids);
+            b.token_type_ids.extend(std::iter::repeat_n(0, ids.len()));
+            b.position_ids.extend(0..ids.len() as u32);
+            b.cu_seqlens.push(b.input_ids.len() as i32);
+            b.max_seqlen = b.max_seqlen.max(ids.len());
+        }
+        b
+    }
+
+    /// The shared run stops where any sequence differs, and always leaves every sequence one
+    /// token of its own (its last row feeds the head), even when one sequence is a prefix of
+    /// another or two are equal; one sequence shares nothing.
+    #[test]
+    fn common_prefix_leaves_every_sequence_a_token() {
+        assert_eq!(raw(&[&[1, 2, 3, 9], &[1, 2, 4, 9]]).common_prefix(), 2);
+        assert_eq!(raw(&[&[1, 2, 3], &[1, 2, 3, 4]]).common_prefix(), 2);
+        assert_eq!(raw(&[&[5, 6], &[5, 6]]).common_prefix(), 1);
+        assert_eq!(raw(&[&[7], &[7, 8]]).common_prefix(), 0);
+        assert_eq!(raw(&[&[1, 2, 3]]).common_prefix(), 0);
+        assert_eq!(raw(&[&[1, 2], &[3, 2]]).common_prefix(), 0);
+        assert!(raw(&[&[1, 2], &[3, 2]]).share_prefix().is_none());
+    }
+
+    /// The prefix once as sequence 0, then each sequence's rest at its original positions.
+    #[test]
+    fn share_prefix_lays_out_the_prefix_then_the_rests() {
+        let b = raw(&[&[1, 2, 3, 9], &[1, 2, 4], &[1, 2, 5, 6, 7]]);
+        let s = b.share_prefix().unwrap();
+        assert_eq!(s.shared_prefix, 2);
+        assert_eq!(s.input_ids, [1, 2, 3, 9, 4, 5, 6, 7]);
+        assert_eq!(s.position_ids, [0, 1, 2, 3, 2, 2, 3, 4]);
+        assert_eq!(s.cu_seqlens, [0, 2, 4, 5, 8]);
+        assert_eq!(s.tokens() + 2 * 2, b.tokens());
+        assert_eq!(s.common_prefix(), 0, "a shared batch is not shared again");
+    }
 }
