@@ -66,6 +66,15 @@ fn check_model(name: &str, rule: MaxLength) -> f32 {
         .llm_template()
         .expect("a causal-LM reranker has a template");
     assert_eq!(llm.template.name, gold.template, "{name}: template");
+    // As transformers counts them: every tensor in the checkpoint (tied or untied head).
+    let bytes = std::fs::read(model_dir(name).join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let total: usize = st
+        .tensors()
+        .iter()
+        .map(|(_, t)| t.shape().iter().product::<usize>())
+        .sum();
+    assert_eq!(r.info().parameters, total, "{name}: parameters");
     assert_eq!(
         (llm.yes_id, llm.no_id),
         (gold.yes_token_id, gold.no_token_id),
@@ -178,6 +187,7 @@ fn cli_templates_instructions_and_refusals() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["model"]["family"], "qwen");
     assert_eq!(v["model"]["pooling"], "last");
+    assert_eq!(v["model"]["parameters"].as_u64(), Some(r_params(&dir)));
     let names: Vec<&str> = v["templates"]
         .as_array()
         .unwrap()
@@ -315,4 +325,12 @@ fn shared_prefix_gives_the_plain_forward_logits_with_fewer_tokens() {
         assert_eq!(plain.shared_tokens(), 0);
         println!("{name}: shared vs plain max |diff| {worst:.2e}");
     }
+}
+
+/// The parameters `info` reports for a model directory, through the library.
+fn r_params(dir: &std::path::Path) -> u64 {
+    Reranker::load(dir, Device::Cpu, &LoadOptions::default())
+        .unwrap()
+        .info()
+        .parameters as u64
 }
