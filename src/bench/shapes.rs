@@ -10,6 +10,7 @@
 //! | tiny-bert | BERT | 2 × 64 | 2 | 128 | the tokenizer's | 512 | the given BERT tokenizer |
 //! | tiny-xlmr | XLM-R | 2 × 64 | 2 | 128 | 250002 | 514 | synthetic Unigram, 250002 pieces |
 //! | gte-modernbert-base | ModernBERT | 22 × 768 | 12 | 1152 (GeGLU) | 50368 | 8192 | the real BERT WordPiece of all-MiniLM-L6-v2 |
+//! | ettin-150m | ModernBERT | 22 × 768 | 12 | 1152 (GeGLU) | 50368 | 7999 | the real BERT WordPiece of all-MiniLM-L6-v2 |
 //!
 //! gte-modernbert-base is Alibaba-NLP/gte-reranker-modernbert-base's config as published
 //! (ModernBERT-base: window 128, a full layer every third, RoPE theta 160000 full / 10000
@@ -17,6 +18,12 @@
 //! package we can install): all-MiniLM-L6-v2's WordPiece, framed `[CLS] A [SEP] B [SEP]` as
 //! ModernBERT's post-processor frames pairs, ids inside the 50368-row table; token counts per
 //! word are WordPiece's, of the same kind as the BPE's, not the same numbers.
+//!
+//! ettin-150m is the Ettin 150M encoder as its training repository configures its last stage
+//! (github.com/JHU-CLSP/ettin-encoder-vs-decoder, pretraining/configs/standard/base/de_decay/
+//! encoder_base.yaml: 22 x 768, GeGLU 1152, window 128 with a full layer every third, one RoPE
+//! base of 160000 for every layer, 7999 tokens, bias-free), with cls pooling (transformers'
+//! default; the rerankers' own head configs could not be read here). Same tokenizer as above.
 //!
 //! bge-large has bge-reranker-v2-m3's 8194 positions, so its pairs are never truncated;
 //! bge-base has bge-reranker-base's 514 (512 usable).
@@ -62,6 +69,7 @@ pub enum Shape {
     TinyBert,
     TinyXlmr,
     GteModernBertBase,
+    Ettin150m,
 }
 
 /// The dimensions of a shape.
@@ -82,13 +90,14 @@ pub struct Dims {
 pub const XLMR_VOCAB: usize = 250_002;
 
 impl Shape {
-    pub const ALL: [Shape; 6] = [
+    pub const ALL: [Shape; 7] = [
         Shape::MiniLmL6,
         Shape::BgeBase,
         Shape::BgeLarge,
         Shape::TinyBert,
         Shape::TinyXlmr,
         Shape::GteModernBertBase,
+        Shape::Ettin150m,
     ];
 
     pub fn name(self) -> &'static str {
@@ -99,6 +108,7 @@ impl Shape {
             Shape::TinyBert => "tiny-bert",
             Shape::TinyXlmr => "tiny-xlmr",
             Shape::GteModernBertBase => "gte-modernbert-base",
+            Shape::Ettin150m => "ettin-150m",
         }
     }
 
@@ -110,10 +120,11 @@ impl Shape {
             Shape::TinyBert => (false, 2, 64, 2, 128, None, 512),
             Shape::TinyXlmr => (true, 2, 64, 2, 128, Some(XLMR_VOCAB), 514),
             Shape::GteModernBertBase => (false, 22, 768, 12, 1152, Some(50368), 8192),
+            Shape::Ettin150m => (false, 22, 768, 12, 1152, Some(50368), 7999),
         };
         Dims {
             xlmr,
-            modernbert: self == Shape::GteModernBertBase,
+            modernbert: matches!(self, Shape::GteModernBertBase | Shape::Ettin150m),
             layers,
             hidden,
             heads,
@@ -258,16 +269,23 @@ fn resolve_bert_tokenizer(given: Option<&Path>) -> Result<PathBuf> {
 /// config.json as transformers writes it for the shape.
 fn config_json(name: &str, d: &Dims, vocab: usize) -> serde_json::Value {
     if d.modernbert {
+        // gte-reranker-modernbert-base's values; Ettin's last stage: one RoPE base, cls.
+        let ettin = name == Shape::Ettin150m.name();
+        let (local_theta, pooling) = if ettin {
+            (160000.0, "cls")
+        } else {
+            (10000.0, "mean")
+        };
         return json!({
             "architectures": ["ModernBertForSequenceClassification"], "model_type": "modernbert",
             "hidden_size": d.hidden, "num_hidden_layers": d.layers,
             "num_attention_heads": d.heads, "intermediate_size": d.intermediate,
             "vocab_size": vocab, "max_position_embeddings": d.positions,
             "hidden_activation": "gelu", "classifier_activation": "gelu",
-            "classifier_pooling": "mean", "classifier_bias": false, "attention_bias": false,
+            "classifier_pooling": pooling, "classifier_bias": false, "attention_bias": false,
             "mlp_bias": false, "norm_bias": false, "norm_eps": 1e-5, "local_attention": 128,
             "global_attn_every_n_layers": 3, "global_rope_theta": 160000.0,
-            "local_rope_theta": 10000.0, "pad_token_id": 0, "cls_token_id": 101,
+            "local_rope_theta": local_theta, "pad_token_id": 0, "cls_token_id": 101,
             "sep_token_id": 102, "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0},
             "initializer_range": 0.02, "dtype": "float16", "crossrank_shape": name
         });
@@ -654,6 +672,7 @@ mod tests {
             Shape::BgeBase,
             Shape::BgeLarge,
             Shape::GteModernBertBase,
+            Shape::Ettin150m,
         ] {
             let d = shape.dims();
             let vocab = d.vocab.unwrap();
