@@ -83,6 +83,45 @@ pub fn forward<B: Backend>(
     b.read_logits(&a.logits, n)
 }
 
+/// The host-side checks of a forward over a family without position or type tables (ModernBERT,
+/// Qwen), made here and not only in the backends' ops because a replayed recording runs no host
+/// code: the batch fits the arena, no pair is longer than the positions, every id is in the
+/// vocabulary. Returns None for an empty batch, else the batch shape to pad to (with `graphs`).
+pub fn check_rope_batch(
+    cfg: &ModelConfig,
+    batch: &PackedBatch,
+    max_tokens: usize,
+    max_seqs: usize,
+    graphs: bool,
+) -> Result<Option<Option<BatchShape>>> {
+    let (tokens, n) = (batch.tokens(), batch.len());
+    if tokens > max_tokens || n > max_seqs {
+        return Err(Error::Internal(format!(
+            "batch of {tokens} tokens in {n} sequences exceeds the arena ({max_tokens} tokens, {max_seqs} sequences)"
+        )));
+    }
+    if batch.is_empty() {
+        return Ok(None);
+    }
+    let longest = (0..n).map(|s| batch.range(s).len()).max().unwrap_or(0);
+    if longest > cfg.max_position_embeddings {
+        return Err(Error::input(format!(
+            "a pair of {longest} tokens is longer than the model's {} positions",
+            cfg.max_position_embeddings
+        )));
+    }
+    let max_id = batch.input_ids.iter().copied().max().unwrap_or(0) as usize;
+    if max_id >= cfg.vocab_size {
+        return Err(Error::input(format!(
+            "a token id ({max_id}) is outside the model's vocabulary ({})",
+            cfg.vocab_size
+        )));
+    }
+    Ok(Some(graphs.then(|| {
+        BatchShape::fit(tokens, n, longest, max_tokens, max_seqs)
+    })))
+}
+
 /// The largest id, position and type must index the model's tables.
 fn check_tables(batch: &PackedBatch, cfg: &ModelConfig) -> Result<()> {
     let max = |v: &[u32]| v.iter().copied().max().unwrap_or(0) as usize;

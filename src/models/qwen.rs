@@ -22,10 +22,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::backend::Backend;
-use crate::batch::{BatchShape, PackedBatch};
+use crate::batch::PackedBatch;
 use crate::config::{ModelConfig, QwenConfig};
 use crate::error::{Error, Result};
-use crate::model::Scorer;
+use crate::model::{check_rope_batch, Scorer};
 use crate::weights::{Checkpoint, HostTensor, Linear};
 
 /// One decoder layer. Q, K and V are fused at load into one projection (Q | K | V rows), gate
@@ -281,8 +281,8 @@ impl<B: Backend> Activations<B> {
 
 /// Scores one packed batch: `z_yes - z_no` at each sequence's last position.
 ///
-/// With `graphs`, the batch is padded to its [`BatchShape`] and the device work handed to
-/// [`Backend::run`] with that shape (CUDA graphs), as BERT's forward does.
+/// With `graphs`, the batch is padded to its `BatchShape` and the device work handed to
+/// `Backend::run` with that shape (CUDA graphs), as BERT's forward does.
 pub fn forward<B: Backend>(
     b: &B,
     cfg: &ModelConfig,
@@ -323,38 +323,15 @@ fn forward_once<B: Backend>(
     a: &mut Activations<B>,
     graphs: bool,
 ) -> Result<Vec<f32>> {
-    let (tokens, n) = (batch.tokens(), batch.len());
-    if tokens > a.max_tokens || n > a.max_seqs {
-        return Err(Error::Internal(format!(
-            "batch of {tokens} tokens in {n} sequences exceeds the arena ({} tokens, {} sequences)",
-            a.max_tokens, a.max_seqs
-        )));
-    }
-    if batch.is_empty() {
+    let Some(shape) = check_rope_batch(cfg, batch, a.max_tokens, a.max_seqs, graphs)? else {
         return Ok(Vec::new());
-    }
-    // Here, not only in the backends' ops: a replayed recording runs no host code.
-    let longest = (0..n).map(|s| batch.range(s).len()).max().unwrap_or(0);
-    if longest > cfg.max_position_embeddings {
-        return Err(Error::input(format!(
-            "a pair of {longest} tokens is longer than the model's {} positions",
-            cfg.max_position_embeddings
-        )));
-    }
-    let max_id = batch.input_ids.iter().copied().max().unwrap_or(0) as usize;
-    if max_id >= cfg.vocab_size {
-        return Err(Error::input(format!(
-            "a token id ({max_id}) is outside the model's vocabulary ({})",
-            cfg.vocab_size
-        )));
-    }
-    let shape = graphs.then(|| BatchShape::fit(tokens, n, longest, a.max_tokens, a.max_seqs));
+    };
     let padded = shape.map(|s| batch.padded_to(s));
     let dev = padded.as_ref().unwrap_or(batch);
     b.load_batch(dev, &mut a.batch)?;
     let (rows, seqs) = (dev.tokens(), dev.len());
     b.run(shape, &mut || layers(b, cfg, w, rows, seqs, a))?;
-    b.read_logits(&a.logits, n)
+    b.read_logits(&a.logits, batch.len())
 }
 
 /// The device work of one forward over the batch loaded in `a`: `rows` rows in `seqs`
@@ -484,7 +461,7 @@ impl<B: Backend> Model<B> {
         self
     }
 
-    /// Pads every batch to its [`BatchShape`] and lets the backend record and replay the
+    /// Pads every batch to its `BatchShape` and lets the backend record and replay the
     /// device work per shape (CUDA graphs); off by default.
     pub fn with_graphs(mut self, on: bool) -> Self {
         self.graphs = on;
