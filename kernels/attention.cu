@@ -1,31 +1,42 @@
 // Attention over the packed variable-length batch: per (sequence, head),
-// ctx = softmax(Q K^T / sqrt(D)) V, with no padding anywhere.
+// ctx = softmax(Q K^T / sqrt(D)) V, with no padding anywhere. One kernel serves every family:
+// BERT's full attention, ModernBERT's sliding window, and the decoder LLMs' causal grouped-query
+// attention with a shared prefix.
 //
-// Shapes: qkv [tokens, 3 * H] fp16 row-major, H = heads * D; row t holds Q | K | V, and inside
-// each the heads are contiguous (head h at columns h * D .. h * D + D). ctx [tokens, H], same
-// head layout. Sequence s owns rows cu_seqlens[s] .. cu_seqlens[s + 1] (i32, n + 1 entries).
-// D in {16, 32, 64, 128}; rows start 16-byte aligned (H % 8 == 0; the launcher checks).
+// Shapes: qkv [tokens, (H + 2 * KV) * D] row-major (fp16 or bf16), H query heads and KV key/value
+// heads (KV divides H; KV = H for the encoders): row t holds Q | K | V, and inside each the heads
+// are contiguous (head h at columns h * D .. h * D + D of its part). Query head h reads K/V head
+// h / (H / KV). ctx [tokens, H * D], same head layout. Sequence s owns rows cu_seqlens[s] ..
+// cu_seqlens[s + 1] (i32, n + 1 entries). D in {16, 32, 64, 128}; rows start 16-byte aligned
+// (H * D % 8 == 0; the launcher checks).
 //
 // Grid (sequences, heads, ceil(max_seqlen / kBlockM)), kWarps warps per block. A block takes
 // kBlockM query rows of one (sequence, head) and works out the sequence's offset and length
 // once; a block whose first row is past its sequence's end returns at once. Each warp owns 16
 // query rows: its Q fragments stay in registers for the whole kernel. K and V tiles of kBlockN
-// keys go through shared memory (rows padded by kPad halves so that the 8 rows one mma
+// keys go through shared memory (rows padded by kPad values so that the 8 rows one mma
 // fragment touches fall in distinct banks); keys past the end are zero-filled and masked to
-// -inf. S = Q K^T and O += P V use mma.sync m16n8k16 (fp16 in, fp32 accumulate); the
+// -inf. S = Q K^T and O += P V use mma.sync m16n8k16 (T in, fp32 accumulate); the
 // accumulator layout of S is reused as the A operand of P V without going through memory, and
 // V's B operand comes from ldmatrix.trans. Softmax is online (running max and sum per row, in
 // fp32, in the exp2 domain), so any length works: tiles loop over K/V (512 for BERT, 8192 for
 // bge-reranker-v2-m3) with constant registers and shared memory.
 //
-// A window (ModernBERT's sliding layers): with `window` >= 0, query i of a sequence sees key j
-// only when |i - j| <= window. A block's kBlockM rows see keys q0 - window .. q0 + kBlockM - 1
-// + window at most, so its tile loop covers only that range: every K/V tile wholly outside the
-// window is skipped, never loaded. Keys inside the range but outside a row's window are masked
-// to -inf. The first tile (from q0 - window) holds a key of every real row's window; a row past
+// Which keys a query row i sees, on a key axis that puts the shared prefix first:
+// - A shared prefix (`*prefix` = P > 0, read from device memory so that a recorded graph serves
+//   every prefix length): sequence 0 is the prefix, and every later sequence's key axis starts
+//   with the prefix's P rows (rows 0 .. P - 1 of the batch, seen by every query row), then its
+//   own rows. Key k < P is prefix row k; key k >= P is own row k - P.
+// - `causal`: own key j only when j <= i (the prefix precedes every own row).
+// - A window (ModernBERT's sliding layers, never with a prefix): with `window` >= 0, own key j
+//   only when |i - j| <= window. A block's kBlockM rows see keys q0 - window .. q0 + kBlockM - 1
+//   + window at most, so its tile loop covers only that range: every K/V tile wholly outside
+//   the window is skipped, never loaded; causal blocks likewise stop at their last row.
+// Keys inside the tile range but not visible to a row are masked to -inf. The first tile holds
+// a key of every real row (the prefix's first, own key 0, or the window's first); a row past
 // the sequence's end (computed, never stored) may have none in any tile: its running max stays
-// -inf and the update uses 0 in its place, so no NaN or inf is ever formed. `window` < 0 is full
-// attention (BERT's).
+// -inf and the update uses 0 in its place, so no NaN or inf is ever formed. `window` < 0 and
+// `causal` 0 is full attention (BERT's).
 #include "common.cuh"
 
 namespace cr {
@@ -43,7 +54,8 @@ struct AttentionTraits {
 
 template <typename T, int D>
 __device__ void attention(const T* __restrict__ qkv, const int* __restrict__ cu_seqlens,
-                          T* __restrict__ ctx, int heads, float scale_log2, int window) {
+                          const uint32_t* __restrict__ prefix, T* __restrict__ ctx, int heads,
+                          int kv_heads, float scale_log2, int window, int causal) {
     using Tr = AttentionTraits<D>;
     __shared__ __align__(16) T k_tile[Tr::kBlockN * Tr::kStride];
     __shared__ __align__(16) T v_tile[Tr::kBlockN * Tr::kStride];
@@ -56,10 +68,13 @@ __device__ void attention(const T* __restrict__ qkv, const int* __restrict__ cu_
     if (q0 >= len) return;  // no work for tokens that do not exist
 
     const int hidden = heads * D;
-    const size_t row_stride = size_t(3) * hidden;
+    const int kv_head = head / (heads / kv_heads);
+    const size_t row_stride = size_t(heads + 2 * kv_heads) * D;
     const T* q_base = qkv + size_t(start) * row_stride + size_t(head) * D;
-    const T* k_base = q_base + hidden;
-    const T* v_base = q_base + 2 * hidden;
+    // K and V of key k on this sequence's key axis (the shared prefix's rows first).
+    const int pre = seq > 0 ? int(prefix[0]) : 0;
+    const T* k_head = qkv + size_t(hidden) + size_t(kv_head) * D;
+    const T* v_head = k_head + size_t(kv_heads) * D;
 
     const int warp = threadIdx.x / kWarp;
     const int lane = threadIdx.x % kWarp;
@@ -89,8 +104,13 @@ __device__ void attention(const T* __restrict__ qkv, const int* __restrict__ cu_
 
     constexpr int kVecsPerRow = D / kVec;
     const bool windowed = window >= 0;
-    const int k_begin = windowed ? max(0, q0 - window) : 0;
-    const int k_end = windowed ? min(len, q0 + Tr::kBlockM + window) : len;
+    // The tile range on the key axis: the prefix, then own keys up to the block's last visible.
+    const int own_begin = windowed ? max(0, q0 - window) : 0;
+    const int own_end = windowed ? min(len, q0 + Tr::kBlockM + window)
+                        : causal ? min(len, q0 + Tr::kBlockM)
+                                 : len;
+    const int k_begin = pre > 0 ? 0 : own_begin;
+    const int k_end = pre + own_end;
     for (int k0 = k_begin; k0 < k_end; k0 += Tr::kBlockN) {
         __syncthreads();  // every warp is done reading the previous tile
         for (int i = threadIdx.x; i < Tr::kBlockN * kVecsPerRow; i += Tr::kThreads) {
@@ -98,9 +118,11 @@ __device__ void attention(const T* __restrict__ qkv, const int* __restrict__ cu_
             const int c = (i % kVecsPerRow) * kVec;
             uint4 kv = make_uint4(0, 0, 0, 0);
             uint4 vv = make_uint4(0, 0, 0, 0);
-            if (k0 + r < len) {
-                kv = *reinterpret_cast<const uint4*>(k_base + size_t(k0 + r) * row_stride + c);
-                vv = *reinterpret_cast<const uint4*>(v_base + size_t(k0 + r) * row_stride + c);
+            const int key = k0 + r;
+            if (key < pre + len) {
+                const size_t row = key < pre ? size_t(key) : size_t(start + key - pre);
+                kv = *reinterpret_cast<const uint4*>(k_head + row * row_stride + c);
+                vv = *reinterpret_cast<const uint4*>(v_head + row * row_stride + c);
             }
             *reinterpret_cast<uint4*>(&k_tile[r * Tr::kStride + c]) = kv;
             *reinterpret_cast<uint4*>(&v_tile[r * Tr::kStride + c]) = vv;
@@ -117,20 +139,25 @@ __device__ void attention(const T* __restrict__ qkv, const int* __restrict__ cu_
             for (int ks = 0; ks < D / 16; ++ks) {
                 const uint32_t b0 = *reinterpret_cast<const uint32_t*>(krow + ks * 16);
                 const uint32_t b1 = *reinterpret_cast<const uint32_t*>(krow + ks * 16 + 8);
-                mma_16816(s[nt], qf[ks], b0, b1);
+                mma_16816<T>(s[nt], qf[ks], b0, b1);
             }
         }
-        // Masking only where a tile reaches past the sequence or past some row's window.
-        const bool edge = windowed && (k0 < q0 + Tr::kBlockM - 1 - window ||
-                                       k0 + Tr::kBlockN - 1 > q0 + window);
-        if (k0 + Tr::kBlockN > len || edge) {
+        // Masking only where a tile reaches past the sequence, past some row's window, or past
+        // the block's first row under the causal mask (own keys k0 - pre ...).
+        const int j0 = k0 - pre;  // own index of the tile's first key (negative in the prefix)
+        const bool edge = (windowed && (j0 < q0 + Tr::kBlockM - 1 - window ||
+                                        j0 + Tr::kBlockN - 1 > q0 + window)) ||
+                          (causal && j0 + Tr::kBlockN - 1 > q0);
+        if (k0 + Tr::kBlockN > pre + len || edge) {
 #pragma unroll
             for (int nt = 0; nt < Tr::kBlockN / 8; ++nt)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    const int key = k0 + nt * 8 + 2 * t + (e & 1);
-                    const int dist = (e < 2 ? r0 : r1) - key;
-                    if (key >= len || (windowed && (dist > window || -dist > window)))
+                    const int j = j0 + nt * 8 + 2 * t + (e & 1);
+                    if (j < 0) continue;  // a prefix key: every row sees it
+                    const int dist = (e < 2 ? r0 : r1) - j;
+                    if (j >= len || (causal && dist < 0) ||
+                        (windowed && (dist > window || -dist > window)))
                         s[nt][e] = -INFINITY;
                 }
         }
@@ -173,14 +200,14 @@ __device__ void attention(const T* __restrict__ qkv, const int* __restrict__ cu_
             o[dt][3] *= corr[1];
         }
 
-        // O += P V: P (fp16) from the S accumulators, 16 keys per k-step.
+        // O += P V: P (rounded to T) from the S accumulators, 16 keys per k-step.
 #pragma unroll
         for (int kk = 0; kk < Tr::kBlockN / 16; ++kk) {
             const uint32_t a[4] = {
-                pack_half2(s[2 * kk][0], s[2 * kk][1]),
-                pack_half2(s[2 * kk][2], s[2 * kk][3]),
-                pack_half2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                pack_half2(s[2 * kk + 1][2], s[2 * kk + 1][3]),
+                pack2<T>(s[2 * kk][0], s[2 * kk][1]),
+                pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]),
             };
             // Lane l addresses key row kk*16 + (l % 8) + 8 * ((l / 8) % 2), column block
             // 8 * (l / 16): matrices 0/1 give b0/b1 of one 8-wide n-tile, 2/3 of the next.
@@ -190,8 +217,8 @@ __device__ void attention(const T* __restrict__ qkv, const int* __restrict__ cu_
             for (int dt = 0; dt < D / 8; dt += 2) {
                 uint32_t b[4];
                 ldmatrix_x4_trans(b, &v_tile[key * Tr::kStride + dt * 8 + col]);
-                mma_16816(o[dt], a, b[0], b[1]);
-                mma_16816(o[dt + 1], a, b[2], b[3]);
+                mma_16816<T>(o[dt], a, b[0], b[1]);
+                mma_16816<T>(o[dt + 1], a, b[2], b[3]);
             }
         }
     }
@@ -208,9 +235,9 @@ __device__ void attention(const T* __restrict__ qkv, const int* __restrict__ cu_
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt) {
         if (r0 < len)
-            *reinterpret_cast<__half2*>(out0 + dt * 8) = __floats2half2_rn(o[dt][0] * inv0, o[dt][1] * inv0);
+            *reinterpret_cast<uint32_t*>(out0 + dt * 8) = pack2<T>(o[dt][0] * inv0, o[dt][1] * inv0);
         if (r1 < len)
-            *reinterpret_cast<__half2*>(out1 + dt * 8) = __floats2half2_rn(o[dt][2] * inv1, o[dt][3] * inv1);
+            *reinterpret_cast<uint32_t*>(out1 + dt * 8) = pack2<T>(o[dt][2] * inv1, o[dt][3] * inv1);
     }
 }
 
@@ -218,12 +245,18 @@ __device__ void attention(const T* __restrict__ qkv, const int* __restrict__ cu_
 
 #define CR_ATTENTION_OP(T, DT, D)                                                          \
     extern "C" __global__ __launch_bounds__(cr::AttentionTraits<D>::kThreads) void         \
-        attention_d##D##_##DT(const T* qkv, const int* cu_seqlens, T* ctx, int heads,      \
-                              float scale_log2, int window) {                              \
-        cr::attention<T, D>(qkv, cu_seqlens, ctx, heads, scale_log2, window);              \
+        attention_d##D##_##DT(const T* qkv, const int* cu_seqlens, const uint32_t* prefix,  \
+                              T* ctx, int heads, int kv_heads, float scale_log2, int window, \
+                              int causal) {                                                \
+        cr::attention<T, D>(qkv, cu_seqlens, prefix, ctx, heads, kv_heads, scale_log2,     \
+                            window, causal);                                               \
     }
 
-CR_ATTENTION_OP(__half, f16, 16)
-CR_ATTENTION_OP(__half, f16, 32)
-CR_ATTENTION_OP(__half, f16, 64)
-CR_ATTENTION_OP(__half, f16, 128)
+#define CR_ATTENTION_OPS(T, DT) \
+    CR_ATTENTION_OP(T, DT, 16)  \
+    CR_ATTENTION_OP(T, DT, 32)  \
+    CR_ATTENTION_OP(T, DT, 64)  \
+    CR_ATTENTION_OP(T, DT, 128)
+
+CR_ATTENTION_OPS(__half, f16)
+CR_ATTENTION_OPS(__nv_bfloat16, bf16)

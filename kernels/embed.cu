@@ -44,6 +44,7 @@ __device__ void embed_layernorm(const uint32_t* __restrict__ ids,
     }
 
 CR_EMBED_OPS(__half, f16)
+CR_EMBED_OPS(__nv_bfloat16, bf16)
 
 // embed_tokens: out[t] = table[ids[t]], the token embeddings alone (ModernBERT: no position or
 // type table; its norm is a separate op). One block per token, 16-byte copies; width % 8 == 0.
@@ -67,3 +68,4 @@ __device__ void embed_tokens(const uint32_t* __restrict__ ids, const T* __restri
     }
 
 CR_EMBED_TOKENS_OPS(__half, f16)
+CR_EMBED_TOKENS_OPS(__nv_bfloat16, bf16)

@@ -1,7 +1,8 @@
 // The [CLS] rows and the classification head on them.
 //
-// gather_cls: out[s] = src[cu_seqlens[s]], [n, width] fp16 from [tokens, width]; width % 8 == 0;
-// an empty sequence gets a zero row. One block per sequence, 16-byte copies. The last layer runs on these n rows only.
+// gather_cls: out[s] = src[cu_seqlens[s]], [n, width] from [tokens, width]; width % 8 == 0;
+// an empty sequence gets a zero row. One block per sequence, 16-byte copies. The last layer runs
+// on these n rows only. gather_last: the same with each sequence's last row (the decoder LLMs').
 //
 // cls_head: logit[s] = w2 . tanh(W1 x_s + b1) + b2, in fp32.
 // Shapes: cls [n, width] fp16, row-major; x_s is row s (packed by gather_cls). W1 [width, width] row-major ([out, in], as the checkpoint), b1 [width], w2
@@ -21,19 +22,21 @@
 
 namespace cr {
 
-template <typename T>
-__device__ void gather_cls(const T* __restrict__ src, const int* __restrict__ cu_seqlens,
+template <typename T, bool kLast>
+__device__ void gather_row(const T* __restrict__ src, const int* __restrict__ cu_seqlens,
                            T* __restrict__ out, int width) {
     const int seq = blockIdx.x;
     const int start = cu_seqlens[seq];
+    const int end = cu_seqlens[seq + 1];
     uint4* to = reinterpret_cast<uint4*>(out + size_t(seq) * width);
-    if (cu_seqlens[seq + 1] == start) {
-        // An empty sequence (a padded batch's) has no [CLS] row, and row `start` may lie past
-        // the batch: a zero row keeps the head's output finite.
+    if (end == start) {
+        // An empty sequence (a padded batch's) has no row, and row `start` may lie past the
+        // batch: a zero row keeps the head's output finite.
         for (int c = threadIdx.x; c < width / kVec; c += blockDim.x) to[c] = make_uint4(0, 0, 0, 0);
         return;
     }
-    const uint4* from = reinterpret_cast<const uint4*>(src + size_t(start) * width);
+    const int row = kLast ? end - 1 : start;
+    const uint4* from = reinterpret_cast<const uint4*>(src + size_t(row) * width);
     for (int c = threadIdx.x; c < width / kVec; c += blockDim.x) to[c] = from[c];
 }
 
@@ -65,13 +68,13 @@ __device__ void cls_head(const T* __restrict__ cls, const T* __restrict__ w1, co
             for (int i = 0; i < kVec; ++i) dot += w.v[i] * x[c + i];
         }
         dot = warp_sum(dot);
-        if (lane == 0) pooled[j] = tanhf(dot + __half2float(b1[j]));
+        if (lane == 0) pooled[j] = tanhf(dot + to_float(b1[j]));
     }
     __syncthreads();
     float part = 0.f;
-    for (int i = threadIdx.x; i < width; i += blockDim.x) part += pooled[i] * __half2float(w2[i]);
+    for (int i = threadIdx.x; i < width; i += blockDim.x) part += pooled[i] * to_float(w2[i]);
     const float total = block_sum(part);
-    if (threadIdx.x == 0) logits[seq] = total + __half2float(b2[0]);
+    if (threadIdx.x == 0) logits[seq] = total + to_float(b2[0]);
 }
 
 template <typename T>
@@ -107,7 +110,7 @@ __device__ void classify(const T* __restrict__ x, const T* __restrict__ w, const
         for (int i = 0; i < kVec; ++i) part += xv.v[i] * wv.v[i];
     }
     const float total = block_sum(part);
-    if (threadIdx.x == 0) logits[seq] = total + __half2float(b[0]);
+    if (threadIdx.x == 0) logits[seq] = total + to_float(b[0]);
 }
 
 }  // namespace cr
@@ -115,7 +118,11 @@ __device__ void classify(const T* __restrict__ x, const T* __restrict__ w, const
 #define CR_HEAD_OPS(T, DT)                                                                  \
     extern "C" __global__ __launch_bounds__(128) void gather_cls_##DT(                      \
         const T* src, const int* cu_seqlens, T* out, int width) {                           \
-        cr::gather_cls<T>(src, cu_seqlens, out, width);                                     \
+        cr::gather_row<T, false>(src, cu_seqlens, out, width);                              \
+    }                                                                                       \
+    extern "C" __global__ __launch_bounds__(128) void gather_last_##DT(                     \
+        const T* src, const int* cu_seqlens, T* out, int width) {                           \
+        cr::gather_row<T, true>(src, cu_seqlens, out, width);                               \
     }                                                                                       \
     extern "C" __global__ __launch_bounds__(256) void cls_head_##DT(                        \
         const T* cls, const T* w1, const T* b1, const T* w2, const T* b2, float* logits,    \
@@ -132,3 +139,4 @@ __device__ void classify(const T* __restrict__ x, const T* __restrict__ w, const
     }
 
 CR_HEAD_OPS(__half, f16)
+CR_HEAD_OPS(__nv_bfloat16, bf16)

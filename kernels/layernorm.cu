@@ -5,7 +5,7 @@
 //   layernorm           out = LN(x).
 // A bias-free LayerNorm (ModernBERT's norm_bias false) comes with a zero beta.
 //
-// Shapes: rows x width activations, row-major fp16, width % 8 == 0 and width <= 8 * 1024.
+// Shapes: rows x width activations, row-major (fp16 or bf16), width % 8 == 0 and width <= 8 * 1024.
 // One block per row, one 16-byte vector (8 columns) per thread; blockDim.x = width / 8 rounded
 // up to a multiple of 32, and threads past the row's end only take part in the reductions.
 // The row stays in registers between the statistics and the store: one read, one write.
@@ -82,3 +82,4 @@ __device__ void layernorm(const T* __restrict__ x, T* __restrict__ out, const T*
     }
 
 CR_LAYERNORM_OPS(__half, f16)
+CR_LAYERNORM_OPS(__nv_bfloat16, bf16)

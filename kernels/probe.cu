@@ -68,8 +68,8 @@ __device__ void fragment_probe(const T* __restrict__ a, const T* __restrict__ b,
             const int c = nt * 8 + 2 * t + (e % 2);
             acc[nt][e] = float(row * Tr::kN + c);
         }
-    mma_16816(acc[0], af, bf[0], bf[1]);
-    mma_16816(acc[1], af, bf[2], bf[3]);
+    mma_16816<T>(acc[0], af, bf[0], bf[1]);
+    mma_16816<T>(acc[1], af, bf[2], bf[3]);
 
     uint32_t* fo = frags + lane * Tr::kFrags;
     float* dout = d + lane * Tr::kAcc;
@@ -91,3 +91,4 @@ __device__ void fragment_probe(const T* __restrict__ a, const T* __restrict__ b,
     }
 
 CR_PROBE_OP(__half, f16)
+CR_PROBE_OP(__nv_bfloat16, bf16)

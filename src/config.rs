@@ -471,6 +471,28 @@ impl ModelConfig {
         }
     }
 
+    /// (out, in) of every linear of a layer, as the forward fuses them: QKV, the attention's
+    /// output, the FFN's two. (The GEMM shapes a forward runs, for tuning.)
+    pub fn linear_shapes(&self) -> [(usize, usize); 4] {
+        let h = self.hidden_size;
+        let (qkv, attn_out) = match &self.qwen {
+            Some(q) => {
+                let d = self.head_dim;
+                (
+                    (self.num_heads + 2 * q.num_kv_heads) * d,
+                    self.num_heads * d,
+                )
+            }
+            None => (3 * h, h),
+        };
+        [
+            (qkv, h),
+            (h, attn_out),
+            (self.ffn_in_width(), h),
+            (h, self.intermediate_size),
+        ]
+    }
+
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_json(&text).map_err(|msg| Error::model(path, msg))

@@ -267,11 +267,7 @@ impl Reranker {
                     host,
                     max_tokens,
                 )?),
-                Device::Cuda(_) => {
-                    return Err(Error::input(
-                        "cuda: the Qwen LLM rerankers run on the CPU only in this version",
-                    ))
-                }
+                Device::Cuda(ordinal) => qwen_cuda(ordinal, &cfg, host, max_tokens, opts.cuda)?,
             };
             let dtype = ckpt.dtype();
             return Ok(Reranker {
@@ -517,15 +513,26 @@ fn modernbert_cuda(
     Err(Error::CudaNotCompiled)
 }
 
-/// Opens CUDA device `ordinal` for a model, tuning its GEMMs first when asked.
+#[cfg(not(feature = "cuda"))]
+fn qwen_cuda(
+    _ordinal: usize,
+    _cfg: &ModelConfig,
+    _host: crate::models::qwen::Weights<weights::HostTensor>,
+    _max_tokens: usize,
+    _opts: CudaOptions,
+) -> Result<Box<dyn Scorer>> {
+    Err(Error::CudaNotCompiled)
+}
+
+/// Opens CUDA device `ordinal` for a model, storing in `S`, tuning its GEMMs first when asked.
 #[cfg(feature = "cuda")]
-fn cuda_backend(
+fn cuda_backend<S: crate::backend::cuda::Storage>(
     ordinal: usize,
     cfg: &ModelConfig,
     max_tokens: usize,
     opts: CudaOptions,
-) -> Result<crate::backend::cuda::CudaBackend> {
-    let backend = crate::backend::cuda::CudaBackend::new(ordinal)?;
+) -> Result<crate::backend::cuda::CudaBackend<S>> {
+    let backend = crate::backend::cuda::CudaBackend::<S>::open(ordinal)?;
     if opts.tune_gemm {
         // Before the first forward: a recorded graph keeps the algorithms it was recorded with.
         let tuning = backend.tune_gemm(cfg, max_tokens)?;
@@ -542,9 +549,28 @@ fn cuda_scorer(
     max_tokens: usize,
     opts: CudaOptions,
 ) -> Result<Box<dyn Scorer>> {
-    let backend = cuda_backend(ordinal, cfg, max_tokens, opts)?;
+    let backend = cuda_backend::<half::f16>(ordinal, cfg, max_tokens, opts)?;
     Ok(Box::new(
         Model::new(backend, cfg.clone(), host, max_tokens)?.with_graphs(opts.cuda_graphs),
+    ))
+}
+
+/// The decoder LLMs run in bf16 on CUDA: the dtype their checkpoints are trained and shipped
+/// in, with f32's exponent range. Decoder LLMs' residual streams carry outlier activations far
+/// above the encoders'; fp16's ±65504 could be shown safe only on real checkpoints, and none
+/// can be downloaded where this was written (see README, "LLM rerankers").
+#[cfg(feature = "cuda")]
+fn qwen_cuda(
+    ordinal: usize,
+    cfg: &ModelConfig,
+    host: crate::models::qwen::Weights<weights::HostTensor>,
+    max_tokens: usize,
+    opts: CudaOptions,
+) -> Result<Box<dyn Scorer>> {
+    let backend = cuda_backend::<half::bf16>(ordinal, cfg, max_tokens, opts)?;
+    Ok(Box::new(
+        crate::models::qwen::Model::new(backend, cfg.clone(), host, max_tokens)?
+            .with_graphs(opts.cuda_graphs),
     ))
 }
 
@@ -556,7 +582,7 @@ fn modernbert_cuda(
     max_tokens: usize,
     opts: CudaOptions,
 ) -> Result<Box<dyn Scorer>> {
-    let backend = cuda_backend(ordinal, cfg, max_tokens, opts)?;
+    let backend = cuda_backend::<half::f16>(ordinal, cfg, max_tokens, opts)?;
     Ok(Box::new(
         crate::models::modernbert::Model::new(backend, cfg.clone(), host, max_tokens)?
             .with_graphs(opts.cuda_graphs),

@@ -20,15 +20,20 @@
 #![cfg(feature = "cuda")]
 
 use crossrank::backend::cpu::CpuBackend;
-use crossrank::backend::cuda::{on_software_gpu, unavailable_reason, CudaBackend};
+use crossrank::backend::cuda::{on_software_gpu, unavailable_reason, CudaBackend, Storage};
 use crossrank::backend::Backend;
 use crossrank::batch::{BatchShape, PackedBatch};
 use crossrank::config::Activation;
 use crossrank::weights::{Embeddings, Head, HostTensor, LayerNorm, Linear};
-use half::f16;
+use half::{bf16, f16};
 
 /// The CUDA device for a test, or None after printing why the GPU part is skipped.
 fn gpu(test: &str) -> Option<CudaBackend> {
+    gpu_as::<f16>(test)
+}
+
+/// `gpu` with storage `S` (bf16 for the decoder LLMs' ops).
+fn gpu_as<S: Storage>(test: &str) -> Option<CudaBackend<S>> {
     if let Some(why) = unavailable_reason() {
         assert!(
             std::env::var_os("CROSSRANK_REQUIRE_GPU").is_none(),
@@ -37,7 +42,7 @@ fn gpu(test: &str) -> Option<CudaBackend> {
         println!("{test}: SKIPPED ({why})");
         return None;
     }
-    match CudaBackend::new(0) {
+    match CudaBackend::<S>::open(0) {
         Ok(b) => Some(b),
         Err(e) => panic!("{test}: a CUDA device is visible but could not be opened: {e}"),
     }
@@ -149,7 +154,7 @@ fn check(
     worst
 }
 
-fn poisoned(g: &CudaBackend, len: usize) -> <CudaBackend as Backend>::Buf {
+fn poisoned<S: Storage>(g: &CudaBackend<S>, len: usize) -> <CudaBackend<S> as Backend>::Buf {
     let mut buf = g.alloc(len).unwrap();
     g.fill(&mut buf, f32::NAN).unwrap();
     buf
@@ -1038,4 +1043,519 @@ fn prenorm_ops_refuse_what_they_cannot_do() {
     let mut qkv = g.alloc(8 * 3 * 2 * 15).unwrap();
     let err = g.rope(&mut qkv, &db, 2, 15, 1e4).unwrap_err().to_string();
     assert!(err.contains("head_dim 15"), "{err}");
+}
+
+// ---- The decoder LLMs' ops (Qwen), in bf16 as they run; the shared ones in fp16 too. ----
+//
+// bf16 keeps 8 significant bits: rounding an output costs up to 2^-9 of it. The rules below use
+// rtol 2^-8 (half an ulp, and as much again for fp32 arithmetic against the reference's f64),
+// the bf16 counterpart of the fp16 tests' 2^-10; inputs are rounded to bf16 before the CPU sees
+// them.
+
+const BF16_RTOL: f32 = 1.0 / 256.0;
+
+fn round_bf16(v: f32) -> f32 {
+    bf16::from_f32(v).to_f32()
+}
+
+/// `n` values ~ mean + N(0, std²), rounded to bf16.
+fn vec_bf16(rng: &mut Rng, n: usize, mean: f32, std: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| round_bf16(mean + std * rng.normal()))
+        .collect()
+}
+
+/// Hidden sizes of the decoder LLMs: the test models' 64, Qwen2-0.5B (mxbai-rerank-base-v2) 896,
+/// Qwen3-0.6B 1024, Qwen3-4B 2560, Qwen3-8B 4096. On the software GPU: 64 and 1024.
+fn llm_widths() -> &'static [usize] {
+    if soft() {
+        &[64, 1024]
+    } else {
+        &[64, 896, 1024, 2560, 4096]
+    }
+}
+
+/// (head_dim, query heads, K/V heads): the test models', Qwen2-0.5B's, Qwen3-0.6B's and
+/// Qwen3-4B's. On the software GPU: small head counts with every head_dim the models use.
+fn gqa_shapes() -> &'static [(usize, usize, usize)] {
+    if soft() {
+        &[(16, 4, 2), (16, 4, 1), (64, 2, 1), (128, 2, 1)]
+    } else {
+        &[
+            (16, 4, 2),
+            (16, 4, 1),
+            (64, 14, 2),
+            (128, 16, 8),
+            (128, 32, 8),
+        ]
+    }
+}
+
+/// RMSNorm and the pre-norm residual fused with it. The output is O(1) · weight, rounded once:
+/// rtol 2^-8, atol 1e-6 for values near zero (fp32 sums of squares against f64 differ by ~1e-7
+/// relative). The new residual stream must be exactly the bf16 rounding of the f32 sum.
+#[test]
+fn rmsnorm_and_residual_rmsnorm_match_cpu() {
+    let mut rng = Rng(21);
+    let g = gpu_as::<bf16>("rmsnorm_and_residual_rmsnorm_match_cpu");
+    let eps = 1e-6;
+    for &width in llm_widths() {
+        for (set, lens) in length_sets(&mut rng) {
+            let rows: usize = lens.iter().sum();
+            let x = vec_bf16(&mut rng, rows * width, 0.3, 2.0);
+            let delta = vec_bf16(&mut rng, rows * width, 0.0, 1.0);
+            let weight = vec_bf16(&mut rng, width, 1.0, 0.2);
+            let mut plain = vec![0f32; rows * width];
+            CpuBackend
+                .rmsnorm(None, &mut x.clone(), rows, &weight, eps, &mut plain)
+                .unwrap();
+            let mut sum = x.clone();
+            let mut normed = vec![0f32; rows * width];
+            CpuBackend
+                .rmsnorm(Some(&delta), &mut sum, rows, &weight, eps, &mut normed)
+                .unwrap();
+            let Some(g) = &g else { continue };
+            let dw = g.upload(&tensor("weight", weight.clone())).unwrap();
+            let dd = g.upload(&tensor("delta", delta.clone())).unwrap();
+            let what = format!("rmsnorm width {width} {set}");
+            let mut dx = g.upload(&tensor("x", x.clone())).unwrap();
+            let mut out = poisoned(g, rows * width);
+            g.rmsnorm(None, &mut dx, rows, &dw, eps, &mut out).unwrap();
+            let got = g.download(&out, rows * width).unwrap();
+            let e = check(&what, &got, &plain, None, 1e-6, BF16_RTOL);
+            assert_eq!(
+                g.download(&dx, rows * width).unwrap(),
+                x,
+                "{what}: x changed"
+            );
+            let mut out = poisoned(g, rows * width);
+            g.rmsnorm(Some(&dd), &mut dx, rows, &dw, eps, &mut out)
+                .unwrap();
+            let got = g.download(&out, rows * width).unwrap();
+            let e2 = check(
+                &format!("residual {what}"),
+                &got,
+                &normed,
+                None,
+                1e-6,
+                BF16_RTOL,
+            );
+            let stream: Vec<f32> = sum.iter().map(|&v| round_bf16(v)).collect();
+            assert_eq!(
+                g.download(&dx, rows * width).unwrap(),
+                stream,
+                "residual {what}: the residual stream is not the bf16 rounding of the f32 sum"
+            );
+            println!("{what}: max |err| {e:.2e}, residual {e2:.2e}");
+        }
+    }
+}
+
+/// Qwen3's per-head RMSNorm of Q and K, then RoPE, on the GQA layout (Q's heads, K's kv_heads,
+/// V's kv_heads), with and without the norms (Qwen2 has none); V untouched bit for bit. Rule as
+/// rope_matches_cpu in bf16: rtol 2^-8 for the output's rounding, atol 1e-5 for __sincosf after
+/// the f64 range reduction. Positions up to 40959 (Qwen3's context), thetas 1e6 (Qwen3) and
+/// 1e4.
+#[test]
+fn qk_norm_rope_matches_cpu() {
+    let mut rng = Rng(22);
+    let g = gpu_as::<bf16>("qk_norm_rope_matches_cpu");
+    let eps = 1e-6;
+    for &(d, heads, kv) in gqa_shapes() {
+        let width = (heads + 2 * kv) * d;
+        let q_norm = vec_bf16(&mut rng, d, 1.0, 0.3);
+        let k_norm = vec_bf16(&mut rng, d, 1.0, 0.3);
+        for theta in [10_000.0, 1_000_000.0] {
+            for (set, lens) in length_sets(&mut rng) {
+                let mut b = batch(&mut rng, &lens, 10, 1);
+                if set == "one sequence" {
+                    let t = b.tokens() as u32;
+                    b.position_ids.iter_mut().for_each(|p| *p += 40960 - t);
+                }
+                let qkv = vec_bf16(&mut rng, b.tokens() * width, 0.0, 2.0);
+                for normed in [false, true] {
+                    let mut want = qkv.clone();
+                    let cpu_norms = normed.then_some((&q_norm, &k_norm));
+                    CpuBackend
+                        .qk_norm_rope(&mut want, &b, heads, kv, d, cpu_norms, eps, theta)
+                        .unwrap();
+                    let Some(g) = &g else { continue };
+                    let mut db = g.alloc_batch(b.tokens(), b.len()).unwrap();
+                    g.load_batch(&b, &mut db).unwrap();
+                    let (dqn, dkn) = (
+                        g.upload(&tensor("q_norm", q_norm.clone())).unwrap(),
+                        g.upload(&tensor("k_norm", k_norm.clone())).unwrap(),
+                    );
+                    let mut dq = g.upload(&tensor("qkv", qkv.clone())).unwrap();
+                    let norms = normed.then_some((&dqn, &dkn));
+                    g.qk_norm_rope(&mut dq, &db, heads, kv, d, norms, eps, theta)
+                        .unwrap();
+                    let got = g.download(&dq, b.tokens() * width).unwrap();
+                    let what = format!(
+                        "qk_norm_rope d {d} {heads}/{kv} heads norm {normed} theta {theta} {set}"
+                    );
+                    let e = check(&what, &got, &want, None, 1e-5, BF16_RTOL);
+                    for t in 0..b.tokens() {
+                        let v = t * width + (heads + kv) * d..(t + 1) * width;
+                        assert_eq!(got[v.clone()], qkv[v], "{what}: V of row {t} changed");
+                    }
+                    println!("{what}: max |err| {e:.2e}");
+                }
+            }
+        }
+    }
+}
+
+/// The same math as the kernel with 16-bit storage where the kernel rounds (`round`): exact
+/// softmax weights rounded for P·V, the row sum of the unrounded weights, the output rounded.
+/// Causal grouped-query attention over the [tokens, (heads + 2·kv)·d] layout, with the batch's
+/// shared prefix seen first by every sequence after the first.
+fn attention_causal_reference(
+    qkv: &[f32],
+    b: &PackedBatch,
+    (d, heads, kv): (usize, usize, usize),
+    round: fn(f32) -> f32,
+) -> Vec<f32> {
+    let (h, width, group) = (heads * d, (heads + 2 * kv) * d, heads / kv);
+    let mut out = vec![0f32; b.tokens() * h];
+    let scale = 1.0 / (d as f64).sqrt();
+    for s in 0..b.len() {
+        let r = b.range(s);
+        let prefix = if s > 0 { b.shared_prefix } else { 0 };
+        for head in 0..heads {
+            let kvh = head / group;
+            let q = |t: usize, c: usize| qkv[t * width + head * d + c] as f64;
+            let k = |t: usize, c: usize| qkv[t * width + h + kvh * d + c] as f64;
+            let v = |t: usize, c: usize| qkv[t * width + h + kv * d + kvh * d + c];
+            for i in r.clone() {
+                let keys: Vec<usize> = (0..prefix).chain(r.start..i + 1).collect();
+                let scores: Vec<f64> = keys
+                    .iter()
+                    .map(|&j| (0..d).map(|c| q(i, c) * k(j, c)).sum::<f64>() * scale)
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let p: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+                let sum: f64 = p.iter().sum();
+                for c in 0..d {
+                    let acc: f32 = keys
+                        .iter()
+                        .zip(&p)
+                        .map(|(&j, &pj)| round(pj as f32) * v(j, c))
+                        .sum();
+                    out[i * h + head * d + c] = round((acc as f64 / sum) as f32);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Sequences that all start with the same `prefix` ids, then ragged own tokens; positions run
+/// on through the prefix, as a reranker's prompt does.
+fn prefixed_batch(rng: &mut Rng, prefix: usize, rests: &[usize]) -> PackedBatch {
+    let head: Vec<u32> = (0..prefix).map(|_| rng.below(50) as u32).collect();
+    let mut b = PackedBatch {
+        cu_seqlens: vec![0],
+        ..Default::default()
+    };
+    for &rest in rests {
+        // A first own id the prefix never holds, so the shared run is exactly `prefix` long.
+        let own = std::iter::once(50).chain((1..rest).map(|_| rng.below(60) as u32));
+        for (p, id) in head.iter().copied().chain(own).enumerate() {
+            b.input_ids.push(id);
+            b.token_type_ids.push(0);
+            b.position_ids.push(p as u32);
+        }
+        b.cu_seqlens.push(b.input_ids.len() as i32);
+        b.max_seqlen = b.max_seqlen.max(prefix + rest);
+    }
+    b
+}
+
+/// Runs causal attention on the device in storage `S` and holds it to the rule of
+/// attention_matches_cpu_for_every_head_dim: the kernel's largest error against the f32
+/// reference is at most twice that of the same math done with `S` storage by
+/// `attention_causal_reference`, plus 1e-4.
+fn check_attention_causal<S: Storage>(
+    g: Option<&CudaBackend<S>>,
+    rng: &mut Rng,
+    b: &PackedBatch,
+    shape: (usize, usize, usize),
+    round: fn(f32) -> f32,
+    what: &str,
+) {
+    let (d, heads, kv) = shape;
+    let width = (heads + 2 * kv) * d;
+    let qkv: Vec<f32> = (0..b.tokens() * width)
+        .map(|_| round(1.5 * rng.normal()))
+        .collect();
+    let mut want = vec![0f32; b.tokens() * heads * d];
+    CpuBackend
+        .attention_causal(&qkv, b, heads, kv, d, &mut want)
+        .unwrap();
+    let Some(g) = g else { return };
+    let emulated = attention_causal_reference(&qkv, b, shape, round);
+    let bound = 2.0 * max_abs_diff(&emulated, &want) + 1e-4;
+    let mut db = g.alloc_batch(b.tokens(), b.len()).unwrap();
+    g.load_batch(b, &mut db).unwrap();
+    let dq = g.upload(&tensor("qkv", qkv)).unwrap();
+    let mut out = poisoned(g, b.tokens() * heads * d);
+    g.attention_causal(&dq, &db, heads, kv, d, &mut out)
+        .unwrap();
+    let got = g.download(&out, b.tokens() * heads * d).unwrap();
+    let e = check(what, &got, &want, None, bound, 0.0);
+    println!("{what}: max |err| {e:.2e} (bound {bound:.2e})");
+}
+
+/// Causal grouped-query attention, plain and after a shared prefix (the prefix as sequence 0,
+/// each sequence's own rows attending to it first): prefixes shorter than a K/V tile and
+/// crossing one, own parts that are one token, cross tiles, and start inside the prefix's last
+/// tile. bf16 for every shape; fp16 for one (the kernel serves both).
+#[test]
+fn attention_causal_matches_cpu() {
+    let mut rng = Rng(23);
+    let g = gpu_as::<bf16>("attention_causal_matches_cpu");
+    let g16 = gpu("attention_causal_matches_cpu (fp16)");
+    let prefixes: &[usize] = if soft() { &[5, 70] } else { &[5, 70, 300] };
+    for &shape in gqa_shapes() {
+        let (d, heads, kv) = shape;
+        for (set, lens) in length_sets(&mut rng) {
+            let b = batch(&mut rng, &lens, 10, 1);
+            let what = format!("attention_causal d {d} {heads}/{kv} heads {set}");
+            check_attention_causal(g.as_ref(), &mut rng, &b, shape, round_bf16, &what);
+        }
+        for &p in prefixes {
+            let rests = [1, 2, 63, 64, 65, 7];
+            let plain = prefixed_batch(&mut rng, p, &rests);
+            let shared = plain.share_prefix().expect("the sequences share a prefix");
+            assert_eq!(shared.shared_prefix, p);
+            let what = format!("attention_causal d {d} {heads}/{kv} heads, shared prefix {p}");
+            check_attention_causal(g.as_ref(), &mut rng, &shared, shape, round_bf16, &what);
+        }
+    }
+    let b = prefixed_batch(&mut rng, 70, &[1, 65, 3])
+        .share_prefix()
+        .unwrap();
+    let what = "attention_causal fp16 d 64 2/1 heads, shared prefix 70";
+    check_attention_causal(g16.as_ref(), &mut rng, &b, (64, 2, 1), round16, what);
+}
+
+/// SwiGLU: silu(gate) · up, rounded once (rtol 2^-8 for bf16, 2^-10 for fp16: half an ulp and as
+/// much again for expf and fp32); atol 1e-5 near zero. The test models' 96 and 80, a width that
+/// is not a multiple of 8 (the scalar path), Qwen3-0.6B's 3072.
+#[test]
+fn swiglu_matches_cpu() {
+    let mut rng = Rng(24);
+    let g = gpu_as::<bf16>("swiglu_matches_cpu");
+    let g16 = gpu("swiglu_matches_cpu (fp16)");
+    for inter in [80, 96, 100, 3072] {
+        for (set, lens) in length_sets(&mut rng) {
+            let rows: usize = lens.iter().sum();
+            let x = vec_bf16(&mut rng, rows * 2 * inter, 0.0, 3.0);
+            let mut want = vec![0f32; rows * inter];
+            CpuBackend
+                .geglu(&x, rows, inter, Activation::Silu, &mut want)
+                .unwrap();
+            let what = format!("swiglu inter {inter} {set}");
+            if let Some(g) = &g {
+                let dx = g.upload(&tensor("x", x.clone())).unwrap();
+                let mut out = poisoned(g, rows * inter);
+                g.geglu(&dx, rows, inter, Activation::Silu, &mut out)
+                    .unwrap();
+                let got = g.download(&out, rows * inter).unwrap();
+                let e = check(&what, &got, &want, None, 1e-5, BF16_RTOL);
+                println!("{what}: max |err| {e:.2e}");
+            }
+            if let Some(g) = &g16 {
+                // bf16 inputs are exact in fp16 only within its range: these are (|x| < 20).
+                let dx = g.upload(&tensor("x", x.clone())).unwrap();
+                let mut out = poisoned(g, rows * inter);
+                g.geglu(&dx, rows, inter, Activation::Silu, &mut out)
+                    .unwrap();
+                let got = g.download(&out, rows * inter).unwrap();
+                check(
+                    &format!("fp16 {what}"),
+                    &got,
+                    &want,
+                    None,
+                    1e-5,
+                    1.0 / 1024.0,
+                );
+            }
+        }
+    }
+}
+
+/// gather_last is a copy of each sequence's last row: bit for bit, packed and padded (empty
+/// sequences get a zero row); a shared-prefix batch's prefix row is sequence 0's.
+#[test]
+fn gather_last_matches_cpu() {
+    let mut rng = Rng(25);
+    let g = gpu_as::<bf16>("gather_last_matches_cpu");
+    for &width in llm_widths() {
+        let mut sets = length_sets(&mut rng);
+        sets.push(("shared prefix", vec![]));
+        for (set, lens) in sets {
+            let packed = if lens.is_empty() {
+                prefixed_batch(&mut rng, 9, &[1, 4, 2])
+                    .share_prefix()
+                    .unwrap()
+            } else {
+                batch(&mut rng, &lens, 10, 1)
+            };
+            let (t, n) = (packed.tokens(), packed.len());
+            let shape = BatchShape {
+                tokens: t + 5,
+                seqs: n + 3,
+                max_seqlen: packed.max_seqlen,
+            };
+            let padded = packed.padded_to(shape);
+            for (b, kind) in [(&packed, "packed"), (&padded, "padded")] {
+                let src = vec_bf16(&mut rng, b.tokens() * width, 0.0, 1.0);
+                let mut want = vec![f32::NAN; b.len() * width];
+                CpuBackend.gather_last(&src, width, b, &mut want).unwrap();
+                for s in 0..b.len() {
+                    let r = b.range(s);
+                    let want = &want[s * width..(s + 1) * width];
+                    match r.end.checked_sub(1).filter(|_| !r.is_empty()) {
+                        Some(last) => assert_eq!(want, &src[last * width..(last + 1) * width]),
+                        None => assert!(want.iter().all(|&v| v == 0.0)),
+                    }
+                }
+                let Some(g) = &g else { continue };
+                let mut db = g.alloc_batch(b.tokens(), b.len()).unwrap();
+                g.load_batch(b, &mut db).unwrap();
+                let ds = g.upload(&tensor("src", src)).unwrap();
+                let mut out = poisoned(g, b.len() * width);
+                g.gather_last(&ds, width, &db, &mut out).unwrap();
+                let got = g.download(&out, b.len() * width).unwrap();
+                let what = format!("gather_last width {width} {set} {kind}");
+                check(&what, &got, &want, None, 0.0, 0.0);
+            }
+        }
+    }
+}
+
+/// The ops the decoder LLMs share with the encoders, in bf16: the GEMM with a bias (Qwen2's QKV
+/// bias; the others get a zero bias), the token embedding (a copy: exact) and the folded yes-no
+/// head (f32 logits: 1e-4 + 1e-4 relative, as in fp16). GEMM rule as
+/// linear_with_bias_and_gelu_matches_cpu with bf16's rounding: rtol 2^-8, atol 1e-3. Shapes
+/// (out, in): the test models' QKV, gate | up and down, and Qwen3-0.6B's QKV (off the software
+/// GPU).
+#[test]
+fn linear_embed_and_classify_match_cpu_in_bf16() {
+    let mut rng = Rng(26);
+    let g = gpu_as::<bf16>("linear_embed_and_classify_match_cpu_in_bf16");
+    let shapes: &[(usize, usize)] = if soft() {
+        &[(128, 64), (192, 64), (64, 96), (100, 64)]
+    } else {
+        &[
+            (128, 64),
+            (192, 64),
+            (64, 96),
+            (100, 64),
+            (4096, 1024),
+            (1024, 3072),
+        ]
+    };
+    for &(o, i) in shapes {
+        let w = tensor("w", vec_bf16(&mut rng, o * i, 0.0, 1.0 / (i as f32).sqrt()));
+        let bias = tensor("b", vec_bf16(&mut rng, o, 0.0, 0.1));
+        let cpu_lin = Linear {
+            w: w.data.clone(),
+            b: bias.data.clone(),
+            out_dim: o,
+            in_dim: i,
+        };
+        for rows in [1, 63, 130] {
+            let x = vec_bf16(&mut rng, rows * i, 0.0, 1.0);
+            let mut want = vec![0f32; rows * o];
+            CpuBackend
+                .linear(&x, rows, &cpu_lin, None, &mut want)
+                .unwrap();
+            let Some(g) = &g else { continue };
+            let lin = Linear {
+                w: g.upload(&w).unwrap(),
+                b: g.upload(&bias).unwrap(),
+                out_dim: o,
+                in_dim: i,
+            };
+            let xd = g.upload(&tensor("x", x)).unwrap();
+            let mut out = poisoned(g, rows * o);
+            g.linear(&xd, rows, &lin, None, &mut out).unwrap();
+            let got = g.download(&out, rows * o).unwrap();
+            let what = format!("bf16 linear {rows}x{i} -> {o}");
+            let e = check(&what, &got, &want, None, LIN_ATOL, BF16_RTOL);
+            println!("{what}: max |err| {e:.2e}");
+        }
+    }
+    let width = 64;
+    for (set, lens) in length_sets(&mut rng) {
+        let b = batch(&mut rng, &lens, 300, 1);
+        let table = vec_bf16(&mut rng, 300 * width, 0.0, 1.0);
+        let mut emb = vec![0f32; b.tokens() * width];
+        CpuBackend
+            .embed_tokens(&b, &table, width, &mut emb)
+            .unwrap();
+        let head = Linear {
+            w: vec_bf16(&mut rng, width, 0.0, 0.5),
+            b: vec![0.0],
+            out_dim: 1,
+            in_dim: width,
+        };
+        let rows = vec_bf16(&mut rng, b.len() * width, 0.0, 1.0);
+        let mut logits = vec![0f32; b.len()];
+        CpuBackend
+            .classify(&rows, b.len(), &head, &mut logits)
+            .unwrap();
+        let Some(g) = &g else { continue };
+        let mut db = g.alloc_batch(b.tokens(), b.len()).unwrap();
+        g.load_batch(&b, &mut db).unwrap();
+        let dt = g.upload(&tensor("table", table)).unwrap();
+        let mut out = poisoned(g, b.tokens() * width);
+        g.embed_tokens(&db, &dt, width, &mut out).unwrap();
+        let got = g.download(&out, b.tokens() * width).unwrap();
+        check(
+            &format!("bf16 embed_tokens {set}"),
+            &got,
+            &emb,
+            None,
+            0.0,
+            0.0,
+        );
+        let dhead = Linear {
+            w: g.upload(&tensor("head", head.w.clone())).unwrap(),
+            b: g.upload(&tensor("head bias", head.b.clone())).unwrap(),
+            out_dim: 1,
+            in_dim: width,
+        };
+        let dr = g.upload(&tensor("rows", rows)).unwrap();
+        let mut dl = g.alloc_logits(b.len()).unwrap();
+        g.classify(&dr, b.len(), &dhead, &mut dl).unwrap();
+        let got = g.read_logits(&dl, b.len()).unwrap();
+        check(
+            &format!("bf16 classify {set}"),
+            &got,
+            &logits,
+            None,
+            1e-4,
+            1e-4,
+        );
+    }
+}
+
+/// bf16 shares f32's exponent range, so only a value that rounds past its largest finite one
+/// (f32::MAX does) is refused, naming the tensor and the storage.
+#[test]
+fn upload_refuses_values_beyond_bf16() {
+    let Some(g) = gpu_as::<bf16>("upload_refuses_values_beyond_bf16") else {
+        return;
+    };
+    let t = tensor("model.layers.0.mlp.down_proj.weight", vec![1.0, f32::MAX]);
+    let err = g.upload(&t).unwrap_err().to_string();
+    assert!(
+        err.contains("down_proj") && err.contains("bf16") && err.contains("element 1"),
+        "{err}"
+    );
+    g.upload(&tensor("ok", vec![3.0e38, -1e-30])).unwrap();
 }

@@ -2,7 +2,7 @@
 //! against transformers' goldens and the CPU reference, with and without CUDA graphs.
 //!
 //! Bound, per model, the rule of cuda_e2e.rs: max(2e-3, 2 × the error of the same math with fp16
-//! storage done by a reference, `Fp16Emulation` over the same ModernBERT forward). Ranking equal
+//! storage done by a reference, `StorageEmulation::FP16` over the same ModernBERT forward). Ranking equal
 //! wherever the CPU logits differ by more than the bound; truncation flags exact; the same
 //! inputs twice give bit-identical scores; every group in one batch agrees with each group alone
 //! within the bound. Without a GPU these print SKIPPED.

@@ -751,30 +751,45 @@ impl Backend for CpuBackend {
     }
 }
 
-/// The CPU reference with fp16 storage: weights and every activation an op writes are rounded
-/// to fp16, the arithmetic inside each op stays f32 (f64 sums). It is the "same math done in
-/// fp16 by a reference" that fp16 backends are held to: their error against the f32 reference
-/// should be of the order of this backend's, not of an absolute constant.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Fp16Emulation;
-
-fn round16(buf: &mut [f32]) {
-    buf.iter_mut()
-        .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+/// The CPU reference with 16-bit storage (fp16 as the encoders run on CUDA, bf16 as the decoder
+/// LLMs do): weights and every activation an op writes are rounded to it, the arithmetic inside
+/// each op stays f32 (f64 sums). It is the "same math done in 16 bits by a reference" that the
+/// CUDA backend is held to: its error against the f32 reference should be of the order of this
+/// backend's, not of an absolute constant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageEmulation {
+    bf16: bool,
 }
 
-impl Backend for Fp16Emulation {
+impl StorageEmulation {
+    pub const FP16: Self = StorageEmulation { bf16: false };
+    pub const BF16: Self = StorageEmulation { bf16: true };
+
+    /// Rounds every value to the storage type, to nearest even.
+    pub fn round(&self, buf: &mut [f32]) {
+        if self.bf16 {
+            buf.iter_mut()
+                .for_each(|v| *v = half::bf16::from_f32(*v).to_f32());
+        } else {
+            buf.iter_mut()
+                .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+        }
+    }
+}
+
+impl Backend for StorageEmulation {
     type Buf = Vec<f32>;
     type Batch = PackedBatch;
     type Logits = Vec<f32>;
 
     fn device_name(&self) -> String {
-        "cpu (fp16 storage emulated)".into()
+        let dtype = if self.bf16 { "bf16" } else { "fp16" };
+        format!("cpu ({dtype} storage emulated)")
     }
 
     fn upload(&self, t: &HostTensor) -> Result<Vec<f32>> {
         let mut w = CpuBackend.upload(t)?;
-        round16(&mut w);
+        self.round(&mut w);
         Ok(w)
     }
 
@@ -802,7 +817,7 @@ impl Backend for Fp16Emulation {
         out: &mut Vec<f32>,
     ) -> Result<()> {
         CpuBackend.embed(batch, emb, eps, out)?;
-        round16(&mut out[..batch.tokens() * emb.ln.gamma.len()]);
+        self.round(&mut out[..batch.tokens() * emb.ln.gamma.len()]);
         Ok(())
     }
 
@@ -815,7 +830,7 @@ impl Backend for Fp16Emulation {
         out: &mut Vec<f32>,
     ) -> Result<()> {
         CpuBackend.linear(x, rows, lin, act, out)?;
-        round16(&mut out[..rows * lin.out_dim]);
+        self.round(&mut out[..rows * lin.out_dim]);
         Ok(())
     }
 
@@ -828,7 +843,7 @@ impl Backend for Fp16Emulation {
         out: &mut Vec<f32>,
     ) -> Result<()> {
         CpuBackend.attention(qkv, batch, heads, head_dim, out)?;
-        round16(&mut out[..batch.tokens() * heads * head_dim]);
+        self.round(&mut out[..batch.tokens() * heads * head_dim]);
         Ok(())
     }
 
@@ -841,7 +856,7 @@ impl Backend for Fp16Emulation {
         hidden: &mut Vec<f32>,
     ) -> Result<()> {
         CpuBackend.add_layernorm(delta, rows, ln, eps, hidden)?;
-        round16(&mut hidden[..rows * ln.gamma.len()]);
+        self.round(&mut hidden[..rows * ln.gamma.len()]);
         Ok(())
     }
 
@@ -891,7 +906,7 @@ impl Backend for Fp16Emulation {
         out: &mut Vec<f32>,
     ) -> Result<()> {
         CpuBackend.layernorm(x, rows, ln, eps, out)?;
-        round16(&mut out[..rows * ln.gamma.len()]);
+        self.round(&mut out[..rows * ln.gamma.len()]);
         Ok(())
     }
 
@@ -907,8 +922,8 @@ impl Backend for Fp16Emulation {
         // The kernel normalises the f32 sum and stores both in fp16.
         CpuBackend.residual_layernorm(delta, rows, ln, eps, hidden, out)?;
         let len = rows * ln.gamma.len();
-        round16(&mut hidden[..len]);
-        round16(&mut out[..len]);
+        self.round(&mut hidden[..len]);
+        self.round(&mut out[..len]);
         Ok(())
     }
 
@@ -921,7 +936,7 @@ impl Backend for Fp16Emulation {
         theta: f64,
     ) -> Result<()> {
         CpuBackend.rope(qkv, batch, heads, head_dim, theta)?;
-        round16(&mut qkv[..batch.tokens() * 3 * heads * head_dim]);
+        self.round(&mut qkv[..batch.tokens() * 3 * heads * head_dim]);
         Ok(())
     }
 
@@ -935,7 +950,7 @@ impl Backend for Fp16Emulation {
         out: &mut Vec<f32>,
     ) -> Result<()> {
         CpuBackend.attention_window(qkv, batch, heads, head_dim, half_window, out)?;
-        round16(&mut out[..batch.tokens() * heads * head_dim]);
+        self.round(&mut out[..batch.tokens() * heads * head_dim]);
         Ok(())
     }
 
@@ -948,7 +963,7 @@ impl Backend for Fp16Emulation {
         out: &mut Vec<f32>,
     ) -> Result<()> {
         CpuBackend.geglu(x, rows, inter, act, out)?;
-        round16(&mut out[..rows * inter]);
+        self.round(&mut out[..rows * inter]);
         Ok(())
     }
 
@@ -960,7 +975,7 @@ impl Backend for Fp16Emulation {
         out: &mut Vec<f32>,
     ) -> Result<()> {
         CpuBackend.mean_pool(src, width, batch, out)?;
-        round16(&mut out[..batch.len() * width]);
+        self.round(&mut out[..batch.len() * width]);
         Ok(())
     }
 
@@ -973,6 +988,65 @@ impl Backend for Fp16Emulation {
     ) -> Result<()> {
         // The logit stays f32, as the kernel's does.
         CpuBackend.classify(x, n, lin, out)
+    }
+
+    fn rmsnorm(
+        &self,
+        delta: Option<&Vec<f32>>,
+        hidden: &mut Vec<f32>,
+        rows: usize,
+        weight: &Vec<f32>,
+        eps: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        // The kernel normalises the f32 sum and stores both in 16 bits.
+        CpuBackend.rmsnorm(delta, hidden, rows, weight, eps, out)?;
+        let len = rows * weight.len();
+        self.round(&mut hidden[..len]);
+        self.round(&mut out[..len]);
+        Ok(())
+    }
+
+    fn qk_norm_rope(
+        &self,
+        qkv: &mut Vec<f32>,
+        batch: &PackedBatch,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        norms: Option<(&Vec<f32>, &Vec<f32>)>,
+        eps: f32,
+        theta: f64,
+    ) -> Result<()> {
+        CpuBackend.qk_norm_rope(qkv, batch, heads, kv_heads, head_dim, norms, eps, theta)?;
+        // V is untouched and already rounded: rounding it again changes nothing.
+        self.round(&mut qkv[..batch.tokens() * (heads + 2 * kv_heads) * head_dim]);
+        Ok(())
+    }
+
+    fn attention_causal(
+        &self,
+        qkv: &Vec<f32>,
+        batch: &PackedBatch,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        CpuBackend.attention_causal(qkv, batch, heads, kv_heads, head_dim, out)?;
+        self.round(&mut out[..batch.tokens() * heads * head_dim]);
+        Ok(())
+    }
+
+    fn gather_last(
+        &self,
+        src: &Vec<f32>,
+        width: usize,
+        batch: &PackedBatch,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        // A copy of stored rows: nothing to round.
+        CpuBackend.gather_last(src, width, batch, out)
     }
 }
 

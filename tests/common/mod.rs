@@ -133,7 +133,7 @@ pub fn minilm_cross_encoder(tag: &str) -> Option<PathBuf> {
     Some(dir)
 }
 
-/// Logits of the fp16-storage emulation (`Fp16Emulation`) for encoded pairs of the model in
+/// Logits of the fp16-storage emulation (`StorageEmulation::FP16`) for encoded pairs of the model in
 /// `dir`: the reference error an fp16 backend is measured against.
 pub fn fp16_emulated_logits(dir: &Path, pairs: &[crossrank::tokenize::EncodedPair]) -> Vec<f32> {
     use crossrank::model::{Model, Scorer};
@@ -143,7 +143,7 @@ pub fn fp16_emulated_logits(dir: &Path, pairs: &[crossrank::tokenize::EncodedPai
     let tokens: usize = pairs.iter().map(|p| p.ids.len()).sum();
     let batch = crossrank::batch::PackedBatch::pack(pairs, &cfg);
     let model = Model::new(
-        crossrank::backend::cpu::Fp16Emulation,
+        crossrank::backend::cpu::StorageEmulation::FP16,
         cfg,
         host,
         tokens.max(1),
@@ -202,7 +202,7 @@ pub fn modernbert_fp16_emulated_logits(
     let tokens: usize = pairs.iter().map(|p| p.ids.len()).sum();
     let batch = crossrank::batch::PackedBatch::pack(pairs, &cfg);
     let model = modernbert::Model::new(
-        crossrank::backend::cpu::Fp16Emulation,
+        crossrank::backend::cpu::StorageEmulation::FP16,
         cfg,
         host,
         tokens.max(1),

@@ -1,5 +1,5 @@
-//! The linear layers through cuBLASLt: `out[rows, o] = x[rows, i] · Wᵀ + b`, fp16 in and out,
-//! fp32 compute, the bias added in the GEMM epilogue.
+//! The linear layers through cuBLASLt: `out[rows, o] = x[rows, i] · Wᵀ + b`, 16-bit in and out
+//! (the backend's storage: fp16 or bf16), fp32 compute, the bias added in the GEMM epilogue.
 //!
 //! cuBLAS is column-major; our row-major buffers are read as their transposes: W [o, i]
 //! row-major is the column-major [i, o] matrix A, used transposed; x [rows, i] row-major is the
@@ -24,6 +24,9 @@ use cudarc::cublaslt::result::CublasError;
 use cudarc::cublaslt::sys;
 use cudarc::driver::{sys as drv_sys, CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use half::f16;
+use std::marker::PhantomData;
+
+use super::storage::Storage;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -72,9 +75,9 @@ impl Drop for Pref {
     }
 }
 
-fn layout(rows: usize, cols: usize, ld: usize) -> Result<Layout> {
+fn layout(dtype: sys::cudaDataType, rows: usize, cols: usize, ld: usize) -> Result<Layout> {
     Ok(Layout(lt::create_matrix_layout(
-        sys::cudaDataType::CUDA_R_16F,
+        dtype,
         rows as u64,
         cols as u64,
         ld as i64,
@@ -93,11 +96,11 @@ struct Problem {
 }
 
 impl Problem {
-    fn new(rows: usize, out_dim: usize, in_dim: usize) -> Result<Self> {
+    fn new(dtype: sys::cudaDataType, rows: usize, out_dim: usize, in_dim: usize) -> Result<Self> {
         Ok(Problem {
-            a: layout(in_dim, out_dim, in_dim)?,
-            b: layout(in_dim, rows, in_dim)?,
-            d: layout(out_dim, rows, out_dim)?,
+            a: layout(dtype, in_dim, out_dim, in_dim)?,
+            b: layout(dtype, in_dim, rows, in_dim)?,
+            d: layout(dtype, out_dim, rows, out_dim)?,
             rows,
             out_dim,
             in_dim,
@@ -137,9 +140,10 @@ struct State {
 // above; the workspace is a CudaSlice, which is Send.
 unsafe impl Send for State {}
 
-pub struct Gemm {
+pub struct Gemm<S: Storage> {
     state: Mutex<State>,
     stream: Arc<CudaStream>,
+    storage: PhantomData<S>,
 }
 
 /// The row bucket of a row count: the next power of two, at least MIN_BUCKET.
@@ -147,7 +151,7 @@ pub fn bucket(rows: usize) -> usize {
     rows.max(MIN_BUCKET).next_power_of_two()
 }
 
-impl Gemm {
+impl<S: Storage> Gemm<S> {
     pub fn new(stream: Arc<CudaStream>) -> Result<Self> {
         let handle = Handle(lt::create_handle()?);
         let workspace = stream.alloc_zeros::<u8>(WORKSPACE_BYTES)?;
@@ -159,6 +163,7 @@ impl Gemm {
                 exact: HashMap::new(),
             }),
             stream,
+            storage: PhantomData,
         })
     }
 
@@ -177,13 +182,13 @@ impl Gemm {
     #[allow(clippy::too_many_arguments)]
     pub fn linear(
         &self,
-        x: &CudaSlice<f16>,
+        x: &CudaSlice<S>,
         rows: usize,
-        w: &CudaSlice<f16>,
-        b: &CudaSlice<f16>,
+        w: &CudaSlice<S>,
+        b: &CudaSlice<S>,
         out_dim: usize,
         in_dim: usize,
-        out: &mut CudaSlice<f16>,
+        out: &mut CudaSlice<S>,
     ) -> Result<()> {
         let mut guard = self.lock()?;
         let st = &mut *guard;
@@ -192,13 +197,17 @@ impl Gemm {
 
         let (b_ptr, _b_sync) = b.device_ptr(stream);
         let desc = linear_desc(b_ptr)?;
-        let p = Problem::new(rows, out_dim, in_dim)?;
+        let p = Problem::new(S::CUBLAS, rows, out_dim, in_dim)?;
         let key = (bucket(rows), out_dim, in_dim);
         let exact_key = (rows, out_dim, in_dim);
         let algo = match st.exact.get(&exact_key).or_else(|| st.algos.get(&key)) {
             Some(a) => *a,
             None => {
-                let a = heuristic(&st.handle, &desc, &Problem::new(key.0, out_dim, in_dim)?)?;
+                let a = heuristic(
+                    &st.handle,
+                    &desc,
+                    &Problem::new(S::CUBLAS, key.0, out_dim, in_dim)?,
+                )?;
                 st.algos.insert(key, a);
                 a
             }
@@ -261,7 +270,7 @@ impl Gemm {
         ctx.bind_to_thread()?;
 
         let l2 = ctx.attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?;
-        let mut scratch = Scratch::new(stream, keys, usize::try_from(l2).unwrap_or(0))?;
+        let mut scratch = Scratch::<S>::new(stream, keys, usize::try_from(l2).unwrap_or(0))?;
         let (x_ptr, _x_sync) = scratch.x.device_ptr(stream);
         let (w_ptr, _w_sync) = scratch.w.device_ptr(stream);
         let (b_ptr, _b_sync) = scratch.bias.device_ptr(stream);
@@ -278,7 +287,7 @@ impl Gemm {
         let mut timings = Vec::with_capacity(keys.len());
         for &(rows, out_dim, in_dim) in keys {
             let desc = linear_desc(b_ptr)?;
-            let p = Problem::new(rows, out_dim, in_dim)?;
+            let p = Problem::new(S::CUBLAS, rows, out_dim, in_dim)?;
             let found = candidates(handle, &desc, &p, max_candidates)
                 .map_err(|e| p.failed("algorithm search", e))?;
             let (stride, slots) = rotation(out_dim * in_dim, scratch.w.len());
@@ -327,11 +336,11 @@ impl Gemm {
 
 /// The tuning scratch, sized for the largest key: input, output and bias, and a weight region
 /// of at least twice the L2 cache that the runs rotate through.
-struct Scratch {
-    x: CudaSlice<f16>,
-    w: CudaSlice<f16>,
-    bias: CudaSlice<f16>,
-    out: CudaSlice<f16>,
+struct Scratch<S: Storage> {
+    x: CudaSlice<S>,
+    w: CudaSlice<S>,
+    bias: CudaSlice<S>,
+    out: CudaSlice<S>,
 }
 
 /// Element counts of the tuning scratch buffers.
@@ -370,14 +379,14 @@ fn scratch_sizes(keys: &[Key], l2_bytes: usize) -> Result<ScratchSizes> {
     })
 }
 
-impl Scratch {
+impl<S: Storage> Scratch<S> {
     fn new(stream: &Arc<CudaStream>, keys: &[Key], l2_bytes: usize) -> Result<Self> {
         let n = scratch_sizes(keys, l2_bytes)?;
         let mut s = Scratch {
-            x: stream.alloc_zeros::<f16>(n.x)?,
-            w: stream.alloc_zeros::<f16>(n.w)?,
-            bias: stream.alloc_zeros::<f16>(n.bias)?,
-            out: stream.alloc_zeros::<f16>(n.out)?,
+            x: stream.alloc_zeros::<S>(n.x)?,
+            w: stream.alloc_zeros::<S>(n.w)?,
+            bias: stream.alloc_zeros::<S>(n.bias)?,
+            out: stream.alloc_zeros::<S>(n.out)?,
         };
         // Inputs ±[0.25, 0.5), weights ±[1/64, 1/32): outputs stay well inside fp16 for any
         // width a model has, and no operand is the zeros a kernel could be flattered by.
@@ -390,16 +399,17 @@ impl Scratch {
 
 /// Fills `dst` with `noise_bits` values, from one host block repeated: the values only have
 /// to be nonzero and varied, and a block keeps host time and memory small for big buffers.
-fn fill_noise(
+fn fill_noise<S: Storage>(
     stream: &Arc<CudaStream>,
-    dst: &mut CudaSlice<f16>,
+    dst: &mut CudaSlice<S>,
     exponent: u16,
     seed: u64,
 ) -> Result<()> {
     const BLOCK: usize = 1 << 20;
     let mut state = seed;
-    let block: Vec<f16> = (0..BLOCK.min(dst.len()))
-        .map(|_| f16::from_bits(noise_bits(splitmix64(&mut state), exponent)))
+    // fp16 values, rounded to the storage (bf16 keeps 8 of their 11 bits: as varied, for timing).
+    let block: Vec<S> = (0..BLOCK.min(dst.len()))
+        .map(|_| S::from_f32(f16::from_bits(noise_bits(splitmix64(&mut state), exponent)).to_f32()))
         .collect();
     let mut at = 0;
     while at < dst.len() {

@@ -2,22 +2,15 @@
 //! preconditions (sizes, alignment, supported widths) and returns `Result`: nothing that input
 //! can reach becomes a device-side fault.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, LaunchConfig, PushKernelArg,
 };
-use half::f16;
 
+use super::storage::{kernel_name, Storage};
 use crate::error::{Error, Result};
-
-/// The storage type every kernel is instantiated for, as it appears in the exported names.
-pub const DTYPE: &str = "f16";
-
-/// `{op}_{dtype}`: the name kernels/*.cu export for an op.
-pub fn kernel_name(op: &str) -> String {
-    format!("{op}_{DTYPE}")
-}
 
 /// Head dims the attention kernel is instantiated for.
 pub const HEAD_DIMS: [usize; 4] = [16, 32, 64, 128];
@@ -32,8 +25,10 @@ pub const MAX_HEAD_WIDTH: usize = 4096;
 const HEAD_THREADS: u32 = 256;
 const GATHER_THREADS: u32 = 128;
 const GELU_THREADS: u32 = 256;
-/// Threads per RoPE block: 256 / (head_dim / 2) tokens each (kernels/rope.cu).
-const ROPE_THREADS: u32 = 256;
+/// Threads per RoPE block: one token, a warp per head at a time (kernels/rope.cu).
+const ROPE_THREADS: u32 = 128;
+/// Widest head the RoPE kernels take: 4 pairs per lane.
+pub const MAX_ROPE_HEAD_DIM: usize = 256;
 const POOL_THREADS: u32 = 128;
 /// The fragment probe's one warp, and its per-lane outputs (kernels/probe.cu).
 pub const PROBE_LANES: usize = 32;
@@ -44,7 +39,9 @@ pub const PROBE_FRAGS: usize = 8;
 /// f32 per lane in the probe's `d` output: n-tile 0's 4 accumulators, then n-tile 1's.
 pub const PROBE_ACC: usize = 8;
 
-pub struct Kernels {
+/// Every kernel of the embedded fatbin, instantiated for storage `S`.
+pub struct Kernels<S: Storage> {
+    storage: PhantomData<S>,
     embed: CudaFunction,
     add_ln: CudaFunction,
     gelu: CudaFunction,
@@ -60,12 +57,18 @@ pub struct Kernels {
     geglu: CudaFunction,
     mean_pool: CudaFunction,
     classify: CudaFunction,
+    // The decoder LLMs' ops (Qwen).
+    rmsnorm: CudaFunction,
+    residual_rmsnorm: CudaFunction,
+    qk_norm_rope: CudaFunction,
+    swiglu: CudaFunction,
+    gather_last: CudaFunction,
 }
 
 /// What the fragment probe (kernels/probe.cu) wrote, lane by lane, in register order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FragmentProbe {
-    /// The 4 A fragment registers, as loaded from memory (two fp16 each, low half first).
+    /// The 4 A fragment registers, as loaded from memory (two values each, low half first).
     pub a: [[u32; 4]; PROBE_LANES],
     /// The 4 registers ldmatrix.x4.trans gave for B.
     pub ldmatrix: [[u32; 4]; PROBE_LANES],
@@ -112,15 +115,31 @@ pub struct BatchViews<'a> {
     pub positions: CudaView<'a, u32>,
     /// i32 prefix sums, n + 1 entries (stored as u32 bits).
     pub cu_seqlens: CudaView<'a, u32>,
+    /// One entry: the rows of sequence 0 that every later sequence also attends to (a
+    /// shared-prefix batch, `PackedBatch::shared_prefix`), else 0. In device memory, so that a
+    /// CUDA graph recorded for a batch shape serves every prefix length.
+    pub prefix: CudaView<'a, u32>,
     pub tokens: usize,
     pub seqs: usize,
     pub max_seqlen: usize,
 }
 
-impl Kernels {
+/// The keys each query of `Kernels::attention` sees within its sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mask {
+    /// Every key (BERT).
+    Full,
+    /// Keys at most this far away on either side (ModernBERT's local layers).
+    Window(usize),
+    /// Keys up to the query's own position, after the shared prefix if the batch has one
+    /// (the decoder LLMs).
+    Causal,
+}
+
+impl<S: Storage> Kernels<S> {
     pub fn load(module: &Arc<CudaModule>) -> Result<Self> {
         let f = |op: &str| {
-            let name = kernel_name(op);
+            let name = kernel_name::<S>(op);
             module.load_function(&name).map_err(|e| {
                 Error::Cuda(format!(
                     "kernel `{name}` missing from the embedded fatbin: {e}"
@@ -132,6 +151,7 @@ impl Kernels {
             attention.push((d, f(&format!("attention_d{d}"))?));
         }
         Ok(Kernels {
+            storage: PhantomData,
             embed: f("embed_layernorm")?,
             add_ln: f("add_layernorm")?,
             gelu: f("gelu")?,
@@ -146,6 +166,11 @@ impl Kernels {
             geglu: f("geglu")?,
             mean_pool: f("mean_pool")?,
             classify: f("classify")?,
+            rmsnorm: f("rmsnorm")?,
+            residual_rmsnorm: f("residual_rmsnorm")?,
+            qk_norm_rope: f("qk_norm_rope")?,
+            swiglu: f("swiglu")?,
+            gather_last: f("gather_last")?,
         })
     }
 
@@ -156,13 +181,13 @@ impl Kernels {
         &self,
         s: &Arc<CudaStream>,
         b: &BatchViews<'_>,
-        word: &CudaSlice<f16>,
-        position: &CudaSlice<f16>,
-        token_type: &CudaSlice<f16>,
-        gamma: &CudaSlice<f16>,
-        beta: &CudaSlice<f16>,
+        word: &CudaSlice<S>,
+        position: &CudaSlice<S>,
+        token_type: &CudaSlice<S>,
+        gamma: &CudaSlice<S>,
+        beta: &CudaSlice<S>,
         eps: f32,
-        out: &mut CudaSlice<f16>,
+        out: &mut CudaSlice<S>,
     ) -> Result<()> {
         let width = gamma.len();
         let threads = ln_threads("embed_layernorm", width)?;
@@ -189,7 +214,7 @@ impl Kernels {
             shared_mem_bytes: 0,
         };
         let w = as_i32("embed_layernorm width", width)?;
-        // SAFETY: the argument list matches `embed_layernorm_f16`; every index the kernel
+        // SAFETY: the argument list matches `embed_layernorm_{dtype}`; every index the kernel
         // forms lies inside its buffer: rows < b.tokens (the views' length), ids / positions /
         // types checked against their tables by the caller, columns < width.
         unsafe {
@@ -215,18 +240,18 @@ impl Kernels {
     pub fn add_layernorm(
         &self,
         s: &Arc<CudaStream>,
-        delta: &CudaSlice<f16>,
+        delta: &CudaSlice<S>,
         rows: usize,
-        gamma: &CudaSlice<f16>,
-        beta: &CudaSlice<f16>,
+        gamma: &CudaSlice<S>,
+        beta: &CudaSlice<S>,
         eps: f32,
-        hidden: &mut CudaSlice<f16>,
+        hidden: &mut CudaSlice<S>,
     ) -> Result<()> {
         let bufs = [("delta", delta.len()), ("hidden", hidden.len())];
         let Some((cfg, w)) = Self::ln_launch("add_layernorm", rows, gamma, beta, &bufs)? else {
             return Ok(());
         };
-        // SAFETY: matches `add_layernorm_f16`; rows * width elements of delta and hidden
+        // SAFETY: matches `add_layernorm_{dtype}`; rows * width elements of delta and hidden
         // exist (checked above); gamma and beta hold width.
         unsafe {
             s.launch_builder(&self.add_ln)
@@ -242,7 +267,7 @@ impl Kernels {
     }
 
     /// Exact-erf GELU in place over the first `len` elements of `x`.
-    pub fn gelu(&self, s: &Arc<CudaStream>, x: &mut CudaSlice<f16>, len: usize) -> Result<()> {
+    pub fn gelu(&self, s: &Arc<CudaStream>, x: &mut CudaSlice<S>, len: usize) -> Result<()> {
         need("gelu", x.len(), len)?;
         if len == 0 {
             return Ok(());
@@ -254,7 +279,7 @@ impl Kernels {
             shared_mem_bytes: 0,
         };
         let n = len as u64;
-        // SAFETY: matches `gelu_f16(T*, size_t)`; the kernel touches the first len <= x.len()
+        // SAFETY: matches `gelu_{dtype}(T*, size_t)`; the kernel touches the first len <= x.len()
         // elements; a CudaSlice starts 256-byte aligned, so its 16-byte accesses are aligned.
         unsafe {
             s.launch_builder(&self.gelu).arg(x).arg(&n).launch(cfg)?;
@@ -262,32 +287,44 @@ impl Kernels {
         Ok(())
     }
 
-    /// Attention over the packed batch: qkv [tokens, 3·heads·d] → ctx [tokens, heads·d]. With
-    /// a `window`, query i of a sequence sees key j only when |i - j| <= window, and the kernel
-    /// skips every K/V tile outside that range.
+    /// Attention over the packed batch (kernels/attention.cu): qkv [tokens, (heads + 2·kv_heads)·d]
+    /// (Q | K | V; kv_heads = heads for the encoders) → ctx [tokens, heads·d]. `mask` picks the
+    /// keys a query sees: all of its sequence's, a window, or the causal ones after a shared
+    /// prefix (the batch's `prefix` entry).
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
         s: &Arc<CudaStream>,
         b: &BatchViews<'_>,
-        qkv: &CudaSlice<f16>,
+        qkv: &CudaSlice<S>,
         heads: usize,
+        kv_heads: usize,
         head_dim: usize,
-        window: Option<usize>,
-        ctx: &mut CudaSlice<f16>,
+        mask: Mask,
+        ctx: &mut CudaSlice<S>,
     ) -> Result<()> {
         let Some((_, f)) = self.attention.iter().find(|(d, _)| *d == head_dim) else {
             return Err(Error::Cuda(format!(
                 "attention: head_dim {head_dim} is not supported by the CUDA kernels (one of {HEAD_DIMS:?})"
             )));
         };
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+            return Err(internal(
+                "attention",
+                format!("{heads} query heads over {kv_heads} K/V heads"),
+            ));
+        }
         let hidden = heads * head_dim;
-        need("attention qkv", qkv.len(), b.tokens * 3 * hidden)?;
+        need(
+            "attention qkv",
+            qkv.len(),
+            b.tokens * (heads + 2 * kv_heads) * head_dim,
+        )?;
         need("attention ctx", ctx.len(), b.tokens * hidden)?;
         if b.seqs == 0 || b.tokens == 0 {
             return Ok(());
         }
-        if heads == 0 || heads > 65535 {
+        if heads > 65535 {
             return Err(internal("attention", format!("{heads} heads (1..=65535)")));
         }
         let m_blocks = b.max_seqlen.div_ceil(ATTN_BLOCK_M);
@@ -307,68 +344,80 @@ impl Kernels {
             block_dim: (ATTN_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let h = as_i32("attention heads", heads)?;
+        let (h, kv) = (
+            as_i32("attention heads", heads)?,
+            as_i32("attention kv_heads", kv_heads)?,
+        );
         let scale_log2 = std::f32::consts::LOG2_E / (head_dim as f32).sqrt();
         // A window as wide as the longest sequence is no window; clamping keeps the kernel's
-        // index sums (row ± window) inside i32. Negative means full attention.
-        let window: i32 = match window {
-            Some(w) => as_i32("attention window", w.min(b.max_seqlen))?,
-            None => -1,
+        // index sums (row ± window) inside i32. Negative means no window.
+        let (window, causal): (i32, i32) = match mask {
+            Mask::Full => (-1, 0),
+            Mask::Window(w) => (as_i32("attention window", w.min(b.max_seqlen))?, 0),
+            Mask::Causal => (-1, 1),
         };
-        // SAFETY: matches `attention_d{D}_f16`; cu_seqlens holds seqs + 1 non-decreasing prefix
-        // sums ending at most at b.tokens (checked by load_batch), so every row read or
-        // written is < b.tokens,
-        // inside qkv and ctx (checked above); max_seqlen bounds every sequence's length.
+        // SAFETY: matches `attention_d{D}_{dtype}`; cu_seqlens holds seqs + 1 non-decreasing
+        // prefix sums ending at most at b.tokens and the prefix entry is at most the first
+        // sequence's length (both checked by load_batch), so every row read or written is <
+        // b.tokens, inside qkv and ctx (checked above); max_seqlen bounds every sequence's length.
         unsafe {
             s.launch_builder(f)
                 .arg(qkv)
                 .arg(&b.cu_seqlens)
+                .arg(&b.prefix)
                 .arg(ctx)
                 .arg(&h)
+                .arg(&kv)
                 .arg(&scale_log2)
                 .arg(&window)
+                .arg(&causal)
                 .launch(cfg)?;
         }
         Ok(())
     }
 
-    /// `out[s] = src[cu_seqlens[s]]` for every sequence: the [CLS] rows, packed (a zero row
-    /// for an empty sequence).
-    pub fn gather_cls(
+    /// `out[s] = src[cu_seqlens[s]]` for every sequence (or, with `last`, its last row): the
+    /// [CLS] rows or the decoder LLMs' last rows, packed (a zero row for an empty sequence).
+    pub fn gather_row(
         &self,
         s: &Arc<CudaStream>,
         b: &BatchViews<'_>,
-        src: &CudaSlice<f16>,
+        src: &CudaSlice<S>,
         width: usize,
-        out: &mut CudaSlice<f16>,
+        last: bool,
+        out: &mut CudaSlice<S>,
     ) -> Result<()> {
         if width == 0 || !width.is_multiple_of(8) {
             return Err(Error::Cuda(format!(
-                "gather_cls: hidden size {width} is not supported (a multiple of 8)"
+                "gather: hidden size {width} is not supported (a multiple of 8)"
             )));
         }
-        need("gather_cls src", src.len(), b.tokens * width)?;
-        need("gather_cls out", out.len(), b.seqs * width)?;
+        need("gather src", src.len(), b.tokens * width)?;
+        need("gather out", out.len(), b.seqs * width)?;
         if b.seqs == 0 {
             return Ok(());
         }
         let cfg = LaunchConfig {
-            grid_dim: (as_u32("gather_cls sequences", b.seqs)?, 1, 1),
+            grid_dim: (as_u32("gather sequences", b.seqs)?, 1, 1),
             block_dim: (GATHER_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let w = as_i32("gather_cls width", width)?;
-        // SAFETY: matches `gather_cls_f16`; cu_seqlens (seqs + 1 entries, checked by
-        // load_batch) never decreases and ends at most at b.tokens, so a non-empty sequence's
-        // first row lies inside src ([tokens, width]) and an empty one reads nothing; out holds seqs rows; width % 8 == 0 and
+        let w = as_i32("gather width", width)?;
+        // SAFETY: matches `gather_cls_{dtype}` and `gather_last_{dtype}`; cu_seqlens (seqs + 1
+        // entries, checked by load_batch) never decreases and ends at most at b.tokens, so a
+        // non-empty sequence's first and last rows lie inside src ([tokens, width]) and an empty one reads nothing; out holds seqs rows; width % 8 == 0 and
         // cudarc allocations are 256-byte aligned, so the 16-byte accesses are aligned.
         unsafe {
-            s.launch_builder(&self.gather_cls)
-                .arg(src)
-                .arg(&b.cu_seqlens)
-                .arg(out)
-                .arg(&w)
-                .launch(cfg)?;
+            s.launch_builder(if last {
+                &self.gather_last
+            } else {
+                &self.gather_cls
+            })
+            .arg(src)
+            .arg(&b.cu_seqlens)
+            .arg(out)
+            .arg(&w)
+            .launch(cfg)?;
         }
         Ok(())
     }
@@ -380,11 +429,11 @@ impl Kernels {
         &self,
         s: &Arc<CudaStream>,
         b: &BatchViews<'_>,
-        cls: &CudaSlice<f16>,
-        w1: &CudaSlice<f16>,
-        b1: &CudaSlice<f16>,
-        w2: &CudaSlice<f16>,
-        b2: &CudaSlice<f16>,
+        cls: &CudaSlice<S>,
+        w1: &CudaSlice<S>,
+        b1: &CudaSlice<S>,
+        w2: &CudaSlice<S>,
+        b2: &CudaSlice<S>,
         width: usize,
         logits: &mut CudaSlice<f32>,
     ) -> Result<()> {
@@ -408,7 +457,7 @@ impl Kernels {
             shared_mem_bytes: (2 * width * std::mem::size_of::<f32>()) as u32,
         };
         let w = as_i32("cls_head width", width)?;
-        // SAFETY: matches `cls_head_f16`; cls holds seqs rows of width (checked); the weights hold the sizes checked above; the
+        // SAFETY: matches `cls_head_{dtype}`; cls holds seqs rows of width (checked); the weights hold the sizes checked above; the
         // dynamic shared memory holds the 2 * width floats the kernel uses (<= 32 KiB).
         unsafe {
             s.launch_builder(&self.head)
@@ -429,8 +478,8 @@ impl Kernels {
     pub fn fragment_probe(
         &self,
         s: &Arc<CudaStream>,
-        a: &CudaSlice<f16>,
-        b: &CudaSlice<f16>,
+        a: &CudaSlice<S>,
+        b: &CudaSlice<S>,
         frags: &mut CudaSlice<u32>,
         d: &mut CudaSlice<f32>,
     ) -> Result<()> {
@@ -447,7 +496,7 @@ impl Kernels {
             block_dim: (PROBE_LANES as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: matches `fragment_probe_f16(const T*, const T*, uint32_t*, float*)`; the
+        // SAFETY: matches `fragment_probe_{dtype}(const T*, const T*, uint32_t*, float*)`; the
         // kernel reads the first 256 elements of a and b and writes the first 32 * 8 of frags
         // and d, all present (checked above); cudarc allocations are 256-byte aligned, so its
         // 16-byte loads of b's rows (32 bytes each) are aligned.
@@ -468,9 +517,9 @@ impl Kernels {
         &self,
         s: &Arc<CudaStream>,
         b: &BatchViews<'_>,
-        table: &CudaSlice<f16>,
+        table: &CudaSlice<S>,
         width: usize,
-        out: &mut CudaSlice<f16>,
+        out: &mut CudaSlice<S>,
     ) -> Result<()> {
         if width == 0 || !width.is_multiple_of(8) || !table.len().is_multiple_of(width) {
             return Err(Error::Cuda(format!(
@@ -488,7 +537,7 @@ impl Kernels {
             shared_mem_bytes: 0,
         };
         let w = as_i32("embed_tokens width", width)?;
-        // SAFETY: matches `embed_tokens_f16`; rows < b.tokens (out holds them, checked), every
+        // SAFETY: matches `embed_tokens_{dtype}`; rows < b.tokens (out holds them, checked), every
         // id < table rows (checked by the caller); width % 8 == 0 and allocations are 256-byte
         // aligned, so the 16-byte copies are aligned.
         unsafe {
@@ -507,8 +556,8 @@ impl Kernels {
     fn ln_launch(
         what: &str,
         rows: usize,
-        gamma: &CudaSlice<f16>,
-        beta: &CudaSlice<f16>,
+        gamma: &CudaSlice<S>,
+        beta: &CudaSlice<S>,
         bufs: &[(&str, usize)],
     ) -> Result<Option<(LaunchConfig, i32)>> {
         let width = gamma.len();
@@ -533,18 +582,18 @@ impl Kernels {
     pub fn layernorm(
         &self,
         s: &Arc<CudaStream>,
-        x: &CudaSlice<f16>,
+        x: &CudaSlice<S>,
         rows: usize,
-        gamma: &CudaSlice<f16>,
-        beta: &CudaSlice<f16>,
+        gamma: &CudaSlice<S>,
+        beta: &CudaSlice<S>,
         eps: f32,
-        out: &mut CudaSlice<f16>,
+        out: &mut CudaSlice<S>,
     ) -> Result<()> {
         let bufs = [("in", x.len()), ("out", out.len())];
         let Some((cfg, w)) = Self::ln_launch("layernorm", rows, gamma, beta, &bufs)? else {
             return Ok(());
         };
-        // SAFETY: matches `layernorm_f16`; rows * width elements of x and out exist and gamma
+        // SAFETY: matches `layernorm_{dtype}`; rows * width elements of x and out exist and gamma
         // and beta hold width (checked by ln_launch); x and out are distinct buffers (one
         // borrowed shared, one mutably), as the kernel's __restrict__ asks.
         unsafe {
@@ -566,13 +615,13 @@ impl Kernels {
     pub fn residual_layernorm(
         &self,
         s: &Arc<CudaStream>,
-        delta: &CudaSlice<f16>,
-        hidden: &mut CudaSlice<f16>,
+        delta: &CudaSlice<S>,
+        hidden: &mut CudaSlice<S>,
         rows: usize,
-        gamma: &CudaSlice<f16>,
-        beta: &CudaSlice<f16>,
+        gamma: &CudaSlice<S>,
+        beta: &CudaSlice<S>,
         eps: f32,
-        out: &mut CudaSlice<f16>,
+        out: &mut CudaSlice<S>,
     ) -> Result<()> {
         let bufs = [
             ("delta", delta.len()),
@@ -583,7 +632,7 @@ impl Kernels {
         let Some((cfg, w)) = Self::ln_launch(what, rows, gamma, beta, &bufs)? else {
             return Ok(());
         };
-        // SAFETY: matches `residual_layernorm_f16`; rows * width elements of delta, hidden and
+        // SAFETY: matches `residual_layernorm_{dtype}`; rows * width elements of delta, hidden and
         // out exist and gamma and beta hold width (checked by ln_launch); the three are distinct
         // buffers (Rust's borrows keep hidden and out apart from each other and from delta).
         unsafe {
@@ -600,65 +649,92 @@ impl Kernels {
         Ok(())
     }
 
-    /// RoPE in place on the Q and K thirds of qkv [tokens, 3·heads·head_dim], by each token's
-    /// position id (kernels/rope.cu).
+    /// RoPE in place on the Q and K parts of qkv [tokens, (heads + 2·kv_heads)·head_dim], by
+    /// each token's position id; with `norms` (q_norm, k_norm: head_dim each), every Q and K
+    /// head RMS-normalised first (kernels/rope.cu).
+    #[allow(clippy::too_many_arguments)]
     pub fn rope(
         &self,
         s: &Arc<CudaStream>,
         b: &BatchViews<'_>,
-        qkv: &mut CudaSlice<f16>,
+        qkv: &mut CudaSlice<S>,
         heads: usize,
+        kv_heads: usize,
         head_dim: usize,
+        norms: Option<(&CudaSlice<S>, &CudaSlice<S>, f32)>,
         theta: f64,
     ) -> Result<()> {
-        let half = head_dim / 2;
-        if half == 0 || !head_dim.is_multiple_of(2) || half > ROPE_THREADS as usize {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) || head_dim > MAX_ROPE_HEAD_DIM {
             return Err(Error::Cuda(format!(
-                "rope: head_dim {head_dim} is not supported (even, at most {})",
-                2 * ROPE_THREADS
+                "rope: head_dim {head_dim} is not supported (even, at most {MAX_ROPE_HEAD_DIM})"
             )));
         }
         if !(theta.is_finite() && theta > 0.0) {
             return Err(internal("rope", format!("theta {theta} is not positive")));
         }
-        need("rope qkv", qkv.len(), b.tokens * 3 * heads * head_dim)?;
-        if b.tokens == 0 || heads == 0 {
+        need(
+            "rope qkv",
+            qkv.len(),
+            b.tokens * (heads + 2 * kv_heads) * head_dim,
+        )?;
+        if let Some((q, k, _)) = norms {
+            need("rope q_norm", q.len(), head_dim)?;
+            need("rope k_norm", k.len(), head_dim)?;
+        }
+        if b.tokens == 0 || heads + kv_heads == 0 {
             return Ok(());
         }
-        let per_block = ROPE_THREADS as usize / half;
         let cfg = LaunchConfig {
-            grid_dim: (as_u32("rope blocks", b.tokens.div_ceil(per_block))?, 1, 1),
+            grid_dim: (as_u32("rope tokens", b.tokens)?, 1, 1),
             block_dim: (ROPE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (t, h, d) = (
-            as_i32("rope tokens", b.tokens)?,
+        let (h, kv, d) = (
             as_i32("rope heads", heads)?,
+            as_i32("rope kv_heads", kv_heads)?,
             as_i32("rope head_dim", head_dim)?,
         );
-        // SAFETY: matches `rope_f16`; the kernel touches columns < 2·heads·head_dim of rows <
-        // b.tokens of qkv (checked above) and reads b.tokens positions.
+        // SAFETY: matches `rope_{dtype}` / `qk_norm_rope_{dtype}`; the kernel touches the Q and
+        // K columns ((heads + kv_heads)·head_dim) of rows < b.tokens of qkv (checked above),
+        // reads b.tokens positions and head_dim values of each norm (checked).
         unsafe {
-            s.launch_builder(&self.rope)
-                .arg(qkv)
-                .arg(&b.positions)
-                .arg(&t)
-                .arg(&h)
-                .arg(&d)
-                .arg(&theta)
-                .launch(cfg)?;
+            match norms {
+                None => s
+                    .launch_builder(&self.rope)
+                    .arg(qkv)
+                    .arg(&b.positions)
+                    .arg(&h)
+                    .arg(&kv)
+                    .arg(&d)
+                    .arg(&theta)
+                    .launch(cfg)?,
+                Some((q_norm, k_norm, eps)) => s
+                    .launch_builder(&self.qk_norm_rope)
+                    .arg(qkv)
+                    .arg(&b.positions)
+                    .arg(q_norm)
+                    .arg(k_norm)
+                    .arg(&h)
+                    .arg(&kv)
+                    .arg(&d)
+                    .arg(&eps)
+                    .arg(&theta)
+                    .launch(cfg)?,
+            };
         }
         Ok(())
     }
 
-    /// GeGLU: x [rows, 2·inter] (input | gate) → out [rows, inter] = gelu(input) · gate.
-    pub fn geglu(
+    /// A gated MLP's middle: x [rows, 2·inter] (input | gate) → out [rows, inter] =
+    /// act(input) · gate, GeGLU (gelu) or, with `silu`, SwiGLU.
+    pub fn gated(
         &self,
         s: &Arc<CudaStream>,
-        x: &CudaSlice<f16>,
+        x: &CudaSlice<S>,
         rows: usize,
         inter: usize,
-        out: &mut CudaSlice<f16>,
+        silu: bool,
+        out: &mut CudaSlice<S>,
     ) -> Result<()> {
         need("geglu in", x.len(), rows * 2 * inter)?;
         need("geglu out", out.len(), rows * inter)?;
@@ -674,11 +750,11 @@ impl Kernels {
             shared_mem_bytes: 0,
         };
         let (r, i) = (rows as u64, as_i32("geglu inter", inter)?);
-        // SAFETY: matches `geglu_f16(const T*, T*, size_t, int)`; the kernel reads rows·2·inter
+        // SAFETY: matches `geglu_{dtype}` and `swiglu_{dtype}` (const T*, T*, size_t, int); the kernel reads rows·2·inter
         // elements of x and writes rows·inter of out (checked above); its 16-byte path runs only
         // when inter % 8 == 0, so every vector starts 16-byte aligned.
         unsafe {
-            s.launch_builder(&self.geglu)
+            s.launch_builder(if silu { &self.swiglu } else { &self.geglu })
                 .arg(x)
                 .arg(out)
                 .arg(&r)
@@ -694,9 +770,9 @@ impl Kernels {
         &self,
         s: &Arc<CudaStream>,
         b: &BatchViews<'_>,
-        src: &CudaSlice<f16>,
+        src: &CudaSlice<S>,
         width: usize,
-        out: &mut CudaSlice<f16>,
+        out: &mut CudaSlice<S>,
     ) -> Result<()> {
         if width == 0 || !width.is_multiple_of(8) {
             return Err(Error::Cuda(format!(
@@ -714,7 +790,7 @@ impl Kernels {
             shared_mem_bytes: 0,
         };
         let w = as_i32("mean_pool width", width)?;
-        // SAFETY: matches `mean_pool_f16`; cu_seqlens (seqs + 1 non-decreasing entries ending at
+        // SAFETY: matches `mean_pool_{dtype}`; cu_seqlens (seqs + 1 non-decreasing entries ending at
         // most at b.tokens, checked by load_batch) keeps every row read inside src; out holds
         // seqs rows; width % 8 == 0 keeps the 16-byte accesses aligned.
         unsafe {
@@ -733,10 +809,10 @@ impl Kernels {
     pub fn classify(
         &self,
         s: &Arc<CudaStream>,
-        x: &CudaSlice<f16>,
+        x: &CudaSlice<S>,
         n: usize,
-        w: &CudaSlice<f16>,
-        bias: &CudaSlice<f16>,
+        w: &CudaSlice<S>,
+        bias: &CudaSlice<S>,
         width: usize,
         logits: &mut CudaSlice<f32>,
     ) -> Result<()> {
@@ -758,7 +834,7 @@ impl Kernels {
             shared_mem_bytes: 0,
         };
         let wd = as_i32("classify width", width)?;
-        // SAFETY: matches `classify_f16`; x holds n rows of width, w width, bias one, logits n
+        // SAFETY: matches `classify_{dtype}`; x holds n rows of width, w width, bias one, logits n
         // (checked above); width % 8 == 0 keeps the 16-byte loads aligned.
         unsafe {
             s.launch_builder(&self.classify)
@@ -768,6 +844,63 @@ impl Kernels {
                 .arg(logits)
                 .arg(&wd)
                 .launch(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// RMSNorm over `rows` rows of `weight.len()` columns: with a `delta`, `hidden += delta`
+    /// first and the norm reads the sum (kernels/rmsnorm.cu).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rmsnorm(
+        &self,
+        s: &Arc<CudaStream>,
+        delta: Option<&CudaSlice<S>>,
+        hidden: &mut CudaSlice<S>,
+        rows: usize,
+        weight: &CudaSlice<S>,
+        eps: f32,
+        out: &mut CudaSlice<S>,
+    ) -> Result<()> {
+        let width = weight.len();
+        let threads = ln_threads("rmsnorm", width)?;
+        need("rmsnorm hidden", hidden.len(), rows * width)?;
+        need("rmsnorm out", out.len(), rows * width)?;
+        if let Some(d) = delta {
+            need("rmsnorm delta", d.len(), rows * width)?;
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (as_u32("rmsnorm rows", rows)?, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let w = as_i32("rmsnorm width", width)?;
+        // SAFETY: matches `rmsnorm_{dtype}(const T*, T*, const T*, int, float)` and
+        // `residual_rmsnorm_{dtype}(const T*, T*, T*, const T*, int, float)`; rows · width
+        // elements of delta, hidden and out exist and weight holds width (checked above); the
+        // buffers are distinct (Rust's borrows keep them apart).
+        unsafe {
+            match delta {
+                None => s
+                    .launch_builder(&self.rmsnorm)
+                    .arg(&*hidden)
+                    .arg(out)
+                    .arg(weight)
+                    .arg(&w)
+                    .arg(&eps)
+                    .launch(cfg)?,
+                Some(d) => s
+                    .launch_builder(&self.residual_rmsnorm)
+                    .arg(d)
+                    .arg(hidden)
+                    .arg(out)
+                    .arg(weight)
+                    .arg(&w)
+                    .arg(&eps)
+                    .launch(cfg)?,
+            };
         }
         Ok(())
     }

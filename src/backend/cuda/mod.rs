@@ -1,4 +1,5 @@
-//! The CUDA backend (feature `cuda`): fp16 storage, fp32 accumulation, our own kernels
+//! The CUDA backend (feature `cuda`): 16-bit storage (fp16 for the encoders, bf16 for the decoder
+//! LLMs: `Storage`), fp32 accumulation, our own kernels
 //! (kernels/*.cu, compiled by build.rs into one embedded fatbin) and cuBLASLt GEMMs, all on one
 //! stream. Weights are uploaded once; the activation arena (model.rs) is allocated once; a
 //! forward uploads the packed batch in one copy from pinned memory, allocates nothing, and
@@ -6,6 +7,7 @@
 
 mod gemm;
 pub mod kernels;
+mod storage;
 mod tune;
 
 mod embedded {
@@ -28,7 +30,8 @@ use crate::error::{Error, Result};
 use crate::weights::{Embeddings, Head, HostTensor, LayerNorm, Linear};
 
 pub use embedded::{ARCHITECTURES, PTXAS_REPORT};
-use kernels::{BatchViews, Kernels};
+use kernels::{BatchViews, Kernels, Mask};
+pub use storage::{kernel_name, Storage};
 pub use tune::GemmTuning;
 
 /// What the software GPU (softgpu/) puts in its device name.
@@ -99,14 +102,16 @@ fn describe(ordinal: i32) -> Result<String> {
     ))
 }
 
-pub struct CudaBackend {
+/// The CUDA backend storing weights and activations in `S` (fp16 by default; bf16 for the
+/// decoder LLMs).
+pub struct CudaBackend<S: Storage = f16> {
     /// First, so that it is dropped first: the graphs launch the kernels and the cuBLASLt
     /// workspace of the fields below.
     graphs: Mutex<Graphs>,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    kernels: Kernels,
-    gemm: gemm::Gemm,
+    kernels: Kernels<S>,
+    gemm: gemm::Gemm<S>,
     name: String,
 }
 
@@ -127,8 +132,8 @@ struct Graphs {
 // as no two threads use one at once: every use is under the backend's Mutex.
 unsafe impl Send for Graphs {}
 
-/// The packed batch on the device: ids | types | positions | cu_seqlens in one buffer, filled by
-/// one copy from pinned memory. The layout depends only on the token and sequence counts, so a
+/// The packed batch on the device: ids | types | positions | cu_seqlens | shared prefix in one
+/// buffer, filled by one copy from pinned memory. The layout depends only on the token and sequence counts, so a
 /// graph recorded for a batch shape reads every batch of that shape at the same addresses.
 pub struct CudaBatch {
     dev: CudaSlice<u32>,
@@ -152,6 +157,7 @@ impl CudaBatch {
             types: self.dev.slice(t..2 * t),
             positions: self.dev.slice(2 * t..3 * t),
             cu_seqlens: self.dev.slice(3 * t..3 * t + self.seqs + 1),
+            prefix: self.dev.slice(3 * t + self.seqs + 1..3 * t + self.seqs + 2),
             tokens: t,
             seqs: self.seqs,
             max_seqlen: self.max_seqlen,
@@ -180,18 +186,26 @@ fn check_batch(batch: &PackedBatch, max_tokens: usize, max_seqs: usize) -> Resul
             .last()
             .is_none_or(|&e| e < 0 || e as usize > t)
         || batch.cu_seqlens.windows(2).any(|w| w[1] < w[0])
+        || (batch.shared_prefix > 0 && (n < 1 || batch.range(0).len() != batch.shared_prefix))
     {
         return Err(Error::Internal(
-            "packed batch is inconsistent (ids, types, positions and cu_seqlens disagree)".into(),
+            "packed batch is inconsistent (ids, types, positions, cu_seqlens and the shared prefix disagree)".into(),
         ));
     }
     Ok(())
 }
 
-impl CudaBackend {
-    /// Opens device `ordinal`, loads the embedded kernels and sets up cuBLASLt. Every way this
-    /// can fail is an error naming what is missing, never a panic.
+impl CudaBackend<f16> {
+    /// The fp16 backend on device `ordinal` (the encoder families'): see `open`.
     pub fn new(ordinal: usize) -> Result<Self> {
+        Self::open(ordinal)
+    }
+}
+
+impl<S: Storage> CudaBackend<S> {
+    /// Opens device `ordinal`, loads the embedded kernels and sets up cuBLASLt, storing in `S`.
+    /// Every way this can fail is an error naming what is missing, never a panic.
+    pub fn open(ordinal: usize) -> Result<Self> {
         if !driver_present() {
             return Err(Error::Cuda(
                 "no CUDA driver found (libcuda.so.1 could not be loaded); use --device cpu".into(),
@@ -260,7 +274,7 @@ impl CudaBackend {
     }
 
     /// Copies the first `len` elements of a device buffer back as f32 (tests and tools).
-    pub fn download(&self, buf: &CudaSlice<f16>, len: usize) -> Result<Vec<f32>> {
+    pub fn download(&self, buf: &CudaSlice<S>, len: usize) -> Result<Vec<f32>> {
         if len > buf.len() {
             return Err(Error::Internal(format!(
                 "download of {len} elements from a buffer of {}",
@@ -269,21 +283,21 @@ impl CudaBackend {
         }
         let host = self.stream.clone_dtoh(&buf.slice(0..len))?;
         self.stream.synchronize()?;
-        Ok(host.into_iter().map(f16::to_f32).collect())
+        Ok(host.into_iter().map(S::to_f32).collect())
     }
 
     /// Fills a device buffer with one value, e.g. NaN to poison an output before a test.
-    pub fn fill(&self, buf: &mut CudaSlice<f16>, value: f32) -> Result<()> {
-        let host = vec![f16::from_f32(value); buf.len()];
+    pub fn fill(&self, buf: &mut CudaSlice<S>, value: f32) -> Result<()> {
+        let host = vec![S::from_f32(value); buf.len()];
         self.stream.memcpy_htod(&host, buf)?;
         self.stream.synchronize()?;
         Ok(())
     }
 
-    /// Runs the fragment probe (kernels/probe.cu) on a and b, [16][16] fp16 row-major each, and
+    /// Runs the fragment probe (kernels/probe.cu) on a and b, [16][16] row-major each, and
     /// brings back every register it wrote. Outputs are poisoned first (all-ones bits), so a
     /// register the kernel left unwritten shows as 0xffffffff / NaN.
-    pub fn fragment_probe(&self, a: &[f16], b: &[f16]) -> Result<kernels::FragmentProbe> {
+    pub fn fragment_probe(&self, a: &[S], b: &[S]) -> Result<kernels::FragmentProbe> {
         use kernels::{PROBE_ACC, PROBE_FRAGS, PROBE_INPUT, PROBE_LANES};
         for (what, m) in [("a", a), ("b", b)] {
             if m.len() != PROBE_INPUT {
@@ -347,8 +361,8 @@ impl CudaBackend {
     }
 }
 
-impl Backend for CudaBackend {
-    type Buf = CudaSlice<f16>;
+impl<S: Storage> Backend for CudaBackend<S> {
+    type Buf = CudaSlice<S>;
     type Batch = CudaBatch;
     type Logits = CudaSlice<f32>;
 
@@ -356,14 +370,17 @@ impl Backend for CudaBackend {
         self.name.clone()
     }
 
-    fn upload(&self, t: &HostTensor) -> Result<CudaSlice<f16>> {
+    fn upload(&self, t: &HostTensor) -> Result<CudaSlice<S>> {
         let mut host = Vec::with_capacity(t.data.len());
         for (i, &v) in t.data.iter().enumerate() {
-            let h = f16::from_f32(v);
-            if h.is_infinite() && v.is_finite() {
+            let h = S::from_f32(v);
+            if h.to_f32().is_infinite() && v.is_finite() {
                 return Err(Error::Cuda(format!(
-                    "tensor `{}` holds {v} at element {i}, beyond fp16's range (±65504); the CUDA backend stores weights in fp16",
-                    t.name
+                    "tensor `{}` holds {v} at element {i}, beyond {}'s range (±{}); the CUDA backend stores this model's weights in {}",
+                    t.name,
+                    S::NAME,
+                    S::MAX,
+                    S::NAME
                 )));
             }
             host.push(h);
@@ -374,12 +391,12 @@ impl Backend for CudaBackend {
         Ok(self.stream.clone_htod(&host)?)
     }
 
-    fn alloc(&self, len: usize) -> Result<CudaSlice<f16>> {
-        Ok(self.stream.alloc_zeros::<f16>(len.max(1))?)
+    fn alloc(&self, len: usize) -> Result<CudaSlice<S>> {
+        Ok(self.stream.alloc_zeros::<S>(len.max(1))?)
     }
 
     fn alloc_batch(&self, max_tokens: usize, max_seqs: usize) -> Result<CudaBatch> {
-        let len = 3 * max_tokens + max_seqs + 1;
+        let len = 3 * max_tokens + max_seqs + 2;
         let dev = self.stream.alloc_zeros::<u32>(len)?;
         // SAFETY: pinned memory starts uninitialised; it is only read after `load_batch`
         // wrote the prefix that is copied.
@@ -407,14 +424,16 @@ impl Backend for CudaBackend {
         let (t, n) = (batch.tokens(), batch.len());
         // The previous upload (if any) must be done before its staging memory is rewritten.
         self.stream.synchronize()?;
-        let used = 3 * t + n + 1;
+        let used = 3 * t + n + 2;
         let host = dst.staging.as_mut_slice()?;
         host[..t].copy_from_slice(&batch.input_ids);
         host[t..2 * t].copy_from_slice(&batch.token_type_ids);
         host[2 * t..3 * t].copy_from_slice(&batch.position_ids);
-        for (d, &c) in host[3 * t..used].iter_mut().zip(&batch.cu_seqlens) {
+        for (d, &c) in host[3 * t..used - 1].iter_mut().zip(&batch.cu_seqlens) {
             *d = c as u32;
         }
+        // Checked above: at most the first sequence's length, itself at most t.
+        host[used - 1] = batch.shared_prefix as u32;
         let mut view = dst.dev.slice_mut(0..used);
         self.stream.memcpy_htod(&host[..used], &mut view)?;
         dst.tokens = t;
@@ -432,9 +451,9 @@ impl Backend for CudaBackend {
     fn embed(
         &self,
         batch: &CudaBatch,
-        emb: &Embeddings<CudaSlice<f16>>,
+        emb: &Embeddings<CudaSlice<S>>,
         eps: f32,
-        out: &mut CudaSlice<f16>,
+        out: &mut CudaSlice<S>,
     ) -> Result<()> {
         let h = emb.ln.gamma.len();
         let (vocab, positions, types) = (
@@ -467,11 +486,11 @@ impl Backend for CudaBackend {
 
     fn linear(
         &self,
-        x: &CudaSlice<f16>,
+        x: &CudaSlice<S>,
         rows: usize,
-        lin: &Linear<CudaSlice<f16>>,
+        lin: &Linear<CudaSlice<S>>,
         act: Option<Activation>,
-        out: &mut CudaSlice<f16>,
+        out: &mut CudaSlice<S>,
     ) -> Result<()> {
         let (i, o) = (lin.in_dim, lin.out_dim);
         let check = |what: &str, have: usize, need: usize| {
@@ -502,30 +521,31 @@ impl Backend for CudaBackend {
 
     fn attention(
         &self,
-        qkv: &CudaSlice<f16>,
+        qkv: &CudaSlice<S>,
         batch: &CudaBatch,
         heads: usize,
         head_dim: usize,
-        out: &mut CudaSlice<f16>,
+        out: &mut CudaSlice<S>,
     ) -> Result<()> {
         self.kernels.attention(
             &self.stream,
             &batch.views(),
             qkv,
             heads,
+            heads,
             head_dim,
-            None,
+            Mask::Full,
             out,
         )
     }
 
     fn add_layernorm(
         &self,
-        delta: &CudaSlice<f16>,
+        delta: &CudaSlice<S>,
         rows: usize,
-        ln: &LayerNorm<CudaSlice<f16>>,
+        ln: &LayerNorm<CudaSlice<S>>,
         eps: f32,
-        hidden: &mut CudaSlice<f16>,
+        hidden: &mut CudaSlice<S>,
     ) -> Result<()> {
         self.kernels
             .add_layernorm(&self.stream, delta, rows, &ln.gamma, &ln.beta, eps, hidden)
@@ -533,20 +553,20 @@ impl Backend for CudaBackend {
 
     fn gather_cls(
         &self,
-        src: &CudaSlice<f16>,
+        src: &CudaSlice<S>,
         width: usize,
         batch: &CudaBatch,
-        out: &mut CudaSlice<f16>,
+        out: &mut CudaSlice<S>,
     ) -> Result<()> {
         self.kernels
-            .gather_cls(&self.stream, &batch.views(), src, width, out)
+            .gather_row(&self.stream, &batch.views(), src, width, false, out)
     }
 
     fn head(
         &self,
-        cls: &CudaSlice<f16>,
+        cls: &CudaSlice<S>,
         batch: &CudaBatch,
-        head: &Head<CudaSlice<f16>>,
+        head: &Head<CudaSlice<S>>,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let width = head.dense.in_dim;
@@ -572,9 +592,9 @@ impl Backend for CudaBackend {
     fn embed_tokens(
         &self,
         batch: &CudaBatch,
-        table: &CudaSlice<f16>,
+        table: &CudaSlice<S>,
         width: usize,
-        out: &mut CudaSlice<f16>,
+        out: &mut CudaSlice<S>,
     ) -> Result<()> {
         let vocab = table.len() / width.max(1);
         if batch.tokens > 0 && batch.max_id as usize >= vocab {
@@ -589,11 +609,11 @@ impl Backend for CudaBackend {
 
     fn layernorm(
         &self,
-        x: &CudaSlice<f16>,
+        x: &CudaSlice<S>,
         rows: usize,
-        ln: &LayerNorm<CudaSlice<f16>>,
+        ln: &LayerNorm<CudaSlice<S>>,
         eps: f32,
-        out: &mut CudaSlice<f16>,
+        out: &mut CudaSlice<S>,
     ) -> Result<()> {
         self.kernels
             .layernorm(&self.stream, x, rows, &ln.gamma, &ln.beta, eps, out)
@@ -601,12 +621,12 @@ impl Backend for CudaBackend {
 
     fn residual_layernorm(
         &self,
-        delta: &CudaSlice<f16>,
+        delta: &CudaSlice<S>,
         rows: usize,
-        ln: &LayerNorm<CudaSlice<f16>>,
+        ln: &LayerNorm<CudaSlice<S>>,
         eps: f32,
-        hidden: &mut CudaSlice<f16>,
-        out: &mut CudaSlice<f16>,
+        hidden: &mut CudaSlice<S>,
+        out: &mut CudaSlice<S>,
     ) -> Result<()> {
         self.kernels.residual_layernorm(
             &self.stream,
@@ -622,58 +642,59 @@ impl Backend for CudaBackend {
 
     fn rope(
         &self,
-        qkv: &mut CudaSlice<f16>,
+        qkv: &mut CudaSlice<S>,
         batch: &CudaBatch,
         heads: usize,
         head_dim: usize,
         theta: f64,
     ) -> Result<()> {
+        let b = batch.views();
         self.kernels
-            .rope(&self.stream, &batch.views(), qkv, heads, head_dim, theta)
+            .rope(&self.stream, &b, qkv, heads, heads, head_dim, None, theta)
     }
 
     fn attention_window(
         &self,
-        qkv: &CudaSlice<f16>,
+        qkv: &CudaSlice<S>,
         batch: &CudaBatch,
         heads: usize,
         head_dim: usize,
         half_window: usize,
-        out: &mut CudaSlice<f16>,
+        out: &mut CudaSlice<S>,
     ) -> Result<()> {
         self.kernels.attention(
             &self.stream,
             &batch.views(),
             qkv,
             heads,
+            heads,
             head_dim,
-            Some(half_window),
+            Mask::Window(half_window),
             out,
         )
     }
 
     fn geglu(
         &self,
-        x: &CudaSlice<f16>,
+        x: &CudaSlice<S>,
         rows: usize,
         inter: usize,
         act: Activation,
-        out: &mut CudaSlice<f16>,
+        out: &mut CudaSlice<S>,
     ) -> Result<()> {
-        match act {
-            Activation::GeluErf => self.kernels.geglu(&self.stream, x, rows, inter, out),
-            Activation::Silu => Err(Error::Cuda(
-                "the gated MLP with SiLU (SwiGLU) is not implemented on CUDA yet".into(),
-            )),
-        }
+        let silu = match act {
+            Activation::GeluErf => false,
+            Activation::Silu => true,
+        };
+        self.kernels.gated(&self.stream, x, rows, inter, silu, out)
     }
 
     fn mean_pool(
         &self,
-        src: &CudaSlice<f16>,
+        src: &CudaSlice<S>,
         width: usize,
         batch: &CudaBatch,
-        out: &mut CudaSlice<f16>,
+        out: &mut CudaSlice<S>,
     ) -> Result<()> {
         self.kernels
             .mean_pool(&self.stream, &batch.views(), src, width, out)
@@ -681,9 +702,9 @@ impl Backend for CudaBackend {
 
     fn classify(
         &self,
-        x: &CudaSlice<f16>,
+        x: &CudaSlice<S>,
         n: usize,
-        lin: &Linear<CudaSlice<f16>>,
+        lin: &Linear<CudaSlice<S>>,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
         if lin.out_dim != 1 {
@@ -694,6 +715,76 @@ impl Backend for CudaBackend {
         }
         self.kernels
             .classify(&self.stream, x, n, &lin.w, &lin.b, lin.in_dim, out)
+    }
+
+    fn rmsnorm(
+        &self,
+        delta: Option<&CudaSlice<S>>,
+        hidden: &mut CudaSlice<S>,
+        rows: usize,
+        weight: &CudaSlice<S>,
+        eps: f32,
+        out: &mut CudaSlice<S>,
+    ) -> Result<()> {
+        self.kernels
+            .rmsnorm(&self.stream, delta, hidden, rows, weight, eps, out)
+    }
+
+    fn qk_norm_rope(
+        &self,
+        qkv: &mut CudaSlice<S>,
+        batch: &CudaBatch,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        norms: Option<(&CudaSlice<S>, &CudaSlice<S>)>,
+        eps: f32,
+        theta: f64,
+    ) -> Result<()> {
+        let b = batch.views();
+        let norms = norms.map(|(q, k)| (q, k, eps));
+        self.kernels.rope(
+            &self.stream,
+            &b,
+            qkv,
+            heads,
+            kv_heads,
+            head_dim,
+            norms,
+            theta,
+        )
+    }
+
+    fn attention_causal(
+        &self,
+        qkv: &CudaSlice<S>,
+        batch: &CudaBatch,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        out: &mut CudaSlice<S>,
+    ) -> Result<()> {
+        self.kernels.attention(
+            &self.stream,
+            &batch.views(),
+            qkv,
+            heads,
+            kv_heads,
+            head_dim,
+            Mask::Causal,
+            out,
+        )
+    }
+
+    fn gather_last(
+        &self,
+        src: &CudaSlice<S>,
+        width: usize,
+        batch: &CudaBatch,
+        out: &mut CudaSlice<S>,
+    ) -> Result<()> {
+        self.kernels
+            .gather_row(&self.stream, &batch.views(), src, width, true, out)
     }
 
     fn read_logits(&self, logits: &CudaSlice<f32>, n: usize) -> Result<Vec<f32>> {

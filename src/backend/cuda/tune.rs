@@ -107,14 +107,9 @@ impl std::fmt::Display for GemmTuning {
 }
 
 /// Every key a forward over at most `max_tokens` tokens looks up, in (bucket, out, in) order,
-/// each once (two linears can share a shape, e.g. when I = 3h). The FFN's first linear gives
-/// `ffn_in` columns (2·I for a gated MLP), its second reads I.
-fn gemm_keys(
-    hidden: usize,
-    ffn_in: usize,
-    intermediate: usize,
-    max_tokens: usize,
-) -> Result<Vec<Key>> {
+/// each once (two linears can share a shape, e.g. when I = 3h): `shapes` are the (out, in) of
+/// the layer's linears (`ModelConfig::linear_shapes`).
+fn gemm_keys(shapes: &[(usize, usize)], max_tokens: usize) -> Result<Vec<Key>> {
     let top = max_tokens
         .max(MIN_BUCKET)
         .checked_next_power_of_two()
@@ -123,15 +118,6 @@ fn gemm_keys(
                 "max batch tokens {max_tokens} is beyond any GEMM row bucket"
             ))
         })?;
-    let three_h = hidden
-        .checked_mul(3)
-        .ok_or_else(|| Error::Internal(format!("hidden size {hidden} × 3 overflows")))?;
-    let shapes = [
-        (three_h, hidden),
-        (hidden, hidden),
-        (ffn_in, hidden),
-        (hidden, intermediate),
-    ];
     let mut keys = BTreeSet::new();
     let mut rows = MIN_BUCKET;
     loop {
@@ -144,7 +130,7 @@ fn gemm_keys(
     Ok(keys.into_iter().collect())
 }
 
-impl CudaBackend {
+impl<S: super::Storage> CudaBackend<S> {
     /// Tunes every GEMM a forward of up to `max_tokens` tokens runs (see the module comment),
     /// replacing the heuristic's choices in the algorithm cache. Call it once after load and
     /// before the first forward, and before capturing a CUDA graph, which keeps the algorithm
@@ -152,12 +138,7 @@ impl CudaBackend {
     /// buffers are freed before it returns.
     pub fn tune_gemm(&self, cfg: &ModelConfig, max_tokens: usize) -> Result<GemmTuning> {
         let started = Instant::now();
-        let keys = gemm_keys(
-            cfg.hidden_size,
-            cfg.ffn_in_width(),
-            cfg.intermediate_size,
-            max_tokens,
-        )?;
+        let keys = gemm_keys(&cfg.linear_shapes(), max_tokens)?;
         let per_key = self.gemm.tune(&keys, CANDIDATES, REPS)?;
         Ok(GemmTuning::summarise(
             per_key,
@@ -171,9 +152,40 @@ mod tests {
     use super::*;
     use crate::backend::cuda::gemm::bucket;
 
+    /// A BERT-style layer's shapes: hidden h, FFN in width, intermediate.
+    fn bert(h: usize, ffn_in: usize, i: usize) -> [(usize, usize); 4] {
+        [(3 * h, h), (h, h), (ffn_in, h), (h, i)]
+    }
+
+    /// A Qwen layer's: the fused QKV is (heads + 2·kv_heads)·head_dim wide (4 + 2·2 heads of 16
+    /// in the test model: 128, not BERT's 3·64) and the attention's output reads heads·head_dim.
+    #[test]
+    fn keys_of_a_decoder_llm_follow_its_heads() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let path = dir.join("tests/data/models/qwen3-reranker-tiny/config.json");
+        let cfg = ModelConfig::from_file(&path).unwrap();
+        let (h, d, i) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+        let (heads, kv) = (cfg.num_heads, cfg.qwen.as_ref().unwrap().num_kv_heads);
+        assert!(kv < heads, "the test model is grouped-query");
+        let keys = gemm_keys(&cfg.linear_shapes(), 64).unwrap();
+        assert_eq!(
+            keys,
+            vec![
+                (64, (heads + 2 * kv) * d, h),
+                (64, h, heads * d),
+                (64, h, i),
+                (64, 2 * i, h)
+            ]
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+        );
+    }
+
     #[test]
     fn keys_cover_every_bucket_and_linear_once() {
-        let keys = gemm_keys(1024, 4096, 4096, 16384).unwrap();
+        let keys = gemm_keys(&bert(1024, 4096, 4096), 16384).unwrap();
         assert_eq!(keys.len(), 36);
         let buckets: BTreeSet<usize> = keys.iter().map(|k| k.0).collect();
         assert_eq!(
@@ -190,7 +202,7 @@ mod tests {
         }
         // The top bucket is the forward's bucket of max_tokens, whatever max_tokens is.
         for max_tokens in [0, 1, 64, 65, 100, 511, 512, 513, 16383] {
-            let keys = gemm_keys(32, 80, 80, max_tokens).unwrap();
+            let keys = gemm_keys(&bert(32, 80, 80), max_tokens).unwrap();
             let top = keys.iter().map(|k| k.0).max();
             assert_eq!(top, Some(bucket(max_tokens)), "{max_tokens}");
             assert_eq!(
@@ -199,18 +211,20 @@ mod tests {
             );
         }
         // I = 3h: ffn_in has qkv's shape, one key for both.
-        assert_eq!(gemm_keys(32, 96, 96, 128).unwrap().len(), 2 * 3);
+        assert_eq!(gemm_keys(&bert(32, 96, 96), 128).unwrap().len(), 2 * 3);
         // I = h: attn_out, ffn_in and ffn_out share one.
-        assert_eq!(gemm_keys(32, 32, 32, 64).unwrap().len(), 2);
+        assert_eq!(gemm_keys(&bert(32, 32, 32), 64).unwrap().len(), 2);
         // A gated MLP (ModernBERT): ffn_in is 2·I wide, ffn_out reads I.
-        let keys = gemm_keys(32, 96, 48, 64).unwrap();
+        let keys = gemm_keys(&bert(32, 96, 48), 64).unwrap();
         assert!(keys.contains(&(64, 96, 32)) && keys.contains(&(64, 32, 48)));
         assert!(!keys.contains(&(64, 48, 32)));
     }
 
     #[test]
     fn keys_refuse_a_max_tokens_beyond_any_bucket() {
-        let err = gemm_keys(32, 80, 80, usize::MAX).unwrap_err().to_string();
+        let err = gemm_keys(&bert(32, 80, 80), usize::MAX)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("beyond any GEMM row bucket"), "{err}");
     }
 
