@@ -43,31 +43,41 @@ fn ptxas_report_shows_no_spills_for_any_kernel_or_architecture() {
             assert_eq!(nums, [0, 0, 0], "{arch}: {}", line.trim());
         }
     }
-    // Every exported kernel, for every SASS architecture.
-    let kernels = [
-        "embed_layernorm_f16",
-        "add_layernorm_f16",
-        "gelu_f16",
-        "gather_cls_f16",
-        "cls_head_f16",
-        "attention_d16_f16",
-        "attention_d32_f16",
-        "attention_d64_f16",
-        "attention_d128_f16",
-        "fragment_probe_f16",
+    // Every exported kernel, in both storage types, for every SASS architecture.
+    let ops = [
+        "embed_layernorm",
+        "add_layernorm",
+        "gelu",
+        "gather_cls",
+        "cls_head",
+        "attention_d16",
+        "attention_d32",
+        "attention_d64",
+        "attention_d128",
+        "fragment_probe",
         // The pre-norm families' (ModernBERT).
-        "embed_tokens_f16",
-        "layernorm_f16",
-        "residual_layernorm_f16",
-        "rope_f16",
-        "geglu_f16",
-        "mean_pool_f16",
-        "classify_f16",
+        "embed_tokens",
+        "layernorm",
+        "residual_layernorm",
+        "rope",
+        "geglu",
+        "mean_pool",
+        "classify",
+        // The decoder LLMs' (Qwen).
+        "rmsnorm",
+        "residual_rmsnorm",
+        "qk_norm_rope",
+        "swiglu",
+        "gather_last",
     ];
-    for k in kernels {
+    let kernels: Vec<String> = ops
+        .iter()
+        .flat_map(|op| [format!("{op}_f16"), format!("{op}_bf16")])
+        .collect();
+    for k in &kernels {
         for a in &WANT_ARCHS[..4] {
             assert!(
-                seen.contains(&(k.to_string(), a.to_string())),
+                seen.contains(&(k.clone(), a.to_string())),
                 "{k} not compiled for {a}"
             );
         }

@@ -10,41 +10,12 @@ use common::*;
 use crossrank::engine::Options;
 use crossrank::tokenize::TruncationSide;
 use crossrank::{Device, LoadOptions, Reranker};
-use serde::Deserialize;
 
 /// f32 on both sides, sums in another order (f64 in attention and the norms here, RoPE's
 /// frequencies in f64): the worst measured |logit - transformers| over every case, doubled and
 /// rounded up (tests/parity.rs' rule), well inside the 1e-4 the issue asks. Measured 2026-11-30:
 /// qwen3-reranker-tiny 1.05e-5, mxbai-rerank-tiny 7.6e-6 (logits up to ±5).
 const LOGIT_ATOL: f32 = 2.5e-5;
-
-#[derive(Debug, Deserialize)]
-struct Case {
-    name: String,
-    query: String,
-    documents: Vec<String>,
-    instruction: Option<String>,
-    max_length: usize,
-    input_ids: Vec<Vec<u32>>,
-    truncated: Vec<bool>,
-    logits: Vec<f32>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Golden {
-    template: String,
-    yes_token_id: u32,
-    no_token_id: u32,
-    prefix_ids: Vec<u32>,
-    suffix_ids: Vec<u32>,
-    cases: Vec<Case>,
-}
-
-fn golden(name: &str) -> Golden {
-    let path = data_dir().join("goldens/llm").join(format!("{name}.json"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 /// How a golden case's `max_length` reads: the whole prompt's length (Qwen3-Reranker's code),
 /// or the text's alone, the fixed tokens on top and the whole clamped to the model's positions
@@ -59,7 +30,7 @@ enum MaxLength {
 /// Every case: ids and truncation exact, logits within LOGIT_ATOL, ranking equal wherever the
 /// golden logits differ by more than twice that. Returns the worst |logit diff|.
 fn check_model(name: &str, rule: MaxLength) -> f32 {
-    let gold = golden(name);
+    let gold = llm_golden(name);
     let r = Reranker::load(model_dir(name), Device::Cpu, &LoadOptions::default())
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     let llm = r
@@ -256,7 +227,7 @@ fn shared_prefix_gives_the_plain_forward_logits_with_fewer_tokens() {
         };
         let (plain, shared) = (model(false), model(true));
         let mut worst = 0f32;
-        for case in &golden(name).cases {
+        for case in &llm_golden(name).cases {
             let pairs = r
                 .encode_for(
                     &case.query,

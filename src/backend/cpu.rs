@@ -98,12 +98,15 @@ fn rotate_half(x: &mut [f32], inv_freq: &[f32], pos: f32) {
 
 /// One query row of attention over the keys in `keys`, plainly, in f64: `o = softmax(q·kⱼ ·
 /// scale) · vⱼ`. The windowed and causal references share it.
+/// With `round_p`, each softmax weight is rounded by it before it multiplies V (the CUDA
+/// kernel's P is 16-bit), while the row sum adds the unrounded weights, as the kernel does.
 fn attend_row<'a>(
     q: &[f32],
     keys: impl Iterator<Item = usize> + Clone,
     k_at: impl Fn(usize) -> &'a [f32],
     v_at: impl Fn(usize) -> &'a [f32],
     scale: f64,
+    round_p: Option<fn(f32) -> f32>,
     o: &mut [f32],
 ) {
     let scores: Vec<f64> = keys
@@ -120,14 +123,71 @@ fn attend_row<'a>(
     let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let p: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
     let sum: f64 = p.iter().sum();
+    let p_v: Vec<f64> = match round_p {
+        Some(r) => p.iter().map(|&x| r(x as f32) as f64).collect(),
+        None => p,
+    };
     for (c, v) in o.iter_mut().enumerate() {
         let acc: f64 = keys
             .clone()
-            .zip(&p)
+            .zip(&p_v)
             .map(|(j, p)| p * v_at(j)[c] as f64)
             .sum();
         *v = (acc / sum) as f32;
     }
+}
+
+/// Causal grouped-query attention (`Backend::attention_causal`), (heads, kv_heads, head_dim);
+/// `round_p` as for `attend_row`.
+fn attention_causal(
+    qkv: &[f32],
+    batch: &PackedBatch,
+    (heads, kv_heads, d): (usize, usize, usize),
+    round_p: Option<fn(f32) -> f32>,
+    out: &mut [f32],
+) -> Result<()> {
+    if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+        return Err(Error::Internal(format!(
+            "attention_causal: {heads} query heads over {kv_heads} K/V heads"
+        )));
+    }
+    let width = (heads + 2 * kv_heads) * d;
+    let (h, rows, group) = (heads * d, batch.tokens(), heads / kv_heads);
+    check_len("attention_causal qkv", qkv.len(), rows * width)?;
+    check_len("attention_causal out", out.len(), rows * h)?;
+    let scale = 1.0 / (d as f64).sqrt();
+    let seq_of: Vec<usize> = (0..batch.len())
+        .flat_map(|s| std::iter::repeat_n(s, batch.range(s).len()))
+        .collect();
+    // One task per query row: every key of its sequence up to itself, plainly, in f64.
+    out[..rows * h]
+        .par_chunks_mut(h)
+        .enumerate()
+        .for_each(|(i, o)| {
+            let Some(&s) = seq_of.get(i) else {
+                o.fill(0.0);
+                return;
+            };
+            // A shared-prefix batch: every sequence after the prefix sees its rows first.
+            let prefix = if s > 0 { batch.shared_prefix } else { 0 };
+            let keys = (0..prefix).chain(batch.range(s).start..i + 1);
+            for head in 0..heads {
+                let kv = head / group;
+                let q = &qkv[i * width + head * d..][..d];
+                let k_at = |j: usize| &qkv[j * width + h + kv * d..][..d];
+                let v_at = |j: usize| &qkv[j * width + h + kv_heads * d + kv * d..][..d];
+                attend_row(
+                    q,
+                    keys.clone(),
+                    k_at,
+                    v_at,
+                    scale,
+                    round_p,
+                    &mut o[head * d..][..d],
+                );
+            }
+        });
+    Ok(())
 }
 
 /// GELU, exact erf form, as transformers' "gelu".
@@ -541,6 +601,7 @@ impl Backend for CpuBackend {
                         |j| at(j, 1),
                         |j| at(j, 2),
                         scale,
+                        None,
                         &mut o[head * d..][..d],
                     );
                 }
@@ -677,40 +738,7 @@ impl Backend for CpuBackend {
         d: usize,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
-            return Err(Error::Internal(format!(
-                "attention_causal: {heads} query heads over {kv_heads} K/V heads"
-            )));
-        }
-        let width = (heads + 2 * kv_heads) * d;
-        let (h, rows, group) = (heads * d, batch.tokens(), heads / kv_heads);
-        check_len("attention_causal qkv", qkv.len(), rows * width)?;
-        check_len("attention_causal out", out.len(), rows * h)?;
-        let scale = 1.0 / (d as f64).sqrt();
-        let seq_of: Vec<usize> = (0..batch.len())
-            .flat_map(|s| std::iter::repeat_n(s, batch.range(s).len()))
-            .collect();
-        // One task per query row: every key of its sequence up to itself, plainly, in f64.
-        out[..rows * h]
-            .par_chunks_mut(h)
-            .enumerate()
-            .for_each(|(i, o)| {
-                let Some(&s) = seq_of.get(i) else {
-                    o.fill(0.0);
-                    return;
-                };
-                // A shared-prefix batch: every sequence after the prefix sees its rows first.
-                let prefix = if s > 0 { batch.shared_prefix } else { 0 };
-                let keys = (0..prefix).chain(batch.range(s).start..i + 1);
-                for head in 0..heads {
-                    let kv = head / group;
-                    let q = &qkv[i * width + head * d..][..d];
-                    let k_at = |j: usize| &qkv[j * width + h + kv * d..][..d];
-                    let v_at = |j: usize| &qkv[j * width + h + kv_heads * d + kv * d..][..d];
-                    attend_row(q, keys.clone(), k_at, v_at, scale, &mut o[head * d..][..d]);
-                }
-            });
-        Ok(())
+        attention_causal(qkv, batch, (heads, kv_heads, d), None, out)
     }
 
     fn gather_last(
@@ -767,14 +795,17 @@ impl StorageEmulation {
 
     /// Rounds every value to the storage type, to nearest even.
     pub fn round(&self, buf: &mut [f32]) {
-        if self.bf16 {
-            buf.iter_mut()
-                .for_each(|v| *v = half::bf16::from_f32(*v).to_f32());
-        } else {
-            buf.iter_mut()
-                .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
-        }
+        let r = if self.bf16 { round_bf16 } else { round_f16 };
+        buf.iter_mut().for_each(|v| *v = r(*v));
     }
+}
+
+fn round_f16(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
+}
+
+fn round_bf16(v: f32) -> f32 {
+    half::bf16::from_f32(v).to_f32()
 }
 
 impl Backend for StorageEmulation {
@@ -1033,7 +1064,10 @@ impl Backend for StorageEmulation {
         head_dim: usize,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        CpuBackend.attention_causal(qkv, batch, heads, kv_heads, head_dim, out)?;
+        // The kernel rounds P before P·V: so does the emulation.
+        let round_p = if self.bf16 { round_bf16 } else { round_f16 };
+        let shape = (heads, kv_heads, head_dim);
+        attention_causal(qkv, batch, shape, Some(round_p), out)?;
         self.round(&mut out[..batch.tokens() * heads * head_dim]);
         Ok(())
     }

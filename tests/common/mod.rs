@@ -211,6 +211,36 @@ pub fn modernbert_fp16_emulated_logits(
     model.score(&batch).unwrap()
 }
 
+/// One case of scripts/make_qwen_goldens.py: a query's documents scored by transformers.
+#[derive(Debug, Deserialize)]
+pub struct LlmCase {
+    pub name: String,
+    pub query: String,
+    pub documents: Vec<String>,
+    pub instruction: Option<String>,
+    pub max_length: usize,
+    pub input_ids: Vec<Vec<u32>>,
+    pub truncated: Vec<bool>,
+    pub logits: Vec<f32>,
+}
+
+/// A decoder LLM reranker's goldens (tests/data/goldens/llm/NAME.json).
+#[derive(Debug, Deserialize)]
+pub struct LlmGolden {
+    pub template: String,
+    pub yes_token_id: u32,
+    pub no_token_id: u32,
+    pub prefix_ids: Vec<u32>,
+    pub suffix_ids: Vec<u32>,
+    pub cases: Vec<LlmCase>,
+}
+
+pub fn llm_golden(name: &str) -> LlmGolden {
+    let path = data_dir().join("goldens/llm").join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// CUDA graphs against the eager forward on every (query, passages) group: the first run of a
 /// shape is eager, the second recorded, the third replayed; all three give the same bits, a
 /// batch of the same shape with other content (the pairs reversed) gets its own scores, and the
