@@ -75,7 +75,7 @@ MUTANTS = [
     ("window-mask-off-by-one", "an off-by-one mask", "attention.cu",
      "(dist > window || -dist > window)", "(dist > window || -dist >= window)"),
     ("window-tile-range-short", "an off-by-one mask", "attention.cu",
-     "min(len, q0 + Tr::kBlockM + window) :", "min(len, q0 + Tr::kBlockM + window - 1) :"),
+     "min(len, q0 + Tr::kBlockM + window)\n", "min(len, q0 + Tr::kBlockM + window - 1)\n"),
     ("window-edge-test-one-side", "an off-by-one mask", "attention.cu",
      "        const bool edge = (windowed && (j0 < q0 + Tr::kBlockM - 1 - window ||\n",
      "        const bool edge = (windowed && (false ||\n"),
