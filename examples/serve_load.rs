@@ -127,9 +127,20 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// A counter or histogram count from the server's /metrics, if present.
+/// A metric's value summed over its label sets (one per model), or None if absent.
 fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    let values: Vec<f64> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let rest = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once('}')?.1,
+                None => rest,
+            };
+            rest.strip_prefix(' ')?.parse().ok()
+        })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// What the clients of one kind saw.

@@ -2,7 +2,8 @@
 # The official cohere Python SDK, pointed at `crossrank serve` (base_url), reranks unchanged.
 #   1. installs cohere (pinned) into target/cohere-venv/ (PyPI; a few seconds once cached);
 #   2. builds crossrank and starts `crossrank serve` on a free loopback port with an API key,
-#      on a committed tiny test model;
+#      on two committed tiny test models (the default one is not the one the SDK names, so the
+#      SDK's `model` must route its requests);
 #   3. runs scripts/cohere_sdk_check.py (Client.rerank v1, ClientV2.rerank v2, a wrong key);
 #   4. stops the server with SIGTERM and requires exit status 0.
 set -euo pipefail
@@ -11,6 +12,7 @@ cd "$(dirname "$0")/.."
 COHERE_VERSION=7.3.1
 VENV=target/cohere-venv
 MODEL=tests/data/models/bert-f32
+DEFAULT=tests/data/models/xlmr-bf16
 
 if ! "$VENV/bin/python" -c "import cohere, sys; sys.exit(cohere.__version__ != '$COHERE_VERSION')" 2>/dev/null; then
     python3 -m venv "$VENV"
@@ -20,7 +22,7 @@ fi
 # CROSSRANK_FEATURES (e.g. cuda, from scripts/test.sh) reuses the build the tests just made.
 cargo build --quiet --bin crossrank ${CROSSRANK_FEATURES:+--features "$CROSSRANK_FEATURES"}
 LOG="$(mktemp)"
-target/debug/crossrank serve --model "$MODEL" --port 0 --api-key sdk-check-key 2>"$LOG" &
+"${CARGO_TARGET_DIR:-target}/debug/crossrank" serve --model "$DEFAULT" --model "$MODEL" --port 0 --api-key sdk-check-key 2>"$LOG" &
 PID=$!
 trap 'kill "$PID" 2>/dev/null || true; rm -f "$LOG"' EXIT
 

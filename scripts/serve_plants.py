@@ -5,7 +5,7 @@ catch them, and restores the file: every plant must make at least one test fail.
     python3 scripts/serve_plants.py P3 P7    # some
 
 Unit plants run `cargo test --lib serve::scheduler`, HTTP plants `cargo test --test serve_http
-deadlines`. A plant whose text no longer matches the source fails loudly (an AssertionError):
+deadlines`, model plants (issue 12) `cargo test --test serve_http two_models`. A plant whose text no longer matches the source fails loudly (an AssertionError):
 update it with the code.
 """
 import os
@@ -80,6 +80,11 @@ GROUPS_NEW='''            let mut owner = Vec::new();
             }
             takes
                 .into_iter()'''
+def tei_model_plant(src):
+    field = "model: r.model,"
+    i = src.index(field, src.index("Route::Tei =>"))
+    return src[:i] + "model: None," + src[i + len(field):]
+
 def cohere_plant(src):
     field = "timeout: Timeout::from_field(r.timeout_ms)?,"
     i = src.index(field, src.index("Route::Cohere { .. } =>"))
@@ -101,7 +106,16 @@ plants=[
  ("P13 header ignored", 'src/serve/http.rs', sub("Ok(t) => call.timeout = call.timeout.or(t),","Ok(_) => {}"), "http"),
  ("P14 header wins over the body", 'src/serve/http.rs', sub("Ok(t) => call.timeout = call.timeout.or(t),","Ok(t) => call.timeout = t.or(call.timeout),"), "http"),
  ("P15 --request-timeout-ms not applied", 'src/serve/mod.rs', sub("if call.timeout.is_none() {","if call.timeout.is_none() && false {"), "http"),
+ ("M1 the model field ignored (always the default)", 'src/serve/mod.rs', sub("self.models.get(call.model.as_deref())?","self.models.get(None)?"), "models"),
+ ("M2 TEI's model field dropped", 'src/serve/api.rs', tei_model_plant, "models"),
+ ("M3 an unknown model falls back to the default", 'src/serve/models.rs', sub("if let Some(m) = list.iter().find(|m| m.name == want) {","if let Some(m) = list.iter().find(|m| m.name == want || m.name == self.default) {"), "models"),
+ ("M4 the answer names the default model", 'src/serve/mod.rs', sub("model: &model.name,","model: self.models.default_name(),"), "models"),
 ]
+TESTS={
+ "lib": ['cargo','test','--lib','serve::scheduler'],
+ "http": ['cargo','test','--test','serve_http','deadlines'],
+ "models": ['cargo','test','--test','serve_http','two_models'],
+}
 only=sys.argv[1:]
 survived=[]
 for name,path,f,kind in plants:
@@ -109,7 +123,7 @@ for name,path,f,kind in plants:
     src=open(path).read()
     try:
         open(path,'w').write(f(src))
-        cmd=['cargo','test','--lib','serve::scheduler'] if kind=='lib' else ['cargo','test','--test','serve_http','deadlines']
+        cmd=TESTS[kind]
         r=subprocess.run(cmd,env=env,capture_output=True,text=True,timeout=900)
         out=r.stdout+r.stderr
         failed=re.findall(r"^test (\S+) \.\.\. FAILED",out,re.M)

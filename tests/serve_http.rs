@@ -239,7 +239,7 @@ async fn cohere_v1_v2_shapes_top_n_and_documents() {
         })
         .collect();
     for version in [1, 2] {
-        let body = json!({"model": "my-reranker", "query": group.query, "documents": docs,
+        let body = json!({"model": name, "query": group.query, "documents": docs,
                           "top_n": 3, "return_documents": true});
         let (status, v) = server.post(&format!("/v{version}/rerank"), body).await;
         assert_eq!(status, 200, "{v}");
@@ -251,7 +251,7 @@ async fn cohere_v1_v2_shapes_top_n_and_documents() {
             assert_eq!(r["document"], json!({"text": group.passages[i]}));
         }
         assert!(v["id"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
-        assert_eq!(v["model"], "my-reranker");
+        assert_eq!(v["model"], name);
         assert_eq!(v["meta"]["api_version"]["version"], version.to_string());
         let tokens: usize = lib
             .encode(&group.query, &group.passages, None)
@@ -377,12 +377,12 @@ async fn health_info_metrics_and_empty_documents() {
     let (status, text) = server.get("/metrics").await;
     assert_eq!(status, 200);
     for line in [
-        "crossrank_requests_total{route=\"/rerank\",status=\"200\"} 2\n",
-        "crossrank_requests_total{route=\"/v1/rerank\",status=\"200\"} 1\n",
-        "crossrank_requests_total{route=\"/health\",status=\"200\"} 1\n",
+        "crossrank_requests_total{route=\"/rerank\",status=\"200\",model=\"bert-f32\"} 2\n",
+        "crossrank_requests_total{route=\"/v1/rerank\",status=\"200\",model=\"bert-f32\"} 1\n",
+        "crossrank_requests_total{route=\"/health\",status=\"200\",model=\"\"} 1\n",
         "crossrank_queue_depth 0\n",
-        "crossrank_pairs_total 2\n",
-        "crossrank_batch_pairs_count 1\n",
+        "crossrank_pairs_total{model=\"bert-f32\"} 2\n",
+        "crossrank_batch_pairs_count{model=\"bert-f32\"} 1\n",
         "# TYPE crossrank_request_duration_seconds histogram\n",
         "crossrank_request_duration_seconds_count{route=\"/rerank\"} 2\n",
     ] {
@@ -394,7 +394,9 @@ async fn health_info_metrics_and_empty_documents() {
         .iter()
         .map(|p| p.ids.len())
         .sum();
-    assert!(text.contains(&format!("crossrank_tokens_total {tokens}\n")));
+    assert!(text.contains(&format!(
+        "crossrank_tokens_total{{model=\"bert-f32\"}} {tokens}\n"
+    )));
     server.stop().await;
 }
 
@@ -632,10 +634,14 @@ async fn deadlines_from_the_body_the_header_and_the_server_default() {
     server.drained().await;
     let (_, text) = server.get("/metrics").await;
     assert!(
-        text.contains("crossrank_deadline_exceeded_total 3\n"),
+        text.contains(&format!(
+            "crossrank_deadline_exceeded_total{{model=\"{name}\"}} 3\n"
+        )),
         "{text}"
     );
-    assert!(text.contains("crossrank_requests_total{route=\"/rerank\",status=\"504\"} 1\n"));
+    assert!(text.contains(&format!(
+        "crossrank_requests_total{{route=\"/rerank\",status=\"504\",model=\"{name}\"}} 1\n"
+    )));
     server.stop().await;
 
     // The server default applies to requests that give no budget of their own.
@@ -875,7 +881,7 @@ async fn concurrent_requests_match_one_at_a_time() {
     let (_, text) = server.get("/metrics").await;
     let forwards: usize = text
         .lines()
-        .find_map(|l| l.strip_prefix("crossrank_batch_pairs_count "))
+        .find_map(|l| l.strip_prefix(&format!("crossrank_batch_pairs_count{{model=\"{name}\"}} ")))
         .unwrap()
         .parse()
         .unwrap();
@@ -884,7 +890,9 @@ async fn concurrent_requests_match_one_at_a_time() {
         "{} requests, {pairs_total} pairs, {forwards} forwards",
         requests.len()
     );
-    assert!(text.contains(&format!("crossrank_pairs_total {pairs_total}\n")));
+    assert!(text.contains(&format!(
+        "crossrank_pairs_total{{model=\"{name}\"}} {pairs_total}\n"
+    )));
     let server = Arc::into_inner(server).unwrap();
     server.stop().await;
 }
@@ -950,7 +958,9 @@ async fn llm_reranker_takes_the_instruction_field() {
     assert_eq!(status, 200);
     let shared: u64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("crossrank_shared_prefix_tokens_total "))
+        .find_map(|l| {
+            l.strip_prefix("crossrank_shared_prefix_tokens_total{model=\"qwen3-reranker-tiny\"} ")
+        })
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no shared-prefix counter in {text}"));
     assert!(
@@ -964,4 +974,170 @@ async fn llm_reranker_takes_the_instruction_field() {
     let (status, v) = server.post("/rerank", body).await;
     assert_error(status, &v, 422, "instruction");
     server.stop().await;
+}
+
+/// Two models of different families (BERT and XLM-R) in one server: a request's `model` picks
+/// the model on every route, a request naming none gets --default-model, each answer's scores
+/// are bit-identical to its own model's library scores and it names that model (body and
+/// headers); an unknown name is a 404 naming the models served; /info lists both; the
+/// metrics carry a `model` label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_models_of_different_families_route_by_name() {
+    let mut opts = ServeOptions::new(model_dir("bert-f32"), Device::Cpu);
+    let spec = |name: &str, dir: &str| -> crossrank::serve::models::ModelSpec {
+        format!("{name}={}", model_dir(dir).display())
+            .parse()
+            .unwrap()
+    };
+    opts.models = vec![spec("bert", "bert-f32"), spec("xlmr", "xlmr-bf16")];
+    opts.default_model = Some("xlmr".into());
+    let server = Server::start(opts.clone()).await;
+    let libs = [
+        ("bert", library("bert-f32")),
+        ("xlmr", library("xlmr-bf16")),
+    ];
+    let group = &golden("bert-f32").groups[0];
+    let (q, docs) = (&group.query, &group.passages);
+    for (model, field) in [
+        ("bert", json!("bert")),
+        ("xlmr", json!("xlmr")),
+        ("xlmr", Value::Null),
+    ] {
+        let lib = &libs.iter().find(|(n, _)| *n == model).unwrap().1;
+        let logits: Vec<(usize, f32)> = lib
+            .rerank(q, docs, &raw())
+            .unwrap()
+            .iter()
+            .map(|r| (r.index, r.score))
+            .collect();
+        let probs: Vec<(usize, f32)> = lib
+            .rerank(q, docs, &Options::default())
+            .unwrap()
+            .iter()
+            .map(|r| (r.index, r.score))
+            .collect();
+        let mut bodies = vec![
+            (
+                "/rerank",
+                json!({"query": q, "texts": docs, "raw_scores": true}),
+            ),
+            ("/v1/rerank", json!({"query": q, "documents": docs})),
+            ("/v2/rerank", json!({"query": q, "documents": docs})),
+            (
+                "/rerank/batch",
+                json!({"groups": [{"query": q, "documents": docs}], "raw_scores": true}),
+            ),
+        ];
+        for (_, b) in &mut bodies {
+            if !field.is_null() {
+                b["model"] = field.clone();
+            }
+        }
+        for (path, body) in bodies {
+            let what = format!("{path} model {field}");
+            let (s, headers, v) = server.post_bytes(path, body.to_string().into_bytes()).await;
+            assert_eq!(s, 200, "{what}: {v}");
+            assert_eq!(headers["x-crossrank-model"], model, "{what}");
+            let revision = if model == "bert" { "1" } else { "2" };
+            assert_eq!(headers["x-crossrank-model-revision"], revision, "{what}");
+            match path {
+                "/rerank" => assert_eq!(pairs(&v, "score"), logits, "{what}"),
+                "/rerank/batch" => {
+                    assert_eq!(pairs(&v["groups"][0]["results"], "relevance_score"), logits);
+                    assert_eq!(v["model"], model, "{what}");
+                }
+                _ => {
+                    assert_eq!(pairs(&v["results"], "relevance_score"), probs, "{what}");
+                    assert_eq!(v["model"], model, "{what}");
+                }
+            }
+        }
+    }
+    // An unknown model on every route: 404 naming the models served.
+    for (path, body) in [
+        (
+            "/rerank",
+            json!({"model": "nope", "query": "q", "texts": ["a"]}),
+        ),
+        (
+            "/v1/rerank",
+            json!({"model": "nope", "query": "q", "documents": ["a"]}),
+        ),
+        (
+            "/v2/rerank",
+            json!({"model": "nope", "query": "q", "documents": ["a"]}),
+        ),
+        (
+            "/rerank/batch",
+            json!({"model": "nope", "groups": [{"query": "q", "documents": ["a"]}]}),
+        ),
+    ] {
+        let (s, v) = server.post(path, body).await;
+        assert_error(
+            s,
+            &v,
+            404,
+            "model \"nope\" is not served here; served: bert, xlmr",
+        );
+        assert_eq!(v["error_type"], "model_not_found");
+    }
+
+    let (_, info) = server.get("/info").await;
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["default_model"], "xlmr");
+    assert_eq!(info["model"], "xlmr");
+    let listed: Vec<(String, String)> = info["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["model"].as_str().unwrap().into(),
+                m["family"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("bert".into(), "bert".into()),
+            ("xlmr".into(), "roberta".into())
+        ]
+    );
+
+    let (_, text) = server.get("/metrics").await;
+    let n = docs.len();
+    for line in [
+        // bert: 4 routes once; xlmr: 4 routes, named and unnamed.
+        format!("crossrank_pairs_total{{model=\"bert\"}} {}\n", 4 * n),
+        format!("crossrank_pairs_total{{model=\"xlmr\"}} {}\n", 8 * n),
+        "crossrank_requests_total{route=\"/v2/rerank\",status=\"200\",model=\"xlmr\"} 2\n".into(),
+        "crossrank_requests_total{route=\"/v2/rerank\",status=\"200\",model=\"bert\"} 1\n".into(),
+        "crossrank_requests_total{route=\"/v2/rerank\",status=\"404\",model=\"\"} 1\n".into(),
+        "crossrank_shared_prefix_tokens_total{model=\"bert\"} 0\n".into(),
+    ] {
+        assert!(text.contains(&line), "{line:?} not in\n{text}");
+    }
+    server.stop().await;
+
+    // Start-up errors name what was wrong.
+    let refused = |opts: ServeOptions| match Service::start(opts) {
+        Ok(_) => panic!("started"),
+        Err(e) => e.to_string(),
+    };
+    let mut twice = opts.clone();
+    twice.models[1].name = "bert".into();
+    let e = refused(twice);
+    assert!(e.contains("--model bert is given twice"), "{e}");
+    let mut unknown = opts.clone();
+    unknown.default_model = Some("nope".into());
+    let e = refused(unknown);
+    assert!(
+        e.contains("--default-model nope is not one of the models given: bert, xlmr"),
+        "{e}"
+    );
+    let mut bad = opts;
+    bad.models[0].name = "a b".into();
+    let e = refused(bad);
+    assert!(e.contains("model name \"a b\" must be"), "{e}");
 }

@@ -220,14 +220,20 @@ fn stdio_answers_every_line_then_exits_0() {
 /// Starts `crossrank serve --port 0` (with CROSSRANK_API_KEY set to `key`, if any), returns
 /// the child, its base URL, and its stderr lines.
 fn start_http(name: &str, key: Option<&str>) -> (Child, String, mpsc::Receiver<String>) {
+    let model = model_dir(name).display().to_string();
+    start_serve(&["--model", &model], key)
+}
+
+/// `crossrank serve --port 0 ARGS`, as [`start_http`].
+fn start_serve(args: &[&str], key: Option<&str>) -> (Child, String, mpsc::Receiver<String>) {
     let mut cmd = crossrank();
     cmd.env_remove("CROSSRANK_API_KEY");
     if let Some(key) = key {
         cmd.env("CROSSRANK_API_KEY", key);
     }
     let mut child = cmd
-        .args(["serve", "--port", "0", "--model"])
-        .arg(model_dir(name))
+        .args(["serve", "--port", "0"])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -1,13 +1,17 @@
 //! The wire formats: requests parsed and checked into one [`Call`], results rendered back in
 //! the shape of the route that asked. HTTP and stdio share all of it.
 //!
-//! - `/rerank` (TEI): `{query, texts, raw_scores, return_text, truncate, truncation_direction}`
+//! - `/rerank` (TEI): `{model?, query, texts, raw_scores, return_text, truncate,
+//!   truncation_direction}`
 //!   → `[{index, score, text?}]`.
 //! - `/v1/rerank`, `/v2/rerank` (Cohere, Jina): `{model?, query, documents: [string | {text}],
 //!   top_n?, return_documents?}` → `{id, model, results: [{index, relevance_score, document?}],
 //!   meta, usage}`.
-//! - `/rerank/batch`: `{groups: [{query, documents, top_n?}], raw_scores?, return_documents?,
-//!   truncate?}` → `{id, model, groups: [{results: [...]}], usage}`.
+//! - `/rerank/batch`: `{model?, groups: [{query, documents, top_n?}], raw_scores?,
+//!   return_documents?, truncate?}` → `{id, model, groups: [{results: [...]}], usage}`.
+//!
+//! `model` names the served model that scores the request (the default one without it); the
+//! answer's `model` is the name of the model that scored it.
 //!
 //! Every route also takes `timeout_ms` (a positive integer): the request's latency budget, and
 //! `instruction` (a string): an LLM reranker's instruction in place of its template's default
@@ -168,7 +172,7 @@ pub struct Call {
     pub truncate: bool,
     /// Which end of an over-long pair is cut (TEI's truncation_direction).
     pub truncation_side: TruncationSide,
-    /// The client's `model` field, echoed back.
+    /// The client's `model` field: the served model to score with (None: the default one).
     pub model: Option<String>,
     /// The latency budget: the body's `timeout_ms`, else the header, else the server default.
     pub timeout: Option<Timeout>,
@@ -187,6 +191,8 @@ impl Call {
 struct TeiRequest {
     #[serde(default)]
     timeout_ms: Option<Value>,
+    #[serde(default)]
+    model: Option<String>,
     #[serde(default)]
     instruction: Option<String>,
     query: String,
@@ -282,7 +288,7 @@ pub fn parse_value(route: Route, value: Value, limits: &Limits) -> Result<Call, 
                 return_docs: r.return_text,
                 truncate: r.truncate.unwrap_or(true),
                 truncation_side,
-                model: None,
+                model: r.model,
                 timeout: Timeout::from_field(r.timeout_ms)?,
                 instruction: r.instruction,
             }
@@ -431,7 +437,7 @@ pub fn render(call: &Call, scores: &[GroupScores], meta: &Meta) -> Value {
             })
             .collect()
     };
-    let model = call.model.as_deref().unwrap_or(meta.model);
+    let model = meta.model;
     match call.route {
         Route::Tei => results(&call.groups[0], &scores[0], "score", "text"),
         Route::Cohere { version } => json!({

@@ -108,6 +108,11 @@ pub fn router(service: Arc<Service>) -> Router {
         .with_state(service)
 }
 
+/// The headers of a scored answer that name the model that scored it and its revision (a
+/// number that grows with every load, so an answer from a swapped-in model tells itself apart).
+pub const MODEL_HEADER: &str = "x-crossrank-model";
+pub const REVISION_HEADER: &str = "x-crossrank-model-revision";
+
 /// The header that carries a request's latency budget; the body's `timeout_ms` wins over it.
 pub const TIMEOUT_HEADER: &str = "X-Request-Timeout-Ms";
 
@@ -156,22 +161,21 @@ async fn score(
         Ok(t) => call.timeout = call.timeout.or(t),
         Err(e) => return error(&e),
     }
-    let docs = call.documents();
-    match service.rerank(call).await {
-        Ok((value, served)) => {
-            let mut r = json_response(StatusCode::OK, &value);
-            r.extensions_mut().insert(served);
-            r
+    let mut served = Served::default();
+    let mut r = match service.rerank(call, &mut served).await {
+        Ok(value) => json_response(StatusCode::OK, &value),
+        Err(e) => error(&e),
+    };
+    if let Some(m) = &served.model {
+        // Names are checked to be header-safe; the revision is a number.
+        if let Ok(v) = HeaderValue::from_str(&m.name) {
+            r.headers_mut().insert(MODEL_HEADER, v);
         }
-        Err(e) => {
-            let mut r = error(&e);
-            r.extensions_mut().insert(Served {
-                docs,
-                ..Default::default()
-            });
-            r
-        }
+        r.headers_mut()
+            .insert(REVISION_HEADER, HeaderValue::from(m.revision));
     }
+    r.extensions_mut().insert(served);
+    r
 }
 
 async fn health(State(s): State<Arc<Service>>) -> Response {
@@ -230,7 +234,7 @@ async fn around(State(s): State<Arc<Service>>, req: Request, next: Next) -> Resp
     let served = response
         .extensions()
         .get::<Served>()
-        .copied()
+        .cloned()
         .unwrap_or_default();
     let elapsed = start.elapsed();
     // Label known routes only: unknown paths must not grow the metrics without bound.
@@ -241,7 +245,9 @@ async fn around(State(s): State<Arc<Service>>, req: Request, next: Next) -> Resp
         ("/metrics", _) => "/metrics",
         _ => "other",
     };
-    s.metrics.request(label, status, elapsed.as_secs_f64());
+    let model = served.model.as_ref().map_or("", |m| m.name.as_str());
+    s.metrics
+        .request(label, status, model, elapsed.as_secs_f64());
     log_request(method.as_str(), &path, status, &served, elapsed);
     response
 }

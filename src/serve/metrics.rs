@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// A histogram with fixed upper bounds (plus +Inf).
 struct Histogram {
@@ -70,23 +70,48 @@ const TOKENS: &[f64] = &[
     64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0, 65536.0,
 ];
 
+/// The server's metrics: requests by route, status and model, the queue depth shared by every
+/// model (what --max-concurrent bounds, and what an autoscaler watches), and one
+/// [`ModelMetrics`] per model name, rendered with a `model` label.
 pub struct Metrics {
-    /// (route, status) → count.
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// (route, status, model) → count; model is empty when no model was picked.
+    requests: Mutex<BTreeMap<(String, u16, String), u64>>,
     /// route → latency from arrival to answer.
     latency: Mutex<BTreeMap<String, Histogram>>,
+    /// Requests accepted and not yet answered, all models together.
+    pub queue_depth: AtomicU64,
+    rejected_overloaded: AtomicU64,
+    /// Per model name; kept across a swap and after a removal, so counters never go back.
+    models: Mutex<BTreeMap<String, Arc<ModelMetrics>>>,
+}
+
+/// What the scheduler of one model counts; labelled `model="NAME"` in /metrics.
+pub struct ModelMetrics {
     queue_time: Histogram,
     forward_time: Histogram,
     batch_pairs: Histogram,
     batch_tokens: Histogram,
-    /// Requests accepted and not yet answered.
-    pub queue_depth: AtomicU64,
     tokens: AtomicU64,
     pairs: AtomicU64,
     forward_failures: AtomicU64,
-    rejected_overloaded: AtomicU64,
     cancelled: AtomicU64,
     deadline_exceeded: AtomicU64,
+}
+
+impl Default for ModelMetrics {
+    fn default() -> Self {
+        ModelMetrics {
+            queue_time: Histogram::new(SECONDS),
+            forward_time: Histogram::new(SECONDS),
+            batch_pairs: Histogram::new(PAIRS),
+            batch_tokens: Histogram::new(TOKENS),
+            tokens: AtomicU64::new(0),
+            pairs: AtomicU64::new(0),
+            forward_failures: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            deadline_exceeded: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -94,38 +119,14 @@ impl Default for Metrics {
         Metrics {
             requests: Mutex::default(),
             latency: Mutex::default(),
-            queue_time: Histogram::new(SECONDS),
-            forward_time: Histogram::new(SECONDS),
-            batch_pairs: Histogram::new(PAIRS),
-            batch_tokens: Histogram::new(TOKENS),
             queue_depth: AtomicU64::new(0),
-            tokens: AtomicU64::new(0),
-            pairs: AtomicU64::new(0),
-            forward_failures: AtomicU64::new(0),
             rejected_overloaded: AtomicU64::new(0),
-            cancelled: AtomicU64::new(0),
-            deadline_exceeded: AtomicU64::new(0),
+            models: Mutex::default(),
         }
     }
 }
 
-impl Metrics {
-    /// One answered request.
-    pub fn request(&self, route: &str, status: u16, seconds: f64) {
-        *self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((route.to_string(), status))
-            .or_default() += 1;
-        self.latency
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(route.to_string())
-            .or_insert_with(|| Histogram::new(SECONDS))
-            .observe(seconds);
-    }
-
+impl ModelMetrics {
     /// One forward pass: its size and time, or its failure.
     pub fn forward(&self, pairs: usize, tokens: usize, seconds: f64, ok: bool) {
         self.batch_pairs.observe(pairs as f64);
@@ -144,10 +145,6 @@ impl Metrics {
         self.queue_time.observe(seconds);
     }
 
-    pub fn overloaded(&self) {
-        self.rejected_overloaded.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// A request whose client went away before its forward.
     pub fn cancelled(&self) {
         self.cancelled.fetch_add(1, Ordering::Relaxed);
@@ -157,6 +154,87 @@ impl Metrics {
     pub fn deadline_exceeded(&self) {
         self.deadline_exceeded.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// The per-model histograms, by name and help.
+const MODEL_HISTOGRAMS: [(&str, &str); 4] = [
+    (
+        "queue_duration_seconds",
+        "Time from acceptance to a request's first forward.",
+    ),
+    ("forward_duration_seconds", "Time of one forward pass."),
+    ("batch_pairs", "Pairs in one forward pass."),
+    ("batch_tokens", "Tokens in one forward pass."),
+];
+
+/// The per-model counters, by name and help.
+const MODEL_COUNTERS: [(&str, &str); 5] = [
+    ("tokens_total", "Tokens scored."),
+    ("pairs_total", "Pairs scored."),
+    ("forward_failures_total", "Forward passes that failed."),
+    (
+        "cancelled_total",
+        "Requests dropped because their client went away.",
+    ),
+    (
+        "deadline_exceeded_total",
+        "Requests answered 504 because their deadline passed before they were scored; their pairs not yet scored were dropped before their forward.",
+    ),
+];
+
+impl ModelMetrics {
+    fn histogram(&self, i: usize) -> &Histogram {
+        [
+            &self.queue_time,
+            &self.forward_time,
+            &self.batch_pairs,
+            &self.batch_tokens,
+        ][i]
+    }
+
+    fn counter(&self, i: usize) -> u64 {
+        [
+            &self.tokens,
+            &self.pairs,
+            &self.forward_failures,
+            &self.cancelled,
+            &self.deadline_exceeded,
+        ][i]
+            .load(Ordering::Relaxed)
+    }
+}
+
+impl Metrics {
+    /// The metrics of model `name`, made on first use; the same ones after a swap.
+    pub fn model(&self, name: &str) -> Arc<ModelMetrics> {
+        self.models
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// One answered request; `model` is empty when none was picked (not a scoring route, or
+    /// refused before routing).
+    pub fn request(&self, route: &str, status: u16, model: &str, seconds: f64) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((route.to_string(), status, model.to_string()))
+            .or_default() += 1;
+        self.latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(route.to_string())
+            .or_insert_with(|| Histogram::new(SECONDS))
+            .observe(seconds);
+    }
+
+    pub fn overloaded(&self) {
+        self.rejected_overloaded.fetch_add(1, Ordering::Relaxed);
+    }
 
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
@@ -164,9 +242,9 @@ impl Metrics {
         let p = "crossrank";
         let _ = writeln!(
             out,
-            "# HELP {p}_requests_total Requests answered, by route and status.\n# TYPE {p}_requests_total counter"
+            "# HELP {p}_requests_total Requests answered, by route, status and model (empty when none was picked).\n# TYPE {p}_requests_total counter"
         );
-        for ((route, status), n) in self
+        for ((route, status, model), n) in self
             .requests
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -174,7 +252,7 @@ impl Metrics {
         {
             let _ = writeln!(
                 out,
-                "{p}_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+                "{p}_requests_total{{route=\"{route}\",status=\"{status}\",model=\"{model}\"}} {n}"
             );
         }
         let _ = writeln!(
@@ -193,64 +271,41 @@ impl Metrics {
                 &format!("route=\"{route}\""),
             );
         }
-        let hists: [(&str, &str, &Histogram); 4] = [
-            (
-                "queue_duration_seconds",
-                "Time from acceptance to a request's first forward.",
-                &self.queue_time,
-            ),
-            (
-                "forward_duration_seconds",
-                "Time of one forward pass.",
-                &self.forward_time,
-            ),
-            (
-                "batch_pairs",
-                "Pairs in one forward pass.",
-                &self.batch_pairs,
-            ),
-            (
-                "batch_tokens",
-                "Tokens in one forward pass.",
-                &self.batch_tokens,
-            ),
-        ];
-        for (name, help, h) in hists {
+        let models: Vec<(String, Arc<ModelMetrics>)> = self
+            .models
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(n, m)| (n.clone(), m.clone()))
+            .collect();
+        for (i, (name, help)) in MODEL_HISTOGRAMS.iter().enumerate() {
             let _ = writeln!(out, "# HELP {p}_{name} {help}\n# TYPE {p}_{name} histogram");
-            h.write(&mut out, &format!("{p}_{name}"), "");
+            for (model, m) in &models {
+                m.histogram(i).write(
+                    &mut out,
+                    &format!("{p}_{name}"),
+                    &format!("model=\"{model}\""),
+                );
+            }
         }
-        let scalars: [(&str, &str, &str, &AtomicU64); 7] = [
+        for (i, (name, help)) in MODEL_COUNTERS.iter().enumerate() {
+            let _ = writeln!(out, "# HELP {p}_{name} {help}\n# TYPE {p}_{name} counter");
+            for (model, m) in &models {
+                let _ = writeln!(out, "{p}_{name}{{model=\"{model}\"}} {}", m.counter(i));
+            }
+        }
+        let scalars: [(&str, &str, &str, &AtomicU64); 2] = [
             (
                 "queue_depth",
                 "gauge",
-                "Requests accepted and not yet answered.",
+                "Requests accepted and not yet answered, all models together.",
                 &self.queue_depth,
-            ),
-            ("tokens_total", "counter", "Tokens scored.", &self.tokens),
-            ("pairs_total", "counter", "Pairs scored.", &self.pairs),
-            (
-                "forward_failures_total",
-                "counter",
-                "Forward passes that failed.",
-                &self.forward_failures,
             ),
             (
                 "overloaded_total",
                 "counter",
                 "Requests refused with 503 past --max-concurrent.",
                 &self.rejected_overloaded,
-            ),
-            (
-                "cancelled_total",
-                "counter",
-                "Requests dropped because their client went away.",
-                &self.cancelled,
-            ),
-            (
-                "deadline_exceeded_total",
-                "counter",
-                "Requests answered 504 because their deadline passed before they were scored; their pairs not yet scored were dropped before their forward.",
-                &self.deadline_exceeded,
             ),
         ];
         for (name, kind, help, v) in scalars {
@@ -271,18 +326,30 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative() {
         let m = Metrics::default();
-        m.forward(3, 100, 0.003, true);
-        m.forward(40, 5000, 0.2, true);
-        m.request("/rerank", 200, 0.01);
+        let a = m.model("a");
+        a.forward(3, 100, 0.003, true);
+        a.forward(40, 5000, 0.2, true);
+        m.model("b").forward(1, 10, 0.001, false);
+        m.request("/rerank", 200, "a", 0.01);
         let text = m.render();
         assert!(
-            text.contains("crossrank_batch_pairs_bucket{le=\"4\"} 1\n"),
+            text.contains("crossrank_batch_pairs_bucket{model=\"a\",le=\"4\"} 1\n"),
             "{text}"
         );
-        assert!(text.contains("crossrank_batch_pairs_bucket{le=\"64\"} 2\n"));
-        assert!(text.contains("crossrank_batch_pairs_bucket{le=\"+Inf\"} 2\n"));
-        assert!(text.contains("crossrank_tokens_total 5100\n"));
-        assert!(text.contains("crossrank_requests_total{route=\"/rerank\",status=\"200\"} 1\n"));
+        assert!(text.contains("crossrank_batch_pairs_bucket{model=\"a\",le=\"64\"} 2\n"));
+        assert!(text.contains("crossrank_batch_pairs_bucket{model=\"a\",le=\"+Inf\"} 2\n"));
+        assert!(text.contains("crossrank_tokens_total{model=\"a\"} 5100\n"));
+        assert!(text.contains("crossrank_tokens_total{model=\"b\"} 0\n"));
+        assert!(text.contains("crossrank_forward_failures_total{model=\"b\"} 1\n"));
+        assert!(text.contains(
+            "crossrank_requests_total{route=\"/rerank\",status=\"200\",model=\"a\"} 1\n"
+        ));
+        // One HELP and TYPE per family, however many models.
+        assert_eq!(
+            text.matches("# TYPE crossrank_tokens_total counter")
+                .count(),
+            1
+        );
         assert!(text.contains(
             "crossrank_request_duration_seconds_bucket{route=\"/rerank\",le=\"0.01\"} 1\n"
         ));

@@ -7,28 +7,34 @@
 pub mod api;
 pub mod http;
 pub mod metrics;
+pub mod models;
 pub mod scheduler;
 pub mod stdio;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::engine::{self, Device, LoadOptions, Reranker};
+use crate::engine::{self, Device};
 use crate::error::{Error, Result};
 use api::{ApiError, Call, Limits, Meta, Timeout};
 use metrics::Metrics;
-use scheduler::Scheduler;
+use models::{Loaded, ModelSpec, Models};
 
 /// Everything `crossrank serve` is told on its command line (clap reads it as is).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeOptions {
-    /// Model directory: config.json, tokenizer.json, model.safetensors.
+    /// A model to serve: `NAME=DIR`, or a bare `DIR` named after its folder (DIR holds
+    /// config.json, tokenizer.json, model.safetensors). Repeat it to serve several; a request
+    /// picks one by its `model` field.
+    #[arg(long = "model", value_name = "[NAME=]DIR", required = true)]
+    pub models: Vec<ModelSpec>,
+    /// The model that answers requests naming none; default: the first --model.
     #[arg(long)]
-    pub model: PathBuf,
+    pub default_model: Option<String>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: Device,
@@ -70,9 +76,20 @@ pub struct ServeOptions {
 
 impl ServeOptions {
     /// The defaults of the command line, for `model` on `device`.
+    /// The model is named after its folder, as a bare `--model DIR` is (a folder whose name
+    /// cannot name a model is refused at start).
     pub fn new(model: impl Into<PathBuf>, device: Device) -> Self {
+        let path: PathBuf = model.into();
+        let spec = ModelSpec::from_dir(&path).unwrap_or_else(|_| ModelSpec {
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path,
+        });
         ServeOptions {
-            model: model.into(),
+            models: vec![spec],
+            default_model: None,
             device,
             host: "127.0.0.1".into(),
             port: 8080,
@@ -105,79 +122,95 @@ impl ServeOptions {
         if self.api_key.as_deref() == Some("") {
             return Err(Error::input("--api-key must not be empty"));
         }
+        let mut seen = std::collections::BTreeSet::new();
+        for spec in &self.models {
+            models::check_name(&spec.name)?;
+            if !seen.insert(spec.name.as_str()) {
+                return Err(Error::input(format!(
+                    "--model {} is given twice; give each model its own name with --model NAME=DIR",
+                    spec.name
+                )));
+            }
+        }
+        if let Some(d) = &self.default_model {
+            if !seen.contains(d.as_str()) {
+                let names: Vec<&str> = seen.into_iter().collect();
+                return Err(Error::input(format!(
+                    "--default-model {d} is not one of the models given: {}",
+                    names.join(", ")
+                )));
+            }
+        }
         Ok(())
     }
 }
 
 /// What one answered request adds to its log line.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Served {
     pub docs: usize,
     pub tokens: usize,
     pub queue: Duration,
     pub infer: Duration,
+    /// The model picked, once one was.
+    pub model: Option<ModelTag>,
 }
 
-/// A loaded, warmed-up model behind a running scheduler.
+/// Which model answered: its name and the revision of its weights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelTag {
+    pub name: String,
+    pub revision: u64,
+}
+
+/// The served models, each loaded, warmed up and behind a running scheduler.
 pub struct Service {
-    reranker: Arc<Reranker>,
-    scheduler: Scheduler,
+    pub models: Models,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub opts: ServeOptions,
-    /// The name answers carry when the client names no model: the directory's name.
-    model_name: String,
+    /// The last revision given to a load.
+    revisions: AtomicU64,
     id_prefix: String,
     next_id: AtomicU64,
 }
 
 impl Service {
-    /// The Prometheus text of /metrics: the serving metrics, then the model's shared-prefix
+    /// The Prometheus text of /metrics: the serving metrics, then each model's shared-prefix
     /// saving (tokens an LLM reranker's shared-prefix forward kept out of the layers).
     pub fn render_metrics(&self) -> String {
         let mut text = self.metrics.render();
-        text.push_str(&format!(
-            "# HELP crossrank_shared_prefix_tokens_total Tokens not run through the model because a prefix shared by the pairs of a forward ran once (LLM rerankers).\n# TYPE crossrank_shared_prefix_tokens_total counter\ncrossrank_shared_prefix_tokens_total {}\n",
-            self.reranker.shared_tokens()
-        ));
+        text.push_str("# HELP crossrank_shared_prefix_tokens_total Tokens not run through the model because a prefix shared by the pairs of a forward ran once (LLM rerankers; since the model's last load).\n# TYPE crossrank_shared_prefix_tokens_total counter\n");
+        for m in self.models.all() {
+            text.push_str(&format!(
+                "crossrank_shared_prefix_tokens_total{{model=\"{}\"}} {}\n",
+                m.name,
+                m.reranker.shared_tokens()
+            ));
+        }
         text
     }
 
-    /// Loads the model, runs a warm-up forward and starts the scheduler. Prints a start-up
-    /// summary on stderr.
+    /// Loads every model, each with a warm-up forward, and starts their schedulers. Prints a
+    /// start-up summary on stderr.
     pub fn start(opts: ServeOptions) -> Result<Arc<Service>> {
         opts.check()?;
-        let t0 = Instant::now();
-        let reranker = Reranker::load(
-            &opts.model,
-            opts.device,
-            &LoadOptions {
-                max_batch_tokens: opts.max_batch_tokens,
-                cuda: opts.cuda,
-                template: opts.template.clone(),
-            },
-        )?;
-        let loaded = t0.elapsed();
-        let t1 = Instant::now();
-        reranker.rerank("warm-up", &["warm-up"], &engine::Options::default())?;
-        let warm = t1.elapsed();
-        let info = reranker.info();
-        let model_name = opts
-            .model
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| opts.model.display().to_string());
+        let metrics = Arc::new(Metrics::default());
+        let mut loaded = Vec::with_capacity(opts.models.len());
+        for (i, spec) in opts.models.iter().enumerate() {
+            loaded.push(Loaded::load(
+                &spec.name,
+                &spec.path,
+                i as u64 + 1,
+                &opts,
+                &metrics,
+            )?);
+        }
+        let models = Models::new(loaded, opts.default_model.as_deref())?;
         eprintln!(
-            "crossrank serve: {} ({}, {} parameters, {}) on {}, loaded in {:.0} ms, warm-up forward {:.1} ms; max length {}, max batch tokens {}, max client batch {}, max concurrent {}, max body {} bytes, request timeout {}{}",
-            opts.model.display(),
-            info.architecture,
-            info.parameters,
-            info.dtype,
-            reranker.device_name(),
-            loaded.as_secs_f64() * 1e3,
-            warm.as_secs_f64() * 1e3,
-            info.max_length,
-            reranker.max_batch_tokens(),
+            "crossrank serve: {} model(s), default {}; max client batch {}, max concurrent {}, max body {} bytes, request timeout {}{}",
+            opts.models.len(),
+            models.default_name(),
             opts.max_client_batch_size,
             opts.max_concurrent,
             opts.max_body_bytes,
@@ -188,35 +221,48 @@ impl Service {
         let limits = Limits {
             max_client_batch_size: opts.max_client_batch_size,
         };
-        let reranker = Arc::new(reranker);
-        let metrics = Arc::new(Metrics::default());
-        let scheduler = Scheduler::start(reranker.clone(), metrics.clone(), opts.max_concurrent)?;
         let since_epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         Ok(Arc::new(Service {
-            reranker,
-            scheduler,
+            models,
             metrics,
             limits,
+            revisions: AtomicU64::new(opts.models.len() as u64),
             opts,
-            model_name,
             id_prefix: format!("{:x}", since_epoch.as_micros()),
             next_id: AtomicU64::new(0),
         }))
     }
 
+    /// A revision for the next load: one more than any given so far.
+    pub fn next_revision(&self) -> u64 {
+        self.revisions.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
     /// Scores a checked request through the scheduler and renders its answer. A request with
-    /// no budget of its own gets --request-timeout-ms.
-    pub async fn rerank(&self, mut call: Call) -> std::result::Result<(Value, Served), ApiError> {
+    /// no budget of its own gets --request-timeout-ms. `served` gets the model as soon as one
+    /// is picked (an error after that counts against it), and the rest with the answer.
+    pub async fn rerank(
+        &self,
+        mut call: Call,
+        served: &mut Served,
+    ) -> std::result::Result<Value, ApiError> {
+        served.docs = call.documents();
         if call.timeout.is_none() {
             call.timeout = self.opts.request_timeout_ms.map(|ms| Timeout {
                 ms,
                 source: "--request-timeout-ms",
             });
         }
+        let model = self.models.get(call.model.as_deref())?;
+        served.model = Some(ModelTag {
+            name: model.name.clone(),
+            revision: model.revision,
+        });
         let call = Arc::new(call);
-        let scored = self.scheduler.submit(call.clone())?.answer().await?;
+        // `model` is held until the answer: a swap meanwhile does not free it.
+        let scored = model.scheduler.submit(call.clone())?.answer().await?;
         let id = format!(
             "{}-{}",
             self.id_prefix,
@@ -224,36 +270,33 @@ impl Service {
         );
         let meta = Meta {
             id: &id,
-            model: &self.model_name,
+            model: &model.name,
             total_tokens: scored.tokens,
         };
         let body = api::render(&call, &scored.groups, &meta);
-        let served = Served {
-            docs: call.documents(),
-            tokens: scored.tokens,
-            queue: scored.queue,
-            infer: scored.infer,
-        };
-        Ok((body, served))
+        served.tokens = scored.tokens;
+        served.queue = scored.queue;
+        served.infer = scored.infer;
+        Ok(body)
     }
 
-    /// The scheduler's threads are running.
+    /// Every model's scheduler threads are running.
     pub fn healthy(&self) -> bool {
-        self.scheduler.healthy()
+        self.models.all().iter().all(|m| m.scheduler.healthy())
     }
 
-    /// GET /info.
+    /// GET /info: the default model's facts at the top (as when one model was served), then
+    /// every model's under `models`.
     pub fn info(&self) -> Value {
-        let info = self.reranker.info();
-        json!({
-            "model": self.model_name,
-            "model_path": info.path,
-            "architecture": info.architecture,
-            "parameters": info.parameters,
-            "dtype": info.dtype,
-            "device": self.reranker.device_name(),
-            "max_length": info.max_length,
-            "max_batch_tokens": self.reranker.max_batch_tokens(),
+        let models: Vec<Value> = self.models.all().iter().map(|m| model_info(m)).collect();
+        let mut out = models
+            .iter()
+            .find(|m| m["model"] == self.models.default_name())
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        let more = json!({
+            "default_model": self.models.default_name(),
+            "models": models,
             "max_client_batch_size": self.opts.max_client_batch_size,
             "max_concurrent": self.opts.max_concurrent,
             "max_body_bytes": self.opts.max_body_bytes,
@@ -262,19 +305,45 @@ impl Service {
             "cuda_graphs": self.opts.cuda.cuda_graphs,
             "tune_gemm": self.opts.cuda.tune_gemm,
             "version": env!("CARGO_PKG_VERSION"),
-        })
+        });
+        if let (Some(out), Value::Object(more)) = (out.as_object_mut(), more) {
+            out.extend(more);
+        }
+        out
     }
 
     /// Stops taking requests and waits until every accepted one is answered.
     pub fn drain(&self) {
-        self.scheduler.shutdown();
+        for m in self.models.all() {
+            m.scheduler.shutdown();
+        }
     }
+}
+
+/// One model's entry in /info.
+fn model_info(m: &Loaded) -> Value {
+    let info = m.reranker.info();
+    json!({
+        "model": m.name,
+        "revision": m.revision,
+        "model_path": info.path,
+        "architecture": info.architecture,
+        "family": info.family,
+        "parameters": info.parameters,
+        "dtype": info.dtype,
+        "device": m.reranker.device_name(),
+        "max_length": info.max_length,
+        "max_batch_tokens": m.reranker.max_batch_tokens(),
+    })
 }
 
 /// Logs one answered request on stderr.
 pub fn log_request(method: &str, path: &str, status: u16, s: &Served, total: Duration) {
+    let model = s.model.as_ref().map_or(String::new(), |m| {
+        format!(" model={}@{}", m.name, m.revision)
+    });
     eprintln!(
-        "{method} {path} {status} docs={} tokens={} queue_ms={:.1} infer_ms={:.1} total_ms={:.1}",
+        "{method} {path} {status} docs={} tokens={} queue_ms={:.1} infer_ms={:.1} total_ms={:.1}{model}",
         s.docs,
         s.tokens,
         s.queue.as_secs_f64() * 1e3,

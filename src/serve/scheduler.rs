@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::api::{ApiError, Call, GroupScores, Timeout};
-use super::metrics::Metrics;
+use super::metrics::{Metrics, ModelMetrics};
 use crate::engine::Reranker;
 use crate::error::{Error, Result};
 use crate::tokenize::{EncodedPair, TruncationSide};
@@ -170,7 +170,7 @@ impl Ticket {
         }
     }
 
-    fn settle(self, verdict: Verdict, metrics: &Metrics) {
+    fn settle(self, verdict: Verdict, metrics: &ModelMetrics) {
         match verdict {
             Verdict::Expired(timeout) => {
                 metrics.deadline_exceeded();
@@ -220,22 +220,32 @@ impl Drop for AliveGuard {
 }
 
 impl Scheduler {
-    /// Starts the tokenizer and inference threads over a loaded model.
+    /// Starts the tokenizer and inference threads over a loaded model; its forwards count in
+    /// `metrics.model(model)`, its requests in the server's queue depth.
     pub fn start<S: PairScorer>(
         reranker: Arc<S>,
         metrics: Arc<Metrics>,
+        model: &str,
         max_concurrent: usize,
     ) -> Result<Self> {
-        Self::start_with_clock(reranker, metrics, max_concurrent, Arc::new(Instant::now))
+        Self::start_with_clock(
+            reranker,
+            metrics,
+            model,
+            max_concurrent,
+            Arc::new(Instant::now),
+        )
     }
 
     /// [`Scheduler::start`] with deadlines measured on `clock`.
     pub fn start_with_clock<S: PairScorer>(
         reranker: Arc<S>,
         metrics: Arc<Metrics>,
+        model: &str,
         max_concurrent: usize,
         clock: Clock,
     ) -> Result<Self> {
+        let stats = metrics.model(model);
         let (submit, jobs) = mpsc::channel::<Job>();
         let (encoded_tx, encoded_rx) = mpsc::channel::<Encoded>();
         let alive = Arc::new(AtomicBool::new(true));
@@ -249,12 +259,12 @@ impl Scheduler {
                 })
                 .map_err(|e| Error::Internal(format!("cannot start the {name} thread: {e}")))
         };
-        let (r, m, c) = (reranker.clone(), metrics.clone(), clock.clone());
+        let (r, m, c) = (reranker.clone(), stats.clone(), clock.clone());
         let tokenizer = spawn(
             "crossrank-tokenize",
             Box::new(move || tokenize_loop(&*r, &m, &c, jobs, encoded_tx)),
         )?;
-        let (r, m, a, c) = (reranker, metrics.clone(), alive.clone(), clock.clone());
+        let (r, m, a, c) = (reranker, stats, alive.clone(), clock.clone());
         let inference = spawn(
             "crossrank-forward",
             Box::new(move || inference_loop(&*r, &m, &a, &c, encoded_rx)),
@@ -341,7 +351,7 @@ impl Drop for Scheduler {
 
 fn tokenize_loop<S: PairScorer>(
     r: &S,
-    metrics: &Metrics,
+    metrics: &ModelMetrics,
     clock: &Clock,
     jobs: Receiver<Job>,
     out: Sender<Encoded>,
@@ -468,7 +478,7 @@ fn plan(waiting: &[&[EncodedPair]], limit: usize) -> Vec<usize> {
 /// but a model whose forward panicked may be broken (a poisoned arena), so /health says so.
 fn inference_loop<S: PairScorer>(
     r: &S,
-    metrics: &Metrics,
+    metrics: &ModelMetrics,
     alive: &AtomicBool,
     clock: &Clock,
     jobs: Receiver<Encoded>,
@@ -583,7 +593,7 @@ impl Active {
 
     /// Answers with the scores, or with the 504 its caller has already given if the deadline
     /// passed during its last forward.
-    fn finish(self, now: Instant, metrics: &Metrics) {
+    fn finish(self, now: Instant, metrics: &ModelMetrics) {
         let ticket = self.job.ticket;
         if let Some(verdict @ Verdict::Expired(_)) = ticket.verdict(now) {
             ticket.settle(verdict, metrics);
@@ -745,9 +755,14 @@ mod tests {
             let (base, ms) = (Instant::now(), clock_ms.clone());
             let clock: Clock =
                 Arc::new(move || base + Duration::from_millis(ms.load(Ordering::Acquire)));
-            let scheduler =
-                Scheduler::start_with_clock(fake.clone(), metrics.clone(), max_concurrent, clock)
-                    .unwrap();
+            let scheduler = Scheduler::start_with_clock(
+                fake.clone(),
+                metrics.clone(),
+                "m",
+                max_concurrent,
+                clock,
+            )
+            .unwrap();
             Rig {
                 fake,
                 metrics,
@@ -875,8 +890,8 @@ mod tests {
             );
             let text = self.metrics.render();
             for line in [
-                "crossrank_deadline_exceeded_total 1\n",
-                "crossrank_cancelled_total 0\n",
+                "crossrank_deadline_exceeded_total{model=\"m\"} 1\n",
+                "crossrank_cancelled_total{model=\"m\"} 0\n",
                 "crossrank_queue_depth 0\n",
             ] {
                 assert!(text.contains(line), "{line:?} not in\n{text}");
@@ -1215,7 +1230,7 @@ mod tests {
         assert!(rig
             .metrics
             .render()
-            .contains("crossrank_deadline_exceeded_total 1\n"));
+            .contains("crossrank_deadline_exceeded_total{model=\"m\"} 1\n"));
     }
 
     /// A request already past its deadline when the tokenizer reaches it is not even tokenized.
@@ -1290,7 +1305,7 @@ mod tests {
         assert!(rig
             .metrics
             .render()
-            .contains("crossrank_forward_failures_total 2\n"));
+            .contains("crossrank_forward_failures_total{model=\"m\"} 2\n"));
     }
 
     /// crossrank_pairs_total and crossrank_tokens_total count scored pairs only: the pairs of
@@ -1310,10 +1325,10 @@ mod tests {
         // Scored: the gate (1 token), a (8) and d (2); not the 9 tokens of the failed forward.
         let text = rig.metrics.render();
         for line in [
-            "crossrank_pairs_total 3\n",
-            "crossrank_tokens_total 11\n",
-            "crossrank_forward_failures_total 1\n",
-            "crossrank_batch_pairs_count 3\n",
+            "crossrank_pairs_total{model=\"m\"} 3\n",
+            "crossrank_tokens_total{model=\"m\"} 11\n",
+            "crossrank_forward_failures_total{model=\"m\"} 1\n",
+            "crossrank_batch_pairs_count{model=\"m\"} 3\n",
         ] {
             assert!(text.contains(line), "{line:?} not in\n{text}");
         }
@@ -1331,7 +1346,7 @@ mod tests {
         assert!(rig
             .metrics
             .render()
-            .contains("crossrank_cancelled_total 1\n"));
+            .contains("crossrank_cancelled_total{model=\"m\"} 1\n"));
         rig.scheduler.shutdown();
         assert_eq!(rig.metrics.queue_depth.load(Ordering::Acquire), 0);
     }

@@ -115,23 +115,21 @@ async fn answer(service: &Service, line: &[u8]) -> String {
         };
         path = route.path().to_string();
         let call = api::parse_value(route, value, &service.limits)?;
-        served.docs = call.documents();
-        service.rerank(call).await
+        service.rerank(call, &mut served).await
     }
     .await;
     let (status, out) = match result {
-        Ok((body, s)) => {
-            served = s;
-            (200, json!({ "id": id, "status": 200, "result": body }))
-        }
+        Ok(body) => (200, json!({ "id": id, "status": 200, "result": body })),
         Err(e) => (
             e.status,
             json!({ "id": id, "status": e.status, "error": e.message, "error_type": e.kind }),
         ),
     };
+    let model = served.model.as_ref().map_or("", |m| m.name.as_str());
     service.metrics.request(
         &format!("stdio:{path}"),
         status,
+        model,
         start.elapsed().as_secs_f64(),
     );
     log_request("STDIO", &path, status, &served, start.elapsed());
