@@ -3,6 +3,7 @@
 //! The data goes one way: text → tokens ([`tokenize`]) → packed batch ([`batch`]) → forward
 //! ([`model`] over a [`backend`]) → scores ([`engine`]).
 
+pub mod audit;
 pub mod backend;
 pub mod batch;
 pub mod bench;

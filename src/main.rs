@@ -60,6 +60,9 @@ enum Command {
     Serve(crossrank::serve::ServeOptions),
     #[command(flatten)]
     Bench(crossrank::bench::cli::BenchCommand),
+    /// Compare two models' rankings on a query set: per-query Kendall's tau-b, Spearman's rho,
+    /// top-k overlap, RBO, movers and score shifts, into audit.json, audit.md and PNG charts.
+    Audit(crossrank::audit::AuditOptions),
     /// Print version, backends, CUDA architectures and devices, and a model's facts, as JSON.
     Info {
         #[arg(long)]
@@ -144,6 +147,7 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Serve(opts) => crossrank::serve::run(opts),
         Command::Bench(cmd) => crossrank::bench::cli::run(cmd),
+        Command::Audit(opts) => crossrank::audit::run(opts),
         Command::Info { model } => {
             let mut out = serde_json::json!({
                 "version": env!("CARGO_PKG_VERSION"),
