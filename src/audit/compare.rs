@@ -533,20 +533,24 @@ mod tests {
         t.add(&q, &rose);
         let fell = compare(&q, &b, &a, &S);
         t.add(&q, &fell);
+        // Unmoved: counts as a query, neither a rise nor a fall.
+        let still = compare(&q, &a, &a, &S);
+        t.add(&q, &still);
         let (rising, falling) = t.trends(2, 10);
         assert_eq!(rising.len(), 1);
         assert_eq!(rising[0].key, doc_key(&q.docs[0]));
         assert_eq!(
             (rising[0].queries, rising[0].rose, rising[0].fell),
-            (3, 2, 1)
+            (4, 2, 1)
         );
-        assert!((rising[0].mean_gain - 1.0 / 3.0).abs() < 1e-12);
+        assert!((rising[0].mean_gain - 1.0 / 4.0).abs() < 1e-12);
         assert_eq!(falling.len(), 1);
         assert_eq!(falling[0].text, "other");
+        // The unmoved query (tau 1) is not among the most changed.
         let most = t.most_changed();
         assert_eq!(most.len(), 3);
         assert!(most.iter().all(|m| m.kendall_tau_b == -1.0));
-        assert_eq!(t.unchanged, 0);
+        assert_eq!(t.unchanged, 1);
     }
 
     #[test]

@@ -231,6 +231,16 @@ mod tests {
         assert!(close(spearman_rho(&x, &y).unwrap(), 5.0 / 6.0));
     }
 
+    /// A pair tied in both vectors counts in both n1 and n2: x = 1 1 2, y = 1 1 3 has pair
+    /// (0,1) tied in both, two concordant: tau-b = 2 / sqrt((3 - 1) (3 - 1)) = 1.
+    #[test]
+    fn a_pair_tied_in_both_counts_in_both() {
+        assert!(close(
+            kendall_tau_b(&[1.0, 1.0, 2.0], &[1.0, 1.0, 3.0]).unwrap(),
+            1.0
+        ));
+    }
+
     #[test]
     fn undefined_cases_are_none() {
         assert_eq!(kendall_tau_b(&[], &[]), None);
