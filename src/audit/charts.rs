@@ -57,6 +57,7 @@ fn bar_chart(
     subtitle: &str,
     x_desc: &str,
     x_range: (f64, f64),
+    x_labels: (usize, &dyn Fn(&f64) -> String),
     bars: &[(f64, f64, u64)],
 ) -> Result<()> {
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
@@ -81,6 +82,8 @@ fn bar_chart(
         .disable_x_mesh()
         .light_line_style(RGBColor(238, 238, 238))
         .x_desc(x_desc)
+        .x_labels(x_labels.0)
+        .x_label_formatter(x_labels.1)
         .y_desc("queries")
         .y_labels((top as usize + 1).min(11))
         .label_style((FONT_NAME, 14))
@@ -173,30 +176,36 @@ pub fn draw_all(out: &Path, f: &Finished) -> Result<Vec<String>> {
         &subtitle,
         "tau-b (1 = same order, -1 = reversed)",
         (-1.0, 1.0),
+        (11, &|x: &f64| format!("{x:.1}")),
         &bars,
     )?;
 
-    // One bar per possible overlap j/k; a query shorter than k rounds to the nearest.
+    // One bar per possible overlap j/k, at x = j; a query shorter than k rounds to the
+    // nearest.
     let k = f.options.top_k;
     let mut counts = vec![0u64; k + 1];
     for &x in &t.overlap {
         counts[((x * k as f64).round() as usize).min(k)] += 1;
     }
-    let half = 0.5 / k as f64;
     let bars: Vec<(f64, f64, u64)> = counts
         .iter()
         .enumerate()
-        .map(|(j, &c)| {
-            let x = j as f64 / k as f64;
-            (x - half, x + half, c)
-        })
+        .map(|(j, &c)| (j as f64 - 0.5, j as f64 + 0.5, c))
         .collect();
+    let of_k = |x: &f64| {
+        if (x - x.round()).abs() < 1e-9 && *x >= 0.0 {
+            format!("{}/{k}", x.round() as usize)
+        } else {
+            String::new()
+        }
+    };
     bar_chart(
         &out.join(FILES[1]),
         &format!("Top-{k} overlap per query"),
         &subtitle,
-        &format!("share of A's top {k} also in B's top {k}"),
-        (-half, 1.0 + half),
+        &format!("documents of A's top {k} also in B's top {k}"),
+        (-0.5, k as f64 + 0.5),
+        ((k + 1).min(11), &of_k),
         &bars,
     )?;
 

@@ -200,6 +200,8 @@ struct Progress {
     total_pairs: usize,
     start: Instant,
     last: Option<Instant>,
+    /// The query count of the last line written.
+    shown: Option<usize>,
     tty: bool,
 }
 
@@ -210,6 +212,7 @@ impl Progress {
             total_pairs,
             start: Instant::now(),
             last: None,
+            shown: None,
             tty: std::io::stderr().is_terminal(),
         }
     }
@@ -219,7 +222,12 @@ impl Progress {
         if !done && self.last.is_some_and(|t| t.elapsed().as_secs_f64() < every) {
             return;
         }
+        // The closing call repeats nothing the last line already said.
+        if done && !self.tty && self.shown == Some(queries) {
+            return;
+        }
         self.last = Some(Instant::now());
+        self.shown = Some(queries);
         let secs = self.start.elapsed().as_secs_f64();
         let width = 30;
         let filled = (width * pairs)
