@@ -536,3 +536,77 @@ fn bad_input_is_refused_with_the_line() {
     );
     assert_refused(&audit(&a, &a, &qs, &out, &["--device", "gpu"]), &["gpu"]);
 }
+
+/// `crossrank serve --sample-traffic` at rate 1 writes every accepted request's queries in the
+/// audit's format; `crossrank audit` runs on that file. A refused request is not sampled.
+#[test]
+fn served_traffic_sample_feeds_an_audit() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let dir = scratch_dir("audit-sampled");
+    let sample = dir.join("traffic.jsonl");
+    let model = model_dir("bert-f32");
+    let input = [
+        r#"{"id": 1, "query": "what do rerankers do?", "texts": ["they score passages", "cats sleep", "search engines rank"]}"#,
+        r#"{"id": 2, "groups": [{"query": "cats", "documents": ["cats sleep", "dogs bark"]}, {"query": "bread", "documents": ["flour and water", "yeast", "cats sleep"]}]}"#,
+        r#"{"id": 3, "query": "refused", "texts": ["x"], "model": "no-such-model"}"#,
+    ]
+    .join("\n")
+        + "\n";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crossrank"))
+        .args(["serve", "--stdio", "--model"])
+        .arg(&model)
+        .arg("--sample-traffic")
+        .arg(&sample)
+        .args(["--sample-rate", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = std::fs::read_to_string(&sample)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut asked: Vec<&str> = lines.iter().map(|l| l["query"].as_str().unwrap()).collect();
+    asked.sort();
+    assert_eq!(asked, vec!["bread", "cats", "what do rerankers do?"]);
+    assert!(lines.iter().all(|l| l.get("scores").is_none()));
+
+    let report_dir = dir.join("out");
+    ok(&audit(
+        &model,
+        &model_dir("xlmr-bf16"),
+        &sample,
+        &report_dir,
+        &[],
+    ));
+    let r = report(&report_dir);
+    assert_eq!(queries(&r).len(), 3);
+    check_figures(&r, 10);
+
+    let bad = crossrank(&[
+        "serve",
+        "--stdio",
+        "--model",
+        model.to_str().unwrap(),
+        "--sample-traffic",
+        sample.to_str().unwrap(),
+        "--sample-rate",
+        "2",
+    ]);
+    assert_refused(&bad, &["--sample-rate"]);
+}

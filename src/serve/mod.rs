@@ -8,6 +8,7 @@ pub mod api;
 pub mod http;
 pub mod metrics;
 pub mod models;
+pub mod sample;
 pub mod scheduler;
 pub mod stdio;
 
@@ -72,6 +73,8 @@ pub struct ServeOptions {
     /// An LLM reranker's prompt template (see `crossrank info`); default: the architecture's.
     #[arg(long)]
     pub template: Option<String>,
+    #[command(flatten)]
+    pub sampling: sample::SampleOptions,
 }
 
 impl ServeOptions {
@@ -102,6 +105,7 @@ impl ServeOptions {
             stdio: false,
             cuda: engine::CudaOptions::default(),
             template: None,
+            sampling: sample::SampleOptions::default(),
         }
     }
 
@@ -173,6 +177,8 @@ pub struct Service {
     revisions: AtomicU64,
     id_prefix: String,
     next_id: AtomicU64,
+    /// --sample-traffic: a sample of accepted requests, for `crossrank audit`.
+    sampler: Option<sample::Sampler>,
 }
 
 impl Service {
@@ -195,6 +201,7 @@ impl Service {
     /// start-up summary on stderr.
     pub fn start(opts: ServeOptions) -> Result<Arc<Service>> {
         opts.check()?;
+        let sampler = sample::Sampler::new(&opts.sampling)?;
         let metrics = Arc::new(Metrics::default());
         let mut loaded = Vec::with_capacity(opts.models.len());
         for (i, spec) in opts.models.iter().enumerate() {
@@ -232,6 +239,7 @@ impl Service {
             opts,
             id_prefix: format!("{:x}", since_epoch.as_micros()),
             next_id: AtomicU64::new(0),
+            sampler,
         }))
     }
 
@@ -256,6 +264,9 @@ impl Service {
             });
         }
         let model = self.models.get(call.model.as_deref())?;
+        if let Some(sampler) = &self.sampler {
+            sampler.offer(&call, &model.name);
+        }
         served.model = Some(ModelTag {
             name: model.name.clone(),
             revision: model.revision,
