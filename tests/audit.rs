@@ -610,3 +610,51 @@ fn served_traffic_sample_feeds_an_audit() {
     ]);
     assert_refused(&bad, &["--sample-rate"]);
 }
+
+/// A sharded model's identity: each weights file's SHA-256, and for the set the SHA-256 of
+/// their `sha256sum` lines (`sha256sum model-*.safetensors | sha256sum`). A query longer than
+/// the scatter's 50 ranks is audited whole.
+#[test]
+fn sharded_identity_and_a_long_list() {
+    use sha2::{Digest, Sha256};
+    let dir = scratch_dir("audit-sharded");
+    let docs: Vec<String> = (0..60)
+        .map(|i| format!("\"passage number {i} about {}\"", i % 7))
+        .collect();
+    let text = format!(
+        "{{\"id\": \"long\", \"query\": \"passages\", \"documents\": [{}]}}\n",
+        docs.join(", ")
+    );
+    let qs = write_queries(&dir, &text);
+    let a = model_dir("roberta-sharded");
+    let out = dir.join("out");
+    ok(&audit(&a, &model_dir("xlmr-bf16"), &qs, &out, &[]));
+    let r = report(&out);
+    let m = &r["models"]["a"];
+    let files = m["weight_files"].as_array().unwrap();
+    assert_eq!(files.len(), 2);
+    let mut lines = String::new();
+    for f in files {
+        let name = f["file"].as_str().unwrap();
+        let bytes = std::fs::read(a.join(name)).unwrap();
+        let hex: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(f["sha256"].as_str().unwrap(), hex, "{name}");
+        assert_eq!(f["bytes"].as_u64().unwrap(), bytes.len() as u64);
+        lines.push_str(&format!("{hex}  {name}\n"));
+    }
+    let set: String = Sha256::digest(lines.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(m["weights_sha256"].as_str().unwrap(), set);
+    let q = &queries(&r)[0];
+    let mut ranks = usizes(&q["ranks_b"]);
+    ranks.sort();
+    assert_eq!(ranks, (1..=60).collect::<Vec<_>>());
+    check_figures(&r, 10);
+    let (w, h, _) = png_info(&out.join("rank_scatter.png"));
+    assert_eq!((w, h), (900, 600));
+}

@@ -156,7 +156,7 @@ pub fn draw_all(out: &Path, f: &Finished) -> Result<Vec<String>> {
     register_font()?;
     let t = &f.totals;
     let subtitle = format!(
-        "A: {}   B: {}   ({} queries compared)",
+        "A: {}   B: {}   (queries compared: {})",
         short_name(&f.models[0].path),
         short_name(&f.models[1].path),
         t.tau.len()
