@@ -5,7 +5,8 @@ catch them, and restores the file: every plant must make at least one test fail.
     python3 scripts/serve_plants.py P3 P7    # some
 
 Unit plants run `cargo test --lib serve::scheduler`, HTTP plants `cargo test --test serve_http
-deadlines`, model plants (issue 12) `cargo test --test serve_http two_models`. A plant whose text no longer matches the source fails loudly (an AssertionError):
+deadlines`, model plants (issue 12) `cargo test --test serve_http two_models`, swap plants
+`cargo test --test serve_process`. A plant whose text no longer matches the source fails loudly (an AssertionError):
 update it with the code.
 """
 import os
@@ -110,11 +111,17 @@ plants=[
  ("M2 TEI's model field dropped", 'src/serve/api.rs', tei_model_plant, "models"),
  ("M3 an unknown model falls back to the default", 'src/serve/models.rs', sub("if let Some(m) = list.iter().find(|m| m.name == want) {","if let Some(m) = list.iter().find(|m| m.name == want || m.name == self.default) {"), "models"),
  ("M4 the answer names the default model", 'src/serve/mod.rs', sub("model: &model.name,","model: self.models.default_name(),"), "models"),
+ ("S1 the API key opens the admin routes", 'src/serve/http.rs', sub("(true, Some(key), _) => Some(bearer(key)),","(true, Some(key), _) => Some(bearer(key) || s.opts.api_key.as_deref().is_some_and(bearer)),"), "swap"),
+ ("S2 admin routes on without --admin-key", 'src/serve/http.rs', sub("(true, None, _) => None,","(true, None, _) => Some(true),"), "swap"),
+ ("S3 SIGHUP ignored", 'src/serve/mod.rs', sub("            service.reload_all().await;\n","            let _ = &service;\n"), "swap"),
+ ("S4 a swap keeps the old model serving", 'src/serve/models.rs', sub("Some(slot) => Some(std::mem::replace(slot, new)),","Some(_) => Some(new),"), "swap"),
+ ("S5 a failed load spends a revision", 'src/serve/mod.rs', sub("let revision = self.revisions.load(Ordering::Acquire) + 1;","let revision = self.revisions.fetch_add(1, Ordering::AcqRel) + 1;"), "swap"),
 ]
 TESTS={
  "lib": ['cargo','test','--lib','serve::scheduler'],
  "http": ['cargo','test','--test','serve_http','deadlines'],
  "models": ['cargo','test','--test','serve_http','two_models'],
+ "swap": ['cargo','test','--test','serve_process'],
 }
 only=sys.argv[1:]
 survived=[]

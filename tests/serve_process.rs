@@ -228,6 +228,7 @@ fn start_http(name: &str, key: Option<&str>) -> (Child, String, mpsc::Receiver<S
 fn start_serve(args: &[&str], key: Option<&str>) -> (Child, String, mpsc::Receiver<String>) {
     let mut cmd = crossrank();
     cmd.env_remove("CROSSRANK_API_KEY");
+    cmd.env_remove("CROSSRANK_ADMIN_KEY");
     if let Some(key) = key {
         cmd.env("CROSSRANK_API_KEY", key);
     }
@@ -391,7 +392,301 @@ fn sigint_on_an_idle_server_exits_0() {
     assert!(reply.starts_with("HTTP/1.1 401"), "{reply}");
     let reply = get(&base, "/info", "Authorization: Bearer s3cret\r\n");
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    // Without --admin-key the admin routes are off, whatever key is sent.
+    let reply = get(&base, "/admin/models/x", "Authorization: Bearer s3cret\r\n");
+    assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
+    assert!(reply.contains("--admin-key"), "{reply}");
     signal(&child, "-INT");
     let status = wait_exit(&mut child, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+/// What one client request of the swap test saw.
+struct Seen {
+    sent: Instant,
+    answered: Instant,
+    status: u16,
+    revision: u64,
+    logits: Vec<f32>,
+}
+
+/// A client of a server with `--api-key api --admin-key adm` (async; every call bounded).
+struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    fn new(base: &str) -> Client {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        Client {
+            base: base.to_string(),
+            http,
+        }
+    }
+
+    /// Sends with `key`; returns the status, the model revision header (0 if none) and the
+    /// body as JSON.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+    ) -> (u16, u64, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {key}"));
+        if let Some(b) = body {
+            r = r
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let revision = resp
+            .headers()
+            .get("x-crossrank-model-revision")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        let text = resp.text().await.unwrap();
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{path}: {status} with non-JSON {text:?}: {e}"));
+        (status, revision, value)
+    }
+
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        name: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let (s, _, v) = self
+            .send(method, &format!("/admin/models/{name}"), "adm", body)
+            .await;
+        (s, v)
+    }
+
+    /// A TEI request with raw scores for `model` (None: the default); (status, revision,
+    /// logits by input index).
+    async fn rerank(
+        &self,
+        model: Option<&str>,
+        query: &str,
+        docs: &[String],
+    ) -> (u16, u64, Vec<f32>) {
+        let mut body = json!({"query": query, "texts": docs, "raw_scores": true});
+        if let Some(m) = model {
+            body["model"] = json!(m);
+        }
+        let (s, rev, v) = self
+            .send(reqwest::Method::POST, "/rerank", "api", Some(body))
+            .await;
+        let mut logits = vec![f32::NAN; docs.len()];
+        if s == 200 {
+            for r in v.as_array().unwrap() {
+                logits[r["index"].as_u64().unwrap() as usize] = r["score"].as_f64().unwrap() as f32;
+            }
+        }
+        (s, rev, logits)
+    }
+}
+
+/// Within BATCH_TOL of `want`, entry by entry.
+fn close(got: &[f32], want: &[f32]) -> bool {
+    got.len() == want.len()
+        && got
+            .iter()
+            .zip(want)
+            .all(|(g, w)| (g - w).abs() <= BATCH_TOL * w.abs().max(1.0))
+}
+
+/// A swap under a bounded concurrent load: `POST /admin/models/m` moves model m from a BERT
+/// checkpoint to an XLM-R one while four clients send requests back to back. No request fails;
+/// each answer carries the old model's revision and scores or the new one's, never a mix; what
+/// was answered before the admin call was sent is the old model's, what was sent after it
+/// answered is the new one's; the old model is freed. Then a failed swap (broken files) keeps
+/// the new model serving, a model is added and removed, admin calls need the admin key (not
+/// the API key), and SIGHUP reloads every model from its path.
+#[test]
+fn swaps_under_load_lose_no_request_and_each_answer_is_one_models() {
+    let (bert, xlmr) = (model_dir("bert-f32"), model_dir("xlmr-bf16"));
+    let load =
+        |dir: &std::path::Path| Reranker::load(dir, Device::Cpu, &LoadOptions::default()).unwrap();
+    let gold = golden("bert-f32");
+    let (query, docs) = (
+        gold.groups[0].query.clone(),
+        gold.groups[0].passages.clone(),
+    );
+    let old = raw_logits(&load(&bert), &query, &docs);
+    let new = raw_logits(&load(&xlmr), &query, &docs);
+    assert!(!close(&old, &new), "the two models must score apart");
+
+    let m = format!("m={}", bert.display());
+    let (mut child, base, stderr) = start_serve(
+        &[
+            "--model",
+            &m,
+            "--admin-key",
+            "adm",
+            "--max-batch-tokens",
+            "256",
+        ],
+        Some("api"),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = std::sync::Arc::new(Client::new(&base));
+    use reqwest::Method;
+    runtime.block_on(async {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Seen>::new()));
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                let (c, stop, seen) = (client.clone(), stop.clone(), seen.clone());
+                let (q, d) = (query.clone(), docs.clone());
+                tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                        let sent = Instant::now();
+                        let (status, revision, logits) = c.rerank(Some("m"), &q, &d).await;
+                        let answered = Instant::now();
+                        seen.lock().unwrap().push(Seen { sent, answered, status, revision, logits });
+                    }
+                })
+            })
+            .collect();
+        // Bounded waits: until `n` answers satisfy `which`, at most 60 s.
+        let wait_for = |n: usize, which: &dyn Fn(&Seen) -> bool| {
+            let start = Instant::now();
+            loop {
+                let k = seen.lock().unwrap().iter().filter(|s| which(s)).count();
+                if k >= n {
+                    return;
+                }
+                assert!(start.elapsed() < Duration::from_secs(60), "only {k} of {n} answers in 60 s");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        tokio::task::block_in_place(|| wait_for(8, &|_| true));
+
+        // Admin needs the admin key: none, or the API key, is a 401.
+        let (s, _, v) = client.send(Method::POST, "/admin/models/m", "api", Some(json!({"path": xlmr}))).await;
+        assert_eq!(s, 401, "{v}");
+        let admin_sent = Instant::now();
+        let (s, v) = client.admin(Method::POST, "m", Some(json!({"path": xlmr}))).await;
+        let admin_done = Instant::now();
+        assert_eq!(s, 200, "{v}");
+        assert_eq!((v["model"].clone(), v["revision"].clone(), v["replaced_revision"].clone()), (json!("m"), json!(2), json!(1)));
+        tokio::task::block_in_place(|| wait_for(8, &|s| s.sent > admin_done));
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        for c in clients {
+            c.await.unwrap();
+        }
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        let (mut before, mut after) = (0, 0);
+        for (i, s) in seen.iter().enumerate() {
+            assert_eq!(s.status, 200, "request {i} failed during the swap");
+            match s.revision {
+                1 => assert!(close(&s.logits, &old), "request {i}: revision 1 but not its scores: {:?}", s.logits),
+                2 => assert!(close(&s.logits, &new), "request {i}: revision 2 but not its scores: {:?}", s.logits),
+                r => panic!("request {i}: revision {r}"),
+            }
+            if s.answered < admin_sent {
+                assert_eq!(s.revision, 1, "request {i} answered before the swap was asked");
+                before += 1;
+            }
+            if s.sent > admin_done {
+                assert_eq!(s.revision, 2, "request {i} sent after the swap answered");
+                after += 1;
+            }
+        }
+        eprintln!("{} requests: {before} answered before the swap was asked, {after} sent after it answered", seen.len());
+        let metrics = client
+            .http
+            .get(format!("{base}/metrics"))
+            .header("authorization", "Bearer api")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let line = format!("crossrank_requests_total{{route=\"/rerank\",status=\"200\",model=\"m\"}} {}\n", seen.len());
+        assert!(metrics.contains(&line), "{line:?} not in\n{metrics}");
+
+        // A failed swap: the error names what was wrong, and the new model keeps serving.
+        let broken = std::env::temp_dir().join(format!("crossrank-broken-{}", std::process::id()));
+        std::fs::create_dir_all(&broken).unwrap();
+        std::fs::write(broken.join("config.json"), "{ not json").unwrap();
+        let (s, v) = client.admin(Method::POST, "m", Some(json!({"path": broken}))).await;
+        std::fs::remove_dir_all(&broken).unwrap();
+        assert_eq!(s, 422, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("config.json"), "{v}");
+        let (s, v) = client.admin(Method::POST, "m", Some(json!({"path": "/no/such/dir"}))).await;
+        assert_eq!(s, 422, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("/no/such/dir"), "{v}");
+        let (s, rev, logits) = client.rerank(None, &query, &docs).await;
+        assert_eq!((s, rev), (200, 2));
+        assert!(close(&logits, &new), "{logits:?}");
+        let (s, v) = client.admin(Method::POST, "m", Some(json!({"path": 7}))).await;
+        assert_eq!(s, 422, "{v}");
+        let (s, v) = client.admin(Method::POST, "a b", Some(json!({"path": bert}))).await;
+        assert_eq!(s, 422, "{v}");
+        let (s, v) = client.admin(Method::POST, "fresh", Some(json!({}))).await;
+        assert_eq!(s, 422, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("path"), "{v}");
+
+        // Add a model, use it, remove it; the default model cannot be removed.
+        let (s, v) = client.admin(Method::POST, "extra", Some(json!({"path": bert}))).await;
+        assert_eq!((s, v["revision"].clone(), v["replaced_revision"].clone()), (200, json!(3), Value::Null), "{v}");
+        let (s, rev, logits) = client.rerank(Some("extra"), &query, &docs).await;
+        assert_eq!((s, rev, close(&logits, &old)), (200, 3, true));
+        let (s, v) = client.admin(Method::DELETE, "extra", None).await;
+        assert_eq!((s, v["removed"].clone()), (200, json!("extra")), "{v}");
+        let (s, _, _) = client.rerank(Some("extra"), &query, &docs).await;
+        assert_eq!(s, 404);
+        let (s, v) = client.admin(Method::DELETE, "extra", None).await;
+        assert_eq!(s, 404, "{v}");
+        let (s, v) = client.admin(Method::DELETE, "m", None).await;
+        assert_eq!(s, 409, "{v}");
+        let (s, _, v) = client.send(Method::DELETE, "/admin/models/m", "", None).await;
+        assert_eq!(s, 401, "{v}");
+
+        // SIGHUP reloads every model from its path: m comes back from XLM-R as revision 4.
+        signal(&child, "-HUP");
+        let start = Instant::now();
+        loop {
+            let (s, rev, logits) = client.rerank(None, &query, &docs).await;
+            assert_eq!(s, 200);
+            if rev == 4 {
+                assert!(close(&logits, &new), "{logits:?}");
+                break;
+            }
+            assert_eq!(rev, 2, "before the reload");
+            assert!(start.elapsed() < Duration::from_secs(60), "no reload in 60 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    signal(&child, "-TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let lines = drain_lines(&stderr, Duration::from_secs(5));
+    for want in [
+        "model m revision 1 freed",
+        "model extra revision 3 freed",
+        "model m revision 2 freed",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.ends_with(want)),
+            "{want:?} not in {lines:#?}"
+        );
+    }
 }

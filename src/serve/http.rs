@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -95,6 +95,10 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/metrics", get(metrics))
+        .route(
+            "/admin/models/{name}",
+            post(admin_load).delete(admin_remove),
+        )
         .fallback(|| async { error(&ApiError::new(404, "not_found", "no such route")) })
         .method_not_allowed_fallback(|| async {
             error(&ApiError::new(
@@ -178,6 +182,66 @@ async fn score(
     r
 }
 
+/// The `{name}` of an admin route.
+fn model_name(
+    name: std::result::Result<Path<String>, PathRejection>,
+) -> std::result::Result<String, ApiError> {
+    name.map(|Path(n)| n)
+        .map_err(|e| ApiError::validation(format!("the model name in the path: {e}")))
+}
+
+/// `POST /admin/models/{name}` with `{"path": DIR}` (optional for a model already served: its
+/// own path): load, warm up, swap.
+async fn admin_load(
+    State(s): State<Arc<Service>>,
+    name: std::result::Result<Path<String>, PathRejection>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = async {
+        let name = model_name(name)?;
+        let body =
+            body.map_err(|r| ApiError::new(r.status().as_u16(), "invalid_body", r.body_text()))?;
+        let path = if body.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            let value = api::parse_json(&body, "body")?;
+            let obj = value.as_object().ok_or_else(|| {
+                ApiError::validation("the body must be a JSON object: {\"path\": DIR}")
+            })?;
+            match obj.get("path") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(p)) if !p.is_empty() => Some(std::path::PathBuf::from(p)),
+                Some(other) => {
+                    return Err(ApiError::validation(format!(
+                        "\"path\" must be a model directory, got {other}"
+                    )))
+                }
+            }
+        };
+        s.load_model(&name, path).await
+    }
+    .await;
+    match result {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(e) => error(&e),
+    }
+}
+
+/// `DELETE /admin/models/{name}`.
+async fn admin_remove(
+    State(s): State<Arc<Service>>,
+    name: std::result::Result<Path<String>, PathRejection>,
+) -> Response {
+    let result = match model_name(name) {
+        Ok(name) => s.remove_model(&name).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(e) => error(&e),
+    }
+}
+
 async fn health(State(s): State<Arc<Service>>) -> Response {
     if s.healthy() {
         json_response(StatusCode::OK, &json!({ "status": "ok" }))
@@ -208,23 +272,40 @@ async fn around(State(s): State<Arc<Service>>, req: Request, next: Next) -> Resp
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let authorized = match &s.opts.api_key {
-        None => true,
-        Some(_) if path == "/health" => true,
-        Some(key) => req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| same(given.trim().as_bytes(), key.as_bytes())),
+    let given: Option<String> = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|v| v.trim().to_string());
+    let bearer = |key: &str| {
+        given
+            .as_deref()
+            .is_some_and(|g| same(g.as_bytes(), key.as_bytes()))
     };
-    let response = if authorized {
+    let admin = path == "/admin" || path.starts_with("/admin/");
+    // The admin routes take the admin key only, and are off without one.
+    let authorized = match (admin, &s.opts.admin_key, &s.opts.api_key) {
+        (true, Some(key), _) => Some(bearer(key)),
+        (true, None, _) => None,
+        (false, _, None) => Some(true),
+        (false, _, Some(_)) if path == "/health" => Some(true),
+        (false, _, Some(key)) => Some(bearer(key)),
+    };
+    let response = if authorized == Some(true) {
         next.run(req).await
+    } else if authorized.is_none() {
+        error(&ApiError::new(
+            404,
+            "not_found",
+            "the admin routes are off: start crossrank serve with --admin-key",
+        ))
     } else {
+        let which = if admin { "admin key" } else { "API key" };
         let mut r = error(&ApiError::new(
             401,
             "unauthorized",
-            "missing or wrong API key: send `Authorization: Bearer KEY`",
+            format!("missing or wrong {which}: send `Authorization: Bearer KEY`"),
         ));
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -243,6 +324,7 @@ async fn around(State(s): State<Arc<Service>>, req: Request, next: Next) -> Resp
         ("/health", _) => "/health",
         ("/info", _) => "/info",
         ("/metrics", _) => "/metrics",
+        _ if admin => "/admin/models",
         _ => "other",
     };
     let model = served.model.as_ref().map_or("", |m| m.name.as_str());

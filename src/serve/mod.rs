@@ -14,8 +14,9 @@ pub mod stdio;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
@@ -44,10 +45,14 @@ pub struct ServeOptions {
     /// 0 picks a free port (printed at start-up).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Require `Authorization: Bearer KEY` on every route but /health. Read from the
-    /// environment when not given, which keeps it out of `ps`.
+    /// Require `Authorization: Bearer KEY` on every route but /health and /admin. Read from
+    /// the environment when not given, which keeps it out of `ps`.
     #[arg(long, env = "CROSSRANK_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Turn on the admin routes (`POST` and `DELETE /admin/models/NAME`) and require
+    /// `Authorization: Bearer KEY` on them; must differ from --api-key. Without it they are off.
+    #[arg(long, env = "CROSSRANK_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
     /// The most tokens in one forward pass; requests are packed together up to it.
     #[arg(long, default_value_t = 16384)]
     pub max_batch_tokens: usize,
@@ -97,6 +102,7 @@ impl ServeOptions {
             host: "127.0.0.1".into(),
             port: 8080,
             api_key: None,
+            admin_key: None,
             max_batch_tokens: 16384,
             max_client_batch_size: 1000,
             max_concurrent: 512,
@@ -125,6 +131,14 @@ impl ServeOptions {
         }
         if self.api_key.as_deref() == Some("") {
             return Err(Error::input("--api-key must not be empty"));
+        }
+        if self.admin_key.as_deref() == Some("") {
+            return Err(Error::input("--admin-key must not be empty"));
+        }
+        if self.admin_key.is_some() && self.admin_key == self.api_key {
+            return Err(Error::input(
+                "--admin-key must differ from --api-key: a client key must not change the models",
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for spec in &self.models {
@@ -173,8 +187,12 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub opts: ServeOptions,
-    /// The last revision given to a load.
+    /// The revision of the last successful load.
     revisions: AtomicU64,
+    /// One admin change (load, swap, removal, reload) at a time.
+    admin: tokio::sync::Mutex<()>,
+    /// The threads freeing models no longer served; joined by [`Service::drain`].
+    retiring: Mutex<Vec<JoinHandle<()>>>,
     id_prefix: String,
     next_id: AtomicU64,
     /// --sample-traffic: a sample of accepted requests, for `crossrank audit`.
@@ -236,6 +254,8 @@ impl Service {
             metrics,
             limits,
             revisions: AtomicU64::new(opts.models.len() as u64),
+            admin: tokio::sync::Mutex::new(()),
+            retiring: Mutex::new(Vec::new()),
             opts,
             id_prefix: format!("{:x}", since_epoch.as_micros()),
             next_id: AtomicU64::new(0),
@@ -243,9 +263,105 @@ impl Service {
         }))
     }
 
-    /// A revision for the next load: one more than any given so far.
-    pub fn next_revision(&self) -> u64 {
-        self.revisions.fetch_add(1, Ordering::AcqRel) + 1
+    /// `POST /admin/models/{name}`: loads `path` (default: the path model `name` was loaded
+    /// from) beside the models served, warms it up, then serves it as `name` from the next
+    /// request on. Requests already under way finish on the model they started on, which is
+    /// freed once the last of them is answered. A load that fails changes nothing and answers
+    /// with its error. Answers once the new model is the one serving.
+    pub async fn load_model(
+        self: &Arc<Self>,
+        name: &str,
+        path: Option<PathBuf>,
+    ) -> std::result::Result<Value, ApiError> {
+        models::check_name(name).map_err(|e| ApiError::validation(e.to_string()))?;
+        let _one = self.admin.lock().await;
+        let path = match path {
+            Some(p) => p,
+            None => self
+                .models
+                .all()
+                .iter()
+                .find(|m| m.name == name)
+                .map(|m| m.path.clone())
+                .ok_or_else(|| {
+                    ApiError::validation(format!(
+                        "model {name} is not served: give the directory to load as \"path\""
+                    ))
+                })?,
+        };
+        // One more than any load so far; taken only if this load succeeds (admin changes run
+        // one at a time, under `_one`).
+        let revision = self.revisions.load(Ordering::Acquire) + 1;
+        let t0 = Instant::now();
+        let (service, n, p) = (self.clone(), name.to_string(), path.clone());
+        let loaded = tokio::task::spawn_blocking(move || {
+            Loaded::load(&n, &p, revision, &service.opts, &service.metrics)
+        })
+        .await
+        .map_err(|e| ApiError::backend(format!("loading model {name} panicked: {e}")))?
+        .map_err(|e| {
+            let msg = format!(
+                "cannot load model {name} from {}: {e}; the models served are unchanged",
+                path.display()
+            );
+            eprintln!("crossrank serve: {msg}");
+            match e {
+                Error::Io { .. } | Error::Model { .. } | Error::Input(_) => {
+                    ApiError::new(422, "load_failed", msg)
+                }
+                _ => ApiError::new(500, "load_failed", msg),
+            }
+        })?;
+        self.revisions.store(revision, Ordering::Release);
+        let replaced = self.models.put(loaded).map(|old| {
+            let revision = old.revision;
+            self.retire(old);
+            revision
+        });
+        eprintln!(
+            "crossrank serve: model {name} now serves revision {revision} from {}{}",
+            path.display(),
+            replaced.map_or(String::new(), |r| format!(" in place of revision {r}"))
+        );
+        Ok(json!({
+            "model": name,
+            "revision": revision,
+            "path": path,
+            "replaced_revision": replaced,
+            "load_ms": t0.elapsed().as_secs_f64() * 1e3,
+        }))
+    }
+
+    /// `DELETE /admin/models/{name}`: stops routing to model `name`; it is freed once its
+    /// last request is answered.
+    pub async fn remove_model(&self, name: &str) -> std::result::Result<Value, ApiError> {
+        let _one = self.admin.lock().await;
+        let old = self.models.remove(name)?;
+        let revision = old.revision;
+        self.retire(old);
+        eprintln!("crossrank serve: model {name} (revision {revision}) removed");
+        Ok(json!({ "removed": name, "revision": revision }))
+    }
+
+    /// SIGHUP: reloads every model from its path, one after the other, each as
+    /// [`Service::load_model`] does; a model whose load fails keeps serving.
+    pub async fn reload_all(self: &Arc<Self>) {
+        for m in self.models.all() {
+            if let Err(e) = self.load_model(&m.name, Some(m.path.clone())).await {
+                eprintln!(
+                    "crossrank serve: reload of model {} failed ({}); revision {} keeps serving",
+                    m.name, e.message, m.revision
+                );
+            }
+        }
+    }
+
+    fn retire(&self, old: Arc<Loaded>) {
+        if let Some(t) = models::retire(old) {
+            let mut retiring = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
+            retiring.retain(|t| !t.is_finished());
+            retiring.push(t);
+        }
     }
 
     /// Scores a checked request through the scheduler and renders its answer. A request with
@@ -328,6 +444,11 @@ impl Service {
         for m in self.models.all() {
             m.scheduler.shutdown();
         }
+        let retiring =
+            std::mem::take(&mut *self.retiring.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in retiring {
+            let _ = t.join();
+        }
     }
 }
 
@@ -363,6 +484,27 @@ pub fn log_request(method: &str, path: &str, status: u16, s: &Served, total: Dur
     );
 }
 
+/// On SIGHUP, reloads every model from its path (in the background: serving goes on).
+fn reload_on_sighup(service: Arc<Service>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("crossrank serve: cannot listen for SIGHUP ({e}); reload with POST /admin/models/NAME");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            eprintln!("crossrank serve: SIGHUP: reloading every model from its path");
+            service.reload_all().await;
+        }
+    });
+    #[cfg(not(unix))]
+    drop(service);
+}
+
 /// `crossrank serve`: loads, serves until SIGTERM/SIGINT (HTTP) or end of input (stdio),
 /// answers everything accepted, and returns.
 pub fn run(opts: ServeOptions) -> Result<()> {
@@ -375,6 +517,7 @@ pub fn run(opts: ServeOptions) -> Result<()> {
     let stdio = opts.stdio;
     let service = Service::start(opts)?;
     let result = runtime.block_on(async {
+        reload_on_sighup(service.clone());
         if stdio {
             stdio::run(service.clone()).await
         } else {

@@ -251,7 +251,7 @@ impl Models {
 /// Frees a model no longer served once the requests still holding it are answered: a thread
 /// waits for the last of them, then stops its scheduler (which answers anything still queued)
 /// and drops its weights.
-pub fn retire(old: Arc<Loaded>) {
+pub fn retire(old: Arc<Loaded>) -> Option<std::thread::JoinHandle<()>> {
     let spawned = std::thread::Builder::new()
         .name("crossrank-retire".into())
         .spawn(move || {
@@ -270,9 +270,13 @@ pub fn retire(old: Arc<Loaded>) {
             drop(loaded);
             eprintln!("crossrank serve: model {name} revision {revision} freed");
         });
-    if let Err(e) = spawned {
-        // The model stays in memory; serving is not affected.
-        eprintln!("crossrank serve: cannot start a thread to free an old model: {e}");
+    match spawned {
+        Ok(t) => Some(t),
+        Err(e) => {
+            // The model stays in memory; serving is not affected.
+            eprintln!("crossrank serve: cannot start a thread to free an old model: {e}");
+            None
+        }
     }
 }
 
