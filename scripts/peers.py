@@ -13,6 +13,16 @@ Systems (each one JSON report in crossrank's schema, src/bench/report.rs):
                one padded batch per call (tokenizer(..., padding=True, truncation=True))
   hf-compile   hf-sdpa under torch.compile(dynamic=True); compile time is in the notes
 
+A decoder LLM reranker (config `*ForCausalLM`, the qwen3-reranker-0.6b shape) runs as
+Qwen3-Reranker's model card scores it: AutoModelForCausalLM in bf16 (crossrank's CUDA dtype for
+the family; the card's example uses fp16 with flash-attention 2, not installed here), the
+tokenizer padded on the left, each pair formatted `<Instruct>: {instruction}\n<Query>: {query}\n
+<Document>: {doc}` with the default instruction, cut to max_length minus the prompt's fixed
+tokens, the chat prefix and suffix ids added, one padded batch per call, the yes / no logits of
+the last position through a two-way log-softmax (the card's code computes the LM head over every
+position; so does this peer). hf-sdpa and hf-compile only: sentence-transformers' CrossEncoder
+does not load it.
+
 Figures per N, as crossrank reports them: end-to-end latency (strings in, sigmoid scores on the
 host), the forward alone (hf-*: tensors already on the device, logits synchronised on the device;
 st-*: not separable, reported equal to end to end), the split (hf-*: tokenize, upload, forward,
@@ -59,10 +69,22 @@ def median(xs):
     return stats(xs)["p50"] if xs else None
 
 
+def is_llm(c):
+    return any(a.endswith("ForCausalLM") for a in c.get("architectures", []))
+
+
 def forward_flops(lens, c):
     """The FLOP count of src/bench/report.rs (model_forward_flops) for config.json `c`: matrix
-    products of the full forward; ModernBERT's GeGLU and windowed layers by its own formula."""
+    products of the full forward; ModernBERT's GeGLU and windowed layers, and the decoder LLMs'
+    GQA, causal attention and SwiGLU, by their own formulas."""
     h, i, layers = float(c["hidden_size"]), float(c["intermediate_size"]), c["num_hidden_layers"]
+    if is_llm(c):
+        d = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+        q, kv = float(c["num_attention_heads"] * d), float(c["num_key_value_heads"] * d)
+        t = float(sum(lens))
+        causal = float(sum(x * (x + 1) / 2 for x in lens))
+        return layers * (2 * t * (h * (q + 2 * kv) + q * h + 3 * h * i) + 4 * q * causal) \
+            + 2 * len(lens) * h
     t = float(sum(lens))
     sq = float(sum(x * x for x in lens))
     head = 2 * len(lens) * (h * h + h)
@@ -119,7 +141,7 @@ def model_facts(model_dir, name):
     layers, pos, types = c["num_hidden_layers"], c["max_position_embeddings"], c.get("type_vocab_size", 2)
     params = (v + pos + types) * h + 2 * h + layers * (4 * (h * h + h) + 2 * h * i + i + h + 4 * h) \
         + h * h + h + h + 1
-    if c.get("model_type") == "modernbert":
+    if c.get("model_type") == "modernbert" or is_llm(c):
         # No position or type tables, no biases: count the checkpoint's tensors, as crossrank does.
         with open(os.path.join(model_dir, "model.safetensors"), "rb") as f:
             header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
@@ -191,6 +213,57 @@ class HfPeer:
         return (scores, order), (t1 - t0, t2 - t1, t3 - t2, t4 - t3)
 
 
+QWEN_PREFIX = ("<|im_start|>system\nJudge whether the Document meets the requirements based on the "
+               "Query and the Instruct provided. Note that the answer can only be \"yes\" or \"no\"."
+               "<|im_end|>\n<|im_start|>user\n")
+QWEN_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+QWEN_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+
+
+class HfLlmPeer(HfPeer):
+    """A decoder LLM reranker as Qwen3-Reranker's model card runs it (module docstring)."""
+
+    def __init__(self, model_dir, dev, compiled, max_length):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        self.dev = dev
+        self.dtype = torch.bfloat16 if dev.cuda else torch.float32
+        self.tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left", local_files_only=True)
+        m = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=self.dtype, attn_implementation="sdpa", local_files_only=True)
+        self.model = m.to(dev.name).eval()
+        self.compile_s = None
+        if compiled:
+            self.model = torch.compile(self.model, dynamic=True)
+        self.prefix = self.tok.encode(QWEN_PREFIX, add_special_tokens=False)
+        self.suffix = self.tok.encode(QWEN_SUFFIX, add_special_tokens=False)
+        self.yes = self.tok.convert_tokens_to_ids("yes")
+        self.no = self.tok.convert_tokens_to_ids("no")
+        self.max_length = max_length
+
+    def prompts(self, call):
+        """The pairs' ids, cut as the card's code cuts them, unpadded."""
+        texts = [f"<Instruct>: {QWEN_INSTRUCTION}\n<Query>: {call['query']}\n<Document>: {p}"
+                 for p in call["passages"]]
+        room = self.max_length - len(self.prefix) - len(self.suffix)
+        enc = self.tok(texts, padding=False, truncation="longest_first",
+                       return_attention_mask=False, max_length=room)
+        full = self.tok(texts, padding=False, truncation=False, return_attention_mask=False)
+        ids = [self.prefix + e + self.suffix for e in enc["input_ids"]]
+        cut = sum(len(a) != len(b) for a, b in zip(enc["input_ids"], full["input_ids"]))
+        return ids, cut
+
+    def tokenize(self, call):
+        ids, _ = self.prompts(call)
+        return self.tok.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+
+    @torch.inference_mode()
+    def forward(self, enc_dev):
+        last = self.model(**enc_dev).logits[:, -1, :]
+        pair = torch.stack([last[:, self.no], last[:, self.yes]], dim=1).float()
+        # log P(yes): HfPeer.e2e's sigmoid of it keeps the order (timing is what is measured).
+        return torch.nn.functional.log_softmax(pair, dim=1)[:, 1:]
+
+
 class StPeer:
     """sentence-transformers CrossEncoder.predict."""
 
@@ -214,7 +287,8 @@ class StPeer:
         return (scores, order), (None, None, None, None, t1 - t0)
 
 
-def bench_system(system, model_dir, dev, workloads, iters, warmup, flops_of, hf_lens):
+def bench_system(system, model_dir, dev, workloads, iters, warmup, flops_of, hf_lens,
+                 llm_max_length=None):
     """Runs one system over every workload and N; returns [(workload, runs, notes)]."""
     notes = []
     if system.startswith("st-"):
@@ -223,6 +297,9 @@ def bench_system(system, model_dir, dev, workloads, iters, warmup, flops_of, hf_
                      "forward_ms is the end-to-end time")
         if system == "st-default":
             notes.append("st-default: CrossEncoder.predict's default batch_size=32")
+    elif llm_max_length is not None:
+        peer = HfLlmPeer(model_dir, dev, (system == "hf-compile"), llm_max_length)
+        notes.append("decoder LLM: bf16, the model card's formatting and scoring, padded left")
     else:
         peer = HfPeer(model_dir, dev, compiled=(system == "hf-compile"))
     out = []
@@ -304,6 +381,8 @@ def main():
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--name", default=None, help="model name in the report (default: the shape)")
+    ap.add_argument("--max-length", type=int, default=None,
+                    help="decoder LLMs: the prompt's max length (default: the tokenizer's, as crossrank)")
     ap.add_argument("--out", required=True, help="write the list of reports here")
     args = ap.parse_args()
 
@@ -326,8 +405,22 @@ def main():
         config = json.load(f)
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+    llm_max_length = None
+    if is_llm(config):
+        llm_max_length = args.max_length or tok.model_max_length
+        bad = [s for s in systems if s.startswith("st-")]
+        if bad:
+            sys.exit(f"peers.py: {', '.join(bad)}: sentence-transformers does not load a causal-LM "
+                     f"reranker; use --systems hf-sdpa,hf-compile")
+        lens_of = HfLlmPeer.__new__(HfLlmPeer)
+        lens_of.tok, lens_of.max_length = tok, llm_max_length
+        lens_of.prefix = tok.encode(QWEN_PREFIX, add_special_tokens=False)
+        lens_of.suffix = tok.encode(QWEN_SUFFIX, add_special_tokens=False)
 
     def hf_lens(call):
+        if llm_max_length is not None:
+            ids, cut = lens_of.prompts(call)
+            return [len(x) for x in ids], cut
         """Unpadded pair lengths after truncation, and how many pairs were cut."""
         q = [call["query"]] * len(call["passages"])
         cut = tok(q, call["passages"], truncation=True)["input_ids"]
@@ -343,7 +436,7 @@ def main():
     for system in systems:
         for workload, runs, notes in bench_system(
                 system, args.model, dev, workloads, args.iters, args.warmup,
-                lambda lens: forward_flops(lens, config), hf_lens):
+                lambda lens: forward_flops(lens, config), hf_lens, llm_max_length):
             for r in runs:
                 finish(r, gemm["tflops"])
             if not dev.cuda:
@@ -351,7 +444,8 @@ def main():
             reports.append({
                 "schema": SCHEMA, "system": system, "version": versions, "commit": None,
                 "date": datetime.date.today().isoformat(), "device": dev.describe(),
-                "dtype": "f16" if dev.cuda else "f32", "gemm": gemm, "model": facts,
+                "dtype": ("bf16" if llm_max_length else "f16") if dev.cuda else "f32",
+                "gemm": gemm, "model": facts,
                 "lengths": workload["lengths"], "seed": workload["seed"], "runs": runs,
                 "notes": notes,
             })

@@ -10,6 +10,7 @@ pub mod gate;
 pub mod report;
 pub mod run;
 pub mod shapes;
+pub mod shapes_qwen;
 pub mod workload;
 
 /// A small seeded generator (SplitMix64): stable across platforms and crate versions, which a

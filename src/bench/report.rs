@@ -46,6 +46,15 @@ pub fn forward_flops(lens: &[usize], layers: usize, hidden: usize, intermediate:
 /// or ModernBERT's (GeGLU, windowed layers) when the config is that family's.
 pub fn model_forward_flops(lens: &[usize], cfg: &crate::config::ModelConfig) -> f64 {
     let (h, i) = (cfg.hidden_size as f64, cfg.intermediate_size as f64);
+    if let Some(q) = &cfg.qwen {
+        return qwen_forward_flops(
+            lens,
+            cfg.num_layers,
+            h,
+            i,
+            (cfg.num_heads, q.num_kv_heads, cfg.head_dim),
+        );
+    }
     let Some(m) = &cfg.modernbert else {
         return forward_flops(lens, cfg.num_layers, cfg.hidden_size, cfg.intermediate_size);
     };
@@ -72,6 +81,25 @@ pub fn model_forward_flops(lens: &[usize], cfg: &crate::config::ModelConfig) -> 
     cfg.num_layers as f64 * 2.0 * t * (4.0 * h * h + 3.0 * h * i)
         + 4.0 * h * keys
         + 2.0 * n * (h * h + h)
+}
+
+/// A decoder LLM reranker's forward (Qwen): per layer and token the QKV projection
+/// ((heads + 2·kv_heads)·d wide), the output projection (heads·d → h) and SwiGLU's three h×I
+/// matrices; causal attention over l(l+1)/2 (query, key) pairs per sequence for QKᵀ and PV;
+/// then the folded yes-no head, one h-vector per sequence.
+fn qwen_forward_flops(
+    lens: &[usize],
+    layers: usize,
+    h: f64,
+    i: f64,
+    (heads, kv, d): (usize, usize, usize),
+) -> f64 {
+    let (q, kvw) = ((heads * d) as f64, (kv * d) as f64);
+    let t: f64 = lens.iter().map(|&l| l as f64).sum();
+    let causal: f64 = lens.iter().map(|&l| (l * (l + 1)) as f64 / 2.0).sum();
+    let n = lens.len() as f64;
+    layers as f64 * (2.0 * t * (h * (q + 2.0 * kvw) + q * h + 3.0 * h * i) + 4.0 * q * causal)
+        + 2.0 * n * h
 }
 
 /// The mean FLOPs of one forward over each of `batches`.
@@ -448,6 +476,32 @@ pub(crate) mod tests {
                 cfg.intermediate_size
             )
         );
+    }
+
+    /// Qwen: 1 layer, h 4, 2 query heads and 1 K/V head of 2, I 3, lengths 2 and 1: per token
+    /// 4·(4 + 2·2) QKV + 4·4 output + 3·4·3 SwiGLU = 84 multiply-adds, 3 tokens → 504 FLOPs;
+    /// causal pairs 3 + 1, 4·4 FLOPs each → 64; the head 2·2·4 = 16.
+    #[test]
+    fn qwen_flop_count_matches_the_stated_formula_by_hand() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/models/qwen3-reranker-tiny/config.json"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for (k, x) in [
+            ("hidden_size", 4),
+            ("num_attention_heads", 2),
+            ("num_key_value_heads", 1),
+            ("head_dim", 2),
+            ("intermediate_size", 3),
+            ("num_hidden_layers", 1),
+        ] {
+            v[k] = serde_json::json!(x);
+        }
+        v["layer_types"] = serde_json::json!(["full_attention"]);
+        let cfg = crate::config::ModelConfig::from_json(&v.to_string()).unwrap();
+        assert_eq!(model_forward_flops(&[2, 1], &cfg), 504.0 + 64.0 + 16.0);
     }
 
     #[test]

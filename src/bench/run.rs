@@ -27,6 +27,7 @@ use crate::config::Family;
 use crate::config::{Activation, ModelConfig};
 use crate::engine::{self, Device, Options};
 use crate::error::{Error, Result};
+use crate::llm_template::LlmEncoder;
 use crate::model::{Model, Scorer};
 use crate::tokenize::{EncodedPair, PairTokenizer};
 use crate::weights::{self, Embeddings, Head, HostTensor, LayerNorm, Linear, Weights};
@@ -67,7 +68,7 @@ impl DeviceSync for CpuBackend {
 }
 
 #[cfg(feature = "cuda")]
-impl DeviceSync for crate::backend::cuda::CudaBackend {
+impl<S: crate::backend::cuda::Storage> DeviceSync for crate::backend::cuda::CudaBackend<S> {
     fn sync(&self) -> Result<()> {
         self.stream().synchronize()?;
         Ok(())
@@ -294,6 +295,52 @@ impl<B: Backend + DeviceSync> Backend for Timed<B> {
     ) -> Result<()> {
         self.inner.classify(x, n, lin, out)
     }
+    fn rmsnorm(
+        &self,
+        delta: Option<&Self::Buf>,
+        hidden: &mut Self::Buf,
+        rows: usize,
+        weight: &Self::Buf,
+        eps: f32,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.inner.rmsnorm(delta, hidden, rows, weight, eps, out)
+    }
+    fn qk_norm_rope(
+        &self,
+        qkv: &mut Self::Buf,
+        batch: &Self::Batch,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        norms: Option<(&Self::Buf, &Self::Buf)>,
+        eps: f32,
+        theta: f64,
+    ) -> Result<()> {
+        self.inner
+            .qk_norm_rope(qkv, batch, heads, kv_heads, head_dim, norms, eps, theta)
+    }
+    fn attention_causal(
+        &self,
+        qkv: &Self::Buf,
+        batch: &Self::Batch,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.inner
+            .attention_causal(qkv, batch, heads, kv_heads, head_dim, out)
+    }
+    fn gather_last(
+        &self,
+        src: &Self::Buf,
+        width: usize,
+        batch: &Self::Batch,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.inner.gather_last(src, width, batch, out)
+    }
     fn read_logits(&self, logits: &Self::Logits, n: usize) -> Result<Vec<f32>> {
         if !self.on.load(Ordering::SeqCst) {
             return self.inner.read_logits(logits, n);
@@ -327,9 +374,33 @@ pub fn token_count(tokenizer: &PairTokenizer, text: &str) -> Result<usize> {
         .map_err(|e| Error::input(format!("tokenizer failed on a text: {e}")))
 }
 
+/// How a call's (query, passages) become pairs: the tokenizer's pair encoding (encoders), or a
+/// decoder LLM's prompt template around each pair, with its default instruction.
+#[derive(Clone, Copy)]
+pub enum CallEncoder<'a> {
+    Pairs(&'a PairTokenizer),
+    Llm(&'a PairTokenizer, &'a LlmEncoder),
+}
+
+impl CallEncoder<'_> {
+    pub fn encode(
+        &self,
+        query: &str,
+        passages: &[String],
+        max_length: usize,
+    ) -> Result<Vec<EncodedPair>> {
+        match self {
+            CallEncoder::Pairs(t) => t.encode_group(query, passages, max_length),
+            CallEncoder::Llm(t, llm) => {
+                llm.encode_group(t.inner(), None, query, passages, max_length)
+            }
+        }
+    }
+}
+
 /// Encodes every call of a workload: `[set][call][pair]`.
 pub fn encode_workload(
-    tokenizer: &PairTokenizer,
+    encoder: CallEncoder<'_>,
     workload: &Workload,
     max_length: usize,
 ) -> Result<Vec<Vec<Vec<EncodedPair>>>> {
@@ -339,7 +410,7 @@ pub fn encode_workload(
         .map(|set| {
             set.calls
                 .iter()
-                .map(|c| tokenizer.encode_group(&c.query, &c.passages, max_length))
+                .map(|c| encoder.encode(&c.query, &c.passages, max_length))
                 .collect()
         })
         .collect()
@@ -369,8 +440,25 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         let text = serde_json::to_string(&workload).map_err(|e| Error::Internal(e.to_string()))?;
         std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
     }
+    let llm = match cfg.family {
+        Family::Qwen => {
+            let template =
+                crate::llm_template::default_for(&cfg.architecture).ok_or_else(|| {
+                    Error::input(format!(
+                        "bench: no reranking template for {}",
+                        cfg.architecture
+                    ))
+                })?;
+            Some(LlmEncoder::new(template, tokenizer.inner())?)
+        }
+        _ => None,
+    };
+    let encoder = match &llm {
+        Some(l) => CallEncoder::Llm(&tokenizer, l),
+        None => CallEncoder::Pairs(&tokenizer),
+    };
     // Encode every call once: the arena must hold the largest call in one forward.
-    let encoded = encode_workload(&tokenizer, &workload, max_length)?;
+    let encoded = encode_workload(encoder, &workload, max_length)?;
     let max_tokens = encoded
         .iter()
         .flatten()
@@ -380,11 +468,10 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         .max(tokenizer.max_length_limit());
     let host = match cfg.family {
         Family::ModernBert => Host::ModernBert(crate::models::modernbert::load(&ckpt, &cfg)?),
-        Family::Qwen => {
-            return Err(Error::input(
-                "bench: the Qwen LLM rerankers are not benchmarked in this version",
-            ))
-        }
+        Family::Qwen => match &llm {
+            Some(l) => Host::Qwen(crate::models::qwen::load(&ckpt, &cfg, l.yes_id, l.no_id)?),
+            None => return Err(Error::Internal("a Qwen model without its template".into())),
+        },
         _ => Host::Bert(weights::load(&ckpt, &cfg)?),
     };
     drop(ckpt);
@@ -392,7 +479,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     let ctx = Ctx {
         args,
         cfg: &cfg,
-        tokenizer: &tokenizer,
+        encoder,
         max_length,
         workload: &workload,
         encoded: &encoded,
@@ -401,6 +488,14 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         Device::Cpu => ctx.run_on(CpuBackend, host, max_tokens, "f32")?,
         Device::Cuda(ordinal) => cuda(&ctx, ordinal, host, max_tokens)?,
     };
+    if llm.is_some() {
+        notes.push(shared_prefix_note(&workload, &encoded, &cfg));
+        notes.push(
+            "FLOPs are the unshared forward's (every pair's whole prompt), the work a peer does; \
+             the shared-prefix forward runs fewer tokens (above)"
+                .into(),
+        );
+    }
     if tokenizer.inner().get_vocab_size(true) < 5000 {
         notes.push("the tokenizer is tiny: tokenize times are not representative".into());
     }
@@ -432,9 +527,24 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     Ok(report)
 }
 
+/// The decoder LLMs run in bf16 on CUDA (engine.rs says why), the encoders in fp16.
 #[cfg(feature = "cuda")]
 fn cuda(ctx: &Ctx, ordinal: usize, host: Host, max_tokens: usize) -> Result<Out> {
-    let backend = crate::backend::cuda::CudaBackend::new(ordinal)?;
+    if matches!(host, Host::Qwen(_)) {
+        return cuda_in::<half::bf16>(ctx, ordinal, host, max_tokens, "bf16");
+    }
+    cuda_in::<half::f16>(ctx, ordinal, host, max_tokens, "f16")
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_in<S: crate::backend::cuda::Storage>(
+    ctx: &Ctx,
+    ordinal: usize,
+    host: Host,
+    max_tokens: usize,
+    dtype: &'static str,
+) -> Result<Out> {
+    let backend = crate::backend::cuda::CudaBackend::<S>::open(ordinal)?;
     if backend.is_software() {
         return Err(Error::input(format!(
             "{}: benchmarks need a real GPU; the software GPU is a CPU emulation for tests and has no speed to measure",
@@ -446,7 +556,7 @@ fn cuda(ctx: &Ctx, ordinal: usize, host: Host, max_tokens: usize) -> Result<Out>
     } else {
         None
     };
-    let mut out = ctx.run_on(backend, host, max_tokens, "f16")?;
+    let mut out = ctx.run_on(backend, host, max_tokens, dtype)?;
     if let Some(t) = tuning {
         out.4.push(format!("--tune-gemm: {t}"));
     }
@@ -470,12 +580,13 @@ type Out = (String, &'static str, Option<Gemm>, Vec<Run>, Vec<String>);
 enum Host {
     Bert(Weights<HostTensor>),
     ModernBert(crate::models::modernbert::Weights<HostTensor>),
+    Qwen(crate::models::qwen::Weights<HostTensor>),
 }
 
 struct Ctx<'a> {
     args: &'a BenchArgs,
     cfg: &'a ModelConfig,
-    tokenizer: &'a PairTokenizer,
+    encoder: CallEncoder<'a>,
     max_length: usize,
     workload: &'a Workload,
     encoded: &'a [Vec<Vec<EncodedPair>>],
@@ -520,6 +631,12 @@ impl Ctx<'_> {
             Host::ModernBert(w) => {
                 let model = crate::models::modernbert::Model::new(timed, cfg, w, max_tokens)?
                     .with_graphs(graphs);
+                let runs = self.measure_all(&model, &model.backend, graphs, &mut notes)?;
+                (model.device_name(), runs)
+            }
+            Host::Qwen(w) => {
+                let model =
+                    crate::models::qwen::Model::new(timed, cfg, w, max_tokens)?.with_graphs(graphs);
                 let runs = self.measure_all(&model, &model.backend, graphs, &mut notes)?;
                 (model.device_name(), runs)
             }
@@ -591,7 +708,7 @@ impl Ctx<'_> {
         for i in 0..warmup + a.iterations {
             let c = &calls[i % k];
             let (ranked, [t0, t1, t2, t3]) =
-                e2e_call(model, self.tokenizer, self.cfg, self.max_length, c, &opts)?;
+                e2e_call(model, self.encoder, self.cfg, self.max_length, c, &opts)?;
             if i >= warmup {
                 e2e.push(ms((t3 - t0).as_secs_f64()));
                 tok.push(ms((t1 - t0).as_secs_f64()));
@@ -672,14 +789,14 @@ impl Ctx<'_> {
 /// rank. Returns the results and the instants before, between and after the steps.
 pub fn e2e_call(
     scorer: &dyn Scorer,
-    tokenizer: &PairTokenizer,
+    encoder: CallEncoder<'_>,
     cfg: &ModelConfig,
     max_length: usize,
     call: &super::workload::Call,
     opts: &Options,
 ) -> Result<(Vec<engine::Ranked>, [Instant; 4])> {
     let t0 = Instant::now();
-    let pairs = tokenizer.encode_group(&call.query, &call.passages, max_length)?;
+    let pairs = encoder.encode(&call.query, &call.passages, max_length)?;
     let t1 = Instant::now();
     let batch = PackedBatch::pack(&pairs, cfg);
     let t2 = Instant::now();
@@ -689,11 +806,48 @@ pub fn e2e_call(
     Ok((ranked, [t0, t1, t2, t3]))
 }
 
+/// The tokens the shared-prefix forward keeps out of the layers on this workload, per N: the
+/// common id prefix of each call's prompts (`PackedBatch::common_prefix`) run once instead of
+/// once per pair.
+fn shared_prefix_note(
+    workload: &Workload,
+    encoded: &[Vec<Vec<EncodedPair>>],
+    cfg: &ModelConfig,
+) -> String {
+    let parts: Vec<String> = workload
+        .sets
+        .iter()
+        .zip(encoded)
+        .map(|(set, calls)| {
+            let (mut total, mut saved, mut prefix) = (0usize, 0usize, 0usize);
+            for pairs in calls {
+                let b = PackedBatch::pack(pairs, cfg);
+                let p = b.common_prefix();
+                total += b.tokens();
+                saved += p * pairs.len().saturating_sub(1);
+                prefix += p;
+            }
+            let k = calls.len().max(1);
+            format!(
+                "N={}: {:.1}% of {:.0} tokens per call (prefix {:.0} tokens)",
+                set.n,
+                100.0 * saved as f64 / total.max(1) as f64,
+                total as f64 / k as f64,
+                prefix as f64 / k as f64
+            )
+        })
+        .collect();
+    format!(
+        "shared prefix (run once per call, not per pair): {}",
+        parts.join("; ")
+    )
+}
+
 /// Measures the backend's dense GEMM rate through its own `linear` op (bias, no activation):
 /// 8192³ in fp16 on CUDA, 1024³ in f32 on the CPU. Warm up twice, then time `reps` products
 /// between device syncs.
 pub fn measure_gemm<B: Backend + DeviceSync>(b: &B, dtype: &str) -> Result<Gemm> {
-    let (size, reps) = if dtype == "f16" {
+    let (size, reps) = if dtype != "f32" {
         (8192, 20)
     } else {
         (1024, 3)
@@ -859,8 +1013,15 @@ mod tests {
         let host = weights::load(&ckpt, &cfg).unwrap();
         let model = Model::new(Timed::new(CpuBackend), cfg.clone(), host, 4096).unwrap();
         let max = tokenizer.default_max_length();
-        let (ranked, _) =
-            e2e_call(&model, &tokenizer, &cfg, max, call, &Options::default()).unwrap();
+        let (ranked, _) = e2e_call(
+            &model,
+            CallEncoder::Pairs(&tokenizer),
+            &cfg,
+            max,
+            call,
+            &Options::default(),
+        )
+        .unwrap();
         assert_eq!(ranked, expected);
 
         let mut bad = args.clone();
@@ -934,8 +1095,15 @@ mod tests {
         let model =
             crate::models::modernbert::Model::new(Timed::new(CpuBackend), cfg.clone(), host, 4096)
                 .unwrap();
-        let (ranked, _) =
-            e2e_call(&model, &tokenizer, &cfg, max, call, &Options::default()).unwrap();
+        let (ranked, _) = e2e_call(
+            &model,
+            CallEncoder::Pairs(&tokenizer),
+            &cfg,
+            max,
+            call,
+            &Options::default(),
+        )
+        .unwrap();
         assert_eq!(ranked, expected);
         let _ = std::fs::remove_file(&export);
     }

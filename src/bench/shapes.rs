@@ -11,6 +11,10 @@
 //! | tiny-xlmr | XLM-R | 2 × 64 | 2 | 128 | 250002 | 514 | synthetic Unigram, 250002 pieces |
 //! | gte-modernbert-base | ModernBERT | 22 × 768 | 12 | 1152 (GeGLU) | 50368 | 8192 | the real BERT WordPiece of all-MiniLM-L6-v2 |
 //! | ettin-150m | ModernBERT | 22 × 768 | 12 | 1152 (GeGLU) | 50368 | 7999 | the real BERT WordPiece of all-MiniLM-L6-v2 |
+//! | qwen3-reranker-0.6b | Qwen3 (causal LM) | 28 × 1024 | 16 (8 K/V) of 128 | 3072 (SwiGLU) | 151936 | 40960 | synthetic byte-level BPE, 151669 tokens |
+//!
+//! qwen3-reranker-0.6b is described in shapes_qwen.rs; its weights are bf16 on disk (as the
+//! model ships), the others' f16.
 //!
 //! gte-modernbert-base is Alibaba-NLP/gte-reranker-modernbert-base's config as published
 //! (ModernBERT-base: window 128, a full layer every third, RoPE theta 160000 full / 10000
@@ -70,6 +74,7 @@ pub enum Shape {
     TinyXlmr,
     GteModernBertBase,
     Ettin150m,
+    Qwen3Reranker06b,
 }
 
 /// The dimensions of a shape.
@@ -78,6 +83,11 @@ pub struct Dims {
     pub xlmr: bool,
     /// A ModernBERT shape (pre-norm, RoPE, GeGLU; see the module table).
     pub modernbert: bool,
+    /// A decoder LLM shape (Qwen3: RMSNorm, GQA, SwiGLU; see shapes_qwen.rs).
+    pub qwen: bool,
+    /// K/V heads (grouped-query attention); `heads` for the encoders.
+    pub kv_heads: usize,
+    pub head_dim: usize,
     pub layers: usize,
     pub hidden: usize,
     pub heads: usize,
@@ -90,7 +100,7 @@ pub struct Dims {
 pub const XLMR_VOCAB: usize = 250_002;
 
 impl Shape {
-    pub const ALL: [Shape; 7] = [
+    pub const ALL: [Shape; 8] = [
         Shape::MiniLmL6,
         Shape::BgeBase,
         Shape::BgeLarge,
@@ -98,6 +108,7 @@ impl Shape {
         Shape::TinyXlmr,
         Shape::GteModernBertBase,
         Shape::Ettin150m,
+        Shape::Qwen3Reranker06b,
     ];
 
     pub fn name(self) -> &'static str {
@@ -109,6 +120,7 @@ impl Shape {
             Shape::TinyXlmr => "tiny-xlmr",
             Shape::GteModernBertBase => "gte-modernbert-base",
             Shape::Ettin150m => "ettin-150m",
+            Shape::Qwen3Reranker06b => "qwen3-reranker-0.6b",
         }
     }
 
@@ -121,10 +133,15 @@ impl Shape {
             Shape::TinyXlmr => (true, 2, 64, 2, 128, Some(XLMR_VOCAB), 514),
             Shape::GteModernBertBase => (false, 22, 768, 12, 1152, Some(50368), 8192),
             Shape::Ettin150m => (false, 22, 768, 12, 1152, Some(50368), 7999),
+            Shape::Qwen3Reranker06b => (false, 28, 1024, 16, 3072, Some(151_936), 40960),
         };
+        let qwen = self == Shape::Qwen3Reranker06b;
         Dims {
             xlmr,
             modernbert: matches!(self, Shape::GteModernBertBase | Shape::Ettin150m),
+            qwen,
+            kv_heads: if qwen { 8 } else { heads },
+            head_dim: if qwen { 128 } else { hidden / heads },
             layers,
             hidden,
             heads,
@@ -136,7 +153,8 @@ impl Shape {
 
     /// Whether the shape uses a BERT tokenizer file supplied by the caller.
     pub fn needs_bert_tokenizer(self) -> bool {
-        !self.dims().xlmr
+        let d = self.dims();
+        !d.xlmr && !d.qwen
     }
 }
 
@@ -195,7 +213,13 @@ pub fn write_shape(
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let _ = std::fs::remove_file(out.join(STAMP));
     let d = shape.dims();
-    let (tokenizer_json, tokenizer_vocab) = if d.xlmr {
+    let (tokenizer_json, tokenizer_vocab) = if d.qwen {
+        let json = super::shapes_qwen::synthetic_byte_bpe()?;
+        (
+            json,
+            super::shapes_qwen::BPE_TOKENS + super::shapes_qwen::ADDED_TOKENS,
+        )
+    } else if d.xlmr {
         let vocab = d.vocab.unwrap_or(XLMR_VOCAB);
         (synthetic_unigram(vocab)?, vocab)
     } else {
@@ -213,7 +237,9 @@ pub fn write_shape(
         )));
     }
     write(&out.join("tokenizer.json"), tokenizer_json.as_bytes())?;
-    let tokenizer_config = if d.modernbert {
+    let tokenizer_config = if d.qwen {
+        super::shapes_qwen::tokenizer_config(d.positions)
+    } else if d.modernbert {
         json!({
             "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": d.positions,
             "model_input_names": ["input_ids", "attention_mask"], "cls_token": "[CLS]",
@@ -268,6 +294,19 @@ fn resolve_bert_tokenizer(given: Option<&Path>) -> Result<PathBuf> {
 
 /// config.json as transformers writes it for the shape.
 fn config_json(name: &str, d: &Dims, vocab: usize) -> serde_json::Value {
+    if d.qwen {
+        return super::shapes_qwen::config_json(
+            name,
+            d.layers,
+            d.hidden,
+            d.heads,
+            d.kv_heads,
+            d.head_dim,
+            d.intermediate,
+            vocab,
+            d.positions,
+        );
+    }
     if d.modernbert {
         // gte-reranker-modernbert-base's values; Ettin's last stage: one RoPE base, cls.
         let ettin = name == Shape::Ettin150m.name();
@@ -354,6 +393,20 @@ fn modernbert_tensor_list(d: &Dims, vocab: usize) -> Vec<(String, Vec<usize>, In
 
 /// Every tensor of the checkpoint: name, shape, init.
 fn tensor_list(d: &Dims, vocab: usize) -> Vec<(String, Vec<usize>, Init)> {
+    if d.qwen {
+        return super::shapes_qwen::tensor_list(
+            d.layers,
+            d.hidden,
+            d.heads,
+            d.kv_heads,
+            d.head_dim,
+            d.intermediate,
+            vocab,
+        )
+        .into_iter()
+        .map(|(n, s, norm)| (n, s, if norm { Init::One } else { Init::Small }))
+        .collect();
+    }
     if d.modernbert {
         return modernbert_tensor_list(d, vocab);
     }
@@ -423,14 +476,19 @@ fn write_weights(path: &Path, d: &Dims, vocab: usize, seed: u64) -> Result<()> {
                     Init::Small => u,
                     Init::One => 1.0 + u,
                 };
-                bytes.extend_from_slice(&f16::from_f64(x).to_le_bytes());
+                if d.qwen {
+                    bytes.extend_from_slice(&half::bf16::from_f64(x).to_le_bytes());
+                } else {
+                    bytes.extend_from_slice(&f16::from_f64(x).to_le_bytes());
+                }
             }
             bytes
         })
         .collect();
     let mut views = Vec::with_capacity(list.len());
     for ((name, shape, _), bytes) in list.iter().zip(&data) {
-        let view = TensorView::new(Dtype::F16, shape.clone(), bytes)
+        let dtype = if d.qwen { Dtype::BF16 } else { Dtype::F16 };
+        let view = TensorView::new(dtype, shape.clone(), bytes)
             .map_err(|e| Error::Internal(format!("tensor {name}: {e}")))?;
         views.push((name.clone(), view));
     }
@@ -731,6 +789,67 @@ mod tests {
         let batch = crate::batch::PackedBatch::pack(&[pair], &cfg);
         let logits = crate::model::Scorer::score(&model, &batch).unwrap();
         assert!(logits.len() == 1 && logits[0].is_finite(), "{logits:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The Qwen shape at a tiny size: the synthetic byte-level BPE has the real tokenizer's size
+    /// and ids, the label tokens are single tokens, text round-trips; the checkpoint is what the
+    /// family's loader reads (bf16 on disk), and the directory reranks through the engine with
+    /// the qwen3-reranker template.
+    #[test]
+    fn a_qwen_checkpoint_and_its_tokenizer_load_and_rerank() {
+        use super::super::shapes_qwen::{ADDED_TOKENS, BPE_TOKENS};
+        let dir = std::env::temp_dir().join(format!("crossrank-qwen-shape-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tok_json = super::super::shapes_qwen::synthetic_byte_bpe().unwrap();
+        let tok = tokenizers::Tokenizer::from_bytes(tok_json.as_bytes()).unwrap();
+        assert_eq!(tok.get_vocab_size(true), BPE_TOKENS + ADDED_TOKENS);
+        for (t, id) in [
+            ("<|im_start|>", 151_644),
+            ("<|im_end|>", 151_645),
+            ("<think>", 151_667),
+            ("</think>", 151_668),
+        ] {
+            assert_eq!(tok.token_to_id(t), Some(id), "{t}");
+        }
+        for w in ["yes", "no"] {
+            assert_eq!(tok.encode(w, false).unwrap().get_ids().len(), 1, "{w}");
+        }
+        let text = "Ångström naïve 12345 search engines\nrerank 😀 σοφία";
+        let ids = tok.encode(text, false).unwrap().get_ids().to_vec();
+        assert_eq!(tok.decode(&ids, false).unwrap(), text);
+        std::fs::write(dir.join("tokenizer.json"), &tok_json).unwrap();
+        let d = Dims {
+            layers: 2,
+            hidden: 32,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 16,
+            intermediate: 48,
+            positions: 512,
+            ..Shape::Qwen3Reranker06b.dims()
+        };
+        let vocab = 151_936;
+        let cfg = config_json("tiny-qwen", &d, vocab);
+        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+        let tc = super::super::shapes_qwen::tokenizer_config(d.positions);
+        std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
+        write_weights(&dir.join("model.safetensors"), &d, vocab, 3).unwrap();
+        let r = crate::Reranker::load(&dir, crate::Device::Cpu, &crate::LoadOptions::default())
+            .unwrap();
+        assert_eq!(r.llm_template().unwrap().template.name, "qwen3-reranker");
+        let per_layer = 32 * (64 + 2 * 32) + 64 * 32 + 3 * 32 * 48 + 2 * 32 + 2 * 16;
+        assert_eq!(r.info().parameters, vocab * 32 + 2 * per_layer + 32);
+        let docs = ["a panda is a bear", "", "search engines rerank candidates"];
+        let ranked = r
+            .rerank(
+                "what is a panda?",
+                &docs,
+                &crate::engine::Options::default(),
+            )
+            .unwrap();
+        assert_eq!(ranked.len(), 3);
+        assert!(ranked.iter().all(|x| x.score.is_finite()), "{ranked:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
