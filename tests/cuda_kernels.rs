@@ -1102,8 +1102,11 @@ fn rmsnorm_and_residual_rmsnorm_match_cpu() {
     for &width in llm_widths() {
         for (set, lens) in length_sets(&mut rng) {
             let rows: usize = lens.iter().sum();
-            let x = vec_bf16(&mut rng, rows * width, 0.3, 2.0);
-            let delta = vec_bf16(&mut rng, rows * width, 0.0, 1.0);
+            let mut x = vec_bf16(&mut rng, rows * width, 0.3, 2.0);
+            let mut delta = vec_bf16(&mut rng, rows * width, 0.0, 1.0);
+            // A zero row: only eps keeps its rsqrt finite (it normalises to zeros, not NaN).
+            x[..width].fill(0.0);
+            delta[..width].fill(0.0);
             let weight = vec_bf16(&mut rng, width, 1.0, 0.2);
             let mut plain = vec![0f32; rows * width];
             CpuBackend
@@ -1309,14 +1312,21 @@ fn check_attention_causal<S: Storage>(
 
 /// Causal grouped-query attention, plain and after a shared prefix (the prefix as sequence 0,
 /// each sequence's own rows attending to it first): prefixes shorter than a K/V tile and
-/// crossing one, own parts that are one token, cross tiles, and start inside the prefix's last
-/// tile. bf16 for every shape; fp16 for one (the kernel serves both).
+/// crossing one (lengths chosen below), own parts that are one token, cross tiles, and start
+/// inside the prefix's last tile. bf16 for every shape; fp16 for one (the kernel serves both).
 #[test]
 fn attention_causal_matches_cpu() {
     let mut rng = Rng(23);
     let g = gpu_as::<bf16>("attention_causal_matches_cpu");
     let g16 = gpu("attention_causal_matches_cpu (fp16)");
-    let prefixes: &[usize] = if soft() { &[5, 70] } else { &[5, 70, 300] };
+    // Prefix lengths around the 64-key tiles: 1 and 65 put the end of a block's causal range one
+    // past a tile boundary, 62 puts a tile's last key one past a block's first row (both
+    // planted bugs that other lengths miss: scripts/softgpu_mutants.py), 70 crosses a tile.
+    let prefixes: &[usize] = if soft() {
+        &[1, 62, 70]
+    } else {
+        &[1, 5, 62, 65, 70, 300]
+    };
     for &shape in gqa_shapes() {
         let (d, heads, kv) = shape;
         for (set, lens) in length_sets(&mut rng) {
