@@ -20,7 +20,7 @@ use criterion::{
 use crossrank::backend::cpu::CpuBackend;
 use crossrank::batch::PackedBatch;
 use crossrank::bench::report::mean_batch_flops;
-use crossrank::bench::run::{encode_workload, token_count};
+use crossrank::bench::run::{encode_workload, token_count, CallEncoder};
 use crossrank::bench::shapes::{ensure_shape, Shape, DEFAULT_BERT_TOKENIZER, DEFAULT_SEED};
 use crossrank::bench::workload::{Call, Lengths, Workload};
 use crossrank::engine;
@@ -76,7 +76,7 @@ fn prepare(shape: Shape, lengths: Lengths, n: usize) -> Prepared {
         token_count(&tokenizer, t)
     })
     .unwrap();
-    let mut sets = encode_workload(&tokenizer, &workload, max_length).unwrap();
+    let mut sets = encode_workload(CallEncoder::Pairs(&tokenizer), &workload, max_length).unwrap();
     let pairs = sets.remove(0);
     let batches = pairs.iter().map(|p| PackedBatch::pack(p, &cfg)).collect();
     Prepared {

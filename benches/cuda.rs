@@ -35,7 +35,9 @@ mod cuda {
     use crossrank::backend::Backend;
     use crossrank::batch::PackedBatch;
     use crossrank::bench::report::mean_batch_flops;
-    use crossrank::bench::run::{encode_workload, measure_gemm, token_count, DeviceSync};
+    use crossrank::bench::run::{
+        encode_workload, measure_gemm, token_count, CallEncoder, DeviceSync,
+    };
     use crossrank::bench::shapes::{ensure_shape, Shape, DEFAULT_BERT_TOKENIZER, DEFAULT_SEED};
     use crossrank::bench::workload::{Lengths, Workload};
     use crossrank::engine;
@@ -126,7 +128,7 @@ mod cuda {
                 token_count(&tokenizer, t)
             })
             .unwrap();
-            let pairs = encode_workload(&tokenizer, &w, max_length)
+            let pairs = encode_workload(CallEncoder::Pairs(&tokenizer), &w, max_length)
                 .unwrap()
                 .remove(0);
             let batches: Vec<PackedBatch> =

@@ -295,17 +295,7 @@ fn resolve_bert_tokenizer(given: Option<&Path>) -> Result<PathBuf> {
 /// config.json as transformers writes it for the shape.
 fn config_json(name: &str, d: &Dims, vocab: usize) -> serde_json::Value {
     if d.qwen {
-        return super::shapes_qwen::config_json(
-            name,
-            d.layers,
-            d.hidden,
-            d.heads,
-            d.kv_heads,
-            d.head_dim,
-            d.intermediate,
-            vocab,
-            d.positions,
-        );
+        return super::shapes_qwen::config_json(name, d, vocab);
     }
     if d.modernbert {
         // gte-reranker-modernbert-base's values; Ettin's last stage: one RoPE base, cls.
@@ -394,18 +384,10 @@ fn modernbert_tensor_list(d: &Dims, vocab: usize) -> Vec<(String, Vec<usize>, In
 /// Every tensor of the checkpoint: name, shape, init.
 fn tensor_list(d: &Dims, vocab: usize) -> Vec<(String, Vec<usize>, Init)> {
     if d.qwen {
-        return super::shapes_qwen::tensor_list(
-            d.layers,
-            d.hidden,
-            d.heads,
-            d.kv_heads,
-            d.head_dim,
-            d.intermediate,
-            vocab,
-        )
-        .into_iter()
-        .map(|(n, s, norm)| (n, s, if norm { Init::One } else { Init::Small }))
-        .collect();
+        return super::shapes_qwen::tensor_list(d, vocab)
+            .into_iter()
+            .map(|(n, s, norm)| (n, s, if norm { Init::One } else { Init::Small }))
+            .collect();
     }
     if d.modernbert {
         return modernbert_tensor_list(d, vocab);

@@ -16,6 +16,7 @@ use std::collections::HashSet;
 
 use serde_json::json;
 
+use super::shapes::Dims;
 use super::workload::vocabulary_words;
 use super::Rng;
 use crate::error::{Error, Result};
@@ -26,17 +27,9 @@ pub const BPE_TOKENS: usize = 151_643;
 pub const ADDED_TOKENS: usize = 26;
 
 /// config.json as transformers writes it for the shape.
-pub fn config_json(
-    name: &str,
-    layers: usize,
-    hidden: usize,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    intermediate: usize,
-    vocab: usize,
-    positions: usize,
-) -> serde_json::Value {
+pub fn config_json(name: &str, d: &Dims, vocab: usize) -> serde_json::Value {
+    let (layers, hidden, heads, kv_heads) = (d.layers, d.hidden, d.heads, d.kv_heads);
+    let (head_dim, intermediate, positions) = (d.head_dim, d.intermediate, d.positions);
     json!({
         "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
         "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
@@ -187,16 +180,9 @@ pub fn synthetic_byte_bpe() -> Result<String> {
 
 /// Every tensor of the checkpoint under the hub's names: (name, shape, whether it is a norm
 /// weight, drawn around 1).
-pub fn tensor_list(
-    layers: usize,
-    hidden: usize,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    intermediate: usize,
-    vocab: usize,
-) -> Vec<(String, Vec<usize>, bool)> {
-    let (h, d, i) = (hidden, head_dim, intermediate);
+pub fn tensor_list(dims: &Dims, vocab: usize) -> Vec<(String, Vec<usize>, bool)> {
+    let (h, d, i) = (dims.hidden, dims.head_dim, dims.intermediate);
+    let (layers, heads, kv_heads) = (dims.layers, dims.heads, dims.kv_heads);
     let w = |name: String, shape: Vec<usize>| (format!("{name}.weight"), shape, false);
     let norm = |name: String, n: usize| (format!("{name}.weight"), vec![n], true);
     let mut t = vec![w("model.embed_tokens".into(), vec![vocab, h])];
