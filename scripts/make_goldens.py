@@ -822,6 +822,10 @@ def main() -> None:
     from make_qwen_goldens import make_qwen
 
     make_qwen()
+    # And the BLIP image-text matching model's (scripts/make_blip_goldens.py).
+    from make_blip_goldens import make_blip
+
+    make_blip()
 
 
 if __name__ == "__main__":
