@@ -37,7 +37,7 @@ impl PackedBatch {
         self.input_ids.extend_from_slice(ids);
         self.token_type_ids.extend_from_slice(type_ids);
         match cfg.family {
-            Family::Bert | Family::ModernBert | Family::Qwen => {
+            Family::Bert | Family::ModernBert | Family::Qwen | Family::Blip => {
                 self.position_ids.extend(0..ids.len() as u32)
             }
             Family::Roberta => {

@@ -11,7 +11,8 @@ use crate::error::{Error, Result};
 
 pub const SUPPORTED_ARCHITECTURES: &str = "BertForSequenceClassification, \
 RobertaForSequenceClassification, XLMRobertaForSequenceClassification, \
-ModernBertForSequenceClassification, Qwen3ForCausalLM and Qwen2ForCausalLM (LLM rerankers)";
+ModernBertForSequenceClassification, Qwen3ForCausalLM and Qwen2ForCausalLM (LLM rerankers), \
+BlipForImageTextRetrieval (images)";
 
 /// The model families crossrank runs. They differ in position ids, token type ids, tensor
 /// prefixes and the classification head.
@@ -30,6 +31,11 @@ pub enum Family {
     /// blocks, RoPE, grouped-query causal attention, SwiGLU, scored from the yes / no logits of
     /// the last position. Its own settings are in [`ModelConfig::qwen`].
     Qwen,
+    /// BLIP's image-text matching model: a ViT over the image and a BERT text encoder whose
+    /// layers cross-attend to the image rows, scored from the ITM head on the text [CLS] row.
+    /// The text encoder's settings are the shared fields; the vision tower's are in
+    /// [`ModelConfig::blip`].
+    Blip,
 }
 
 /// The hidden activation of the feed-forward block.
@@ -188,8 +194,180 @@ impl QwenConfig {
             num_labels: 1,
             modernbert: None,
             qwen: Some(qwen),
+            blip: None,
         })
     }
+}
+
+/// BLIP's vision tower (transformers' `BlipVisionConfig`), validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlipVisionConfig {
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub head_dim: usize,
+    pub intermediate_size: usize,
+    /// The square input's side in pixels.
+    pub image_size: usize,
+    /// The square patch's side; `image_size` is a multiple of it.
+    pub patch_size: usize,
+    pub layer_norm_eps: f32,
+}
+
+impl BlipVisionConfig {
+    /// Patches per image.
+    pub fn patches(&self) -> usize {
+        (self.image_size / self.patch_size).pow(2)
+    }
+
+    /// Rows per image through the tower: the class token, then the patches.
+    pub fn rows_per_image(&self) -> usize {
+        self.patches() + 1
+    }
+
+    /// Values per preprocessed image: 3 channels of image_size².
+    pub fn pixels_per_image(&self) -> usize {
+        3 * self.image_size * self.image_size
+    }
+}
+
+/// `BlipForImageTextRetrieval`: the text encoder as the shared fields, the vision tower as
+/// [`BlipVisionConfig`]. Absent fields take transformers' defaults (`BlipTextConfig`,
+/// `BlipVisionConfig`).
+fn blip_config(architecture: String, v: &serde_json::Value) -> Result<ModelConfig, String> {
+    use serde_json::Value;
+    let section = |name: &str| -> Result<&serde_json::Map<String, Value>, String> {
+        match v.get(name) {
+            Some(Value::Object(m)) => Ok(m),
+            None | Some(Value::Null) => Err(format!("field `{name}` is missing")),
+            Some(x) => Err(format!("field `{name}` = {x} is not an object")),
+        }
+    };
+    let (text, vision) = (section("text_config")?, section("vision_config")?);
+    let uint = |m: &serde_json::Map<String, Value>, sec: &str, name: &str, default: usize| match m
+        .get(name)
+    {
+        None | Some(Value::Null) => Ok(default),
+        Some(x) => match x.as_u64() {
+            Some(0) => Err(format!("field `{sec}.{name}` must be positive, got 0")),
+            Some(n) => Ok(n as usize),
+            None => Err(format!(
+                "field `{sec}.{name}` = {x} is not a positive integer"
+            )),
+        },
+    };
+    // image_size and patch_size may be an int or a [height, width] pair; only squares here.
+    let side = |name: &str, default: usize| -> Result<usize, String> {
+        match vision.get(name) {
+            Some(Value::Array(a)) => match a.as_slice() {
+                [h, w] if h == w => uint(
+                    &serde_json::Map::from_iter([(name.to_string(), h.clone())]),
+                    "vision_config",
+                    name,
+                    default,
+                ),
+                _ => Err(format!(
+                    "field `vision_config.{name}` = {} is not supported (square only)",
+                    Value::Array(a.clone())
+                )),
+            },
+            _ => uint(vision, "vision_config", name, default),
+        }
+    };
+    let eps = |m: &serde_json::Map<String, Value>, sec: &str, default: f64| {
+        let e = m
+            .get("layer_norm_eps")
+            .and_then(Value::as_f64)
+            .unwrap_or(default);
+        if e > 0.0 && e < 1.0 {
+            Ok(e as f32)
+        } else {
+            Err(format!(
+                "field `{sec}.layer_norm_eps` = {e} is out of range"
+            ))
+        }
+    };
+    let gelu = |m: &serde_json::Map<String, Value>, sec: &str| match m
+        .get("hidden_act")
+        .and_then(Value::as_str)
+        .unwrap_or("gelu")
+    {
+        "gelu" => Ok(()),
+        other => Err(format!(
+            "field `{sec}.hidden_act` = \"{other}\" is not supported (supported: gelu)"
+        )),
+    };
+    gelu(text, "text_config")?;
+    gelu(vision, "vision_config")?;
+    let heads_of = |hidden: usize, heads: usize, sec: &str| {
+        if hidden.is_multiple_of(heads) {
+            Ok(hidden / heads)
+        } else {
+            Err(format!(
+                "field `{sec}.hidden_size` ({hidden}) is not a multiple of `num_attention_heads` ({heads})"
+            ))
+        }
+    };
+    let vh = uint(vision, "vision_config", "hidden_size", 768)?;
+    let vheads = uint(vision, "vision_config", "num_attention_heads", 12)?;
+    let image_size = side("image_size", 384)?;
+    let patch_size = side("patch_size", 16)?;
+    if !image_size.is_multiple_of(patch_size) {
+        return Err(format!(
+            "field `vision_config.image_size` ({image_size}) is not a multiple of `patch_size` ({patch_size})"
+        ));
+    }
+    let vision_cfg = BlipVisionConfig {
+        hidden_size: vh,
+        num_layers: uint(vision, "vision_config", "num_hidden_layers", 12)?,
+        num_heads: vheads,
+        head_dim: heads_of(vh, vheads, "vision_config")?,
+        intermediate_size: uint(vision, "vision_config", "intermediate_size", 3072)?,
+        image_size,
+        patch_size,
+        layer_norm_eps: eps(vision, "vision_config", 1e-5)?,
+    };
+    let th = uint(text, "text_config", "hidden_size", 768)?;
+    let theads = uint(text, "text_config", "num_attention_heads", 8)?;
+    // BlipConfig sets the text tower's encoder_hidden_size to the vision width.
+    let enc = uint(text, "text_config", "encoder_hidden_size", vh)?;
+    if enc != vh {
+        return Err(format!(
+            "field `text_config.encoder_hidden_size` ({enc}) differs from `vision_config.hidden_size` ({vh})"
+        ));
+    }
+    if let Some(p) = text
+        .get("position_embedding_type")
+        .and_then(Value::as_str)
+        .filter(|p| *p != "absolute")
+    {
+        return Err(format!(
+            "field `text_config.position_embedding_type` = \"{p}\" is not supported (supported: absolute)"
+        ));
+    }
+    let pad = text
+        .get("pad_token_id")
+        .and_then(Value::as_u64)
+        .unwrap_or(0) as u32;
+    Ok(ModelConfig {
+        architecture,
+        family: Family::Blip,
+        vocab_size: uint(text, "text_config", "vocab_size", 30524)?,
+        hidden_size: th,
+        num_layers: uint(text, "text_config", "num_hidden_layers", 12)?,
+        num_heads: theads,
+        head_dim: heads_of(th, theads, "text_config")?,
+        intermediate_size: uint(text, "text_config", "intermediate_size", 3072)?,
+        activation: Activation::GeluErf,
+        max_position_embeddings: uint(text, "text_config", "max_position_embeddings", 512)?,
+        type_vocab_size: 1,
+        layer_norm_eps: eps(text, "text_config", 1e-12)?,
+        pad_token_id: pad,
+        num_labels: 1,
+        modernbert: None,
+        qwen: None,
+        blip: Some(vision_cfg),
+    })
 }
 
 /// What `config.json` says, as transformers reads it. Unknown fields are ignored.
@@ -238,6 +416,8 @@ pub struct ModelConfig {
     pub modernbert: Option<ModernBertConfig>,
     /// The Qwen family's own settings; `Some` exactly when `family` is Qwen.
     pub qwen: Option<QwenConfig>,
+    /// BLIP's vision tower; `Some` exactly when `family` is Blip.
+    pub blip: Option<BlipVisionConfig>,
 }
 
 /// Which attention a ModernBERT layer runs.
@@ -467,7 +647,7 @@ impl ModelConfig {
     pub fn ffn_in_width(&self) -> usize {
         match self.family {
             Family::ModernBert | Family::Qwen => 2 * self.intermediate_size,
-            Family::Bert | Family::Roberta => self.intermediate_size,
+            Family::Bert | Family::Roberta | Family::Blip => self.intermediate_size,
         }
     }
 
@@ -527,6 +707,11 @@ impl ModelConfig {
                 let v: serde_json::Value =
                     serde_json::from_str(text).map_err(|e| format!("not a valid config: {e}"))?;
                 return QwenConfig::config(architecture, &v);
+            }
+            "BlipForImageTextRetrieval" => {
+                let v: serde_json::Value =
+                    serde_json::from_str(text).map_err(|e| format!("not a valid config: {e}"))?;
+                return blip_config(architecture, &v);
             }
             other => {
                 return Err(format!(
@@ -590,7 +775,7 @@ impl ModelConfig {
             (_, Some(p)) if p >= 0 => p as u32,
             (Family::Bert, _) => 0,
             (Family::ModernBert, _) => 50283,
-            (Family::Qwen, _) => 0,
+            (Family::Qwen | Family::Blip, _) => 0,
             (Family::Roberta, _) => {
                 return Err(
                     "field `pad_token_id` is missing or negative; RoBERTa positions need it".into(),
@@ -642,6 +827,7 @@ impl ModelConfig {
             num_labels,
             modernbert,
             qwen: None,
+            blip: None,
         };
         if cfg.max_positions() == 0 {
             return Err(format!(
@@ -656,7 +842,9 @@ impl ModelConfig {
     /// padding_idx + 1, so that many rows are unusable.
     pub fn max_positions(&self) -> usize {
         match self.family {
-            Family::Bert | Family::ModernBert | Family::Qwen => self.max_position_embeddings,
+            Family::Bert | Family::ModernBert | Family::Qwen | Family::Blip => {
+                self.max_position_embeddings
+            }
             Family::Roberta => self
                 .max_position_embeddings
                 .saturating_sub(self.pad_token_id as usize + 1),
@@ -673,6 +861,18 @@ impl ModelConfig {
     pub fn parameter_count(&self) -> usize {
         let h = self.hidden_size;
         let i = self.intermediate_size;
+        if let Some(v) = &self.blip {
+            // transformers' BlipForImageTextRetrieval, less vision_proj and text_proj (256 wide
+            // projections for the contrastive score, which the ITM head does not use).
+            let (vh, vi, p) = (v.hidden_size, v.intermediate_size, v.patch_size);
+            let vision_emb = vh * 3 * p * p + vh + vh + v.rows_per_image() * vh;
+            let vision_layer = 3 * vh * vh + 3 * vh + vh * vh + vh + 2 * vh * vi + vi + vh + 4 * vh;
+            let vision = vision_emb + v.num_layers * vision_layer + 2 * vh;
+            let text_emb = (self.vocab_size + self.max_position_embeddings) * h + 2 * h;
+            let attn = |kv_in: usize| h * h + h + 2 * (kv_in * h + h) + h * h + h + 2 * h;
+            let text_layer = attn(h) + attn(vh) + 2 * h * i + i + h + 2 * h;
+            return vision + text_emb + self.num_layers * text_layer + 2 * h + 2;
+        }
         if let Some(q) = &self.qwen {
             let (d, heads, kv) = (self.head_dim, self.num_heads, q.num_kv_heads);
             let qkv = h * (heads + 2 * kv) * d + if q.qkv_bias { (heads + 2 * kv) * d } else { 0 };

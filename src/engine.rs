@@ -11,6 +11,7 @@ use crate::config::{Family, LayerType, ModelConfig};
 use crate::error::{Error, Result};
 use crate::llm_template::LlmEncoder;
 use crate::model::{Model, Scorer};
+use crate::models::blip::ImageScorer;
 use crate::tokenize::{EncodedPair, PairTokenizer, TruncationSide};
 use crate::weights::{self, Checkpoint, DiskDtype};
 
@@ -182,6 +183,7 @@ pub fn inspect(dir: &Path) -> Result<(ModelConfig, PairTokenizer, ModelInfo, Che
             Family::Roberta => "roberta",
             Family::ModernBert => "modernbert",
             Family::Qwen => "qwen",
+            Family::Blip => "blip",
         },
         window: cfg.modernbert.as_ref().map(|m| m.local_attention),
         layer_types: cfg.modernbert.as_ref().map(|m| {
@@ -197,6 +199,7 @@ pub fn inspect(dir: &Path) -> Result<(ModelConfig, PairTokenizer, ModelInfo, Che
             (Some(m), _) => m.classifier_pooling.as_str(),
             // A causal LM scores from its last position's yes / no logits.
             (None, Family::Qwen) => "last",
+            // The ITM head reads the text [CLS] row.
             (None, _) => "cls",
         },
     };
@@ -209,6 +212,8 @@ pub struct Reranker {
     /// A causal-LM reranker's prompt template, bound to its tokenizer.
     llm: Option<LlmEncoder>,
     scorer: Box<dyn Scorer>,
+    /// An image-text model's scorer (BLIP); `scorer` then refuses text-only batches.
+    image: Option<Box<dyn ImageScorer>>,
     info: ModelInfo,
     dtype: DiskDtype,
 }
@@ -221,6 +226,42 @@ impl Reranker {
         let (cfg, tokenizer, info, ckpt) = inspect(dir)?;
         // Every pair fits in one forward: the arena holds at least one longest pair.
         let max_tokens = opts.max_batch_tokens.max(tokenizer.max_length_limit());
+        if cfg.family == Family::Blip {
+            let image: Box<dyn ImageScorer> = match device {
+                Device::Cpu => {
+                    let host = crate::models::blip::load(&ckpt, &cfg)?;
+                    Box::new(crate::models::blip::Model::new(
+                        CpuBackend,
+                        cfg.clone(),
+                        host,
+                        max_tokens,
+                        crate::models::blip::MAX_IMAGES_PER_FORWARD,
+                    )?)
+                }
+                Device::Cuda(_) => {
+                    return Err(Error::input(format!(
+                        "{}: {} runs on the CPU only so far (use --device cpu); its CUDA kernels are not written yet",
+                        dir.display(),
+                        cfg.architecture
+                    )))
+                }
+            };
+            let dtype = ckpt.dtype();
+            let scorer = Box::new(crate::models::blip::TextRefused {
+                architecture: cfg.architecture.clone(),
+                device: image.device_name(),
+                max_tokens,
+            });
+            return Ok(Reranker {
+                cfg,
+                tokenizer,
+                llm: None,
+                scorer,
+                image: Some(image),
+                info,
+                dtype,
+            });
+        }
         if cfg.family == Family::ModernBert {
             let scorer: Box<dyn Scorer> = match device {
                 Device::Cpu => {
@@ -243,6 +284,7 @@ impl Reranker {
                 tokenizer,
                 llm: None,
                 scorer,
+                image: None,
                 info,
                 dtype,
             });
@@ -275,6 +317,7 @@ impl Reranker {
                 tokenizer,
                 llm: Some(llm),
                 scorer,
+                image: None,
                 info,
                 dtype,
             });
@@ -291,6 +334,7 @@ impl Reranker {
             tokenizer,
             llm: None,
             scorer,
+            image: None,
             info,
             dtype,
         })
@@ -357,6 +401,9 @@ impl Reranker {
         side: TruncationSide,
         instruction: Option<&str>,
     ) -> Result<Vec<EncodedPair>> {
+        if self.image.is_some() {
+            return Err(self.text_refused());
+        }
         let max_length = self.tokenizer.resolve_max_length(max_length)?;
         if instruction.is_some() && self.llm.is_none() {
             return Err(Error::input(format!(
@@ -376,6 +423,81 @@ impl Reranker {
                 .tokenizer
                 .encode_group_with(query, passages, max_length, side),
         }
+    }
+
+    /// An image-text model's refusal of text documents.
+    fn text_refused(&self) -> Error {
+        Error::input(format!(
+            "{} is an image-text model ({}): every document must be an image ({{\"image\": PATH or data URI}}), not text",
+            self.info.path.display(),
+            self.cfg.architecture
+        ))
+    }
+
+    /// Whether the model scores (query, image) pairs (BLIP) rather than text pairs.
+    pub fn is_image_model(&self) -> bool {
+        self.image.is_some()
+    }
+
+    /// An image-text model's vision settings (the input size its images are resized to).
+    pub fn vision_config(&self) -> Option<&crate::config::BlipVisionConfig> {
+        self.cfg.blip.as_ref()
+    }
+
+    /// Raw logits of (query, image) pairs: the query against every preprocessed image
+    /// ([3, size, size] CHW, as the model's image processor makes them), in order, packed into
+    /// as few forwards as the arena allows. Also says whether the query was cut.
+    pub fn score_images(
+        &self,
+        query: &str,
+        images: &[&[f32]],
+        max_length: Option<usize>,
+    ) -> Result<(Vec<f32>, bool)> {
+        let Some(model) = &self.image else {
+            return Err(Error::input(format!(
+                "{} is a text model ({}): it cannot score image documents",
+                self.info.path.display(),
+                self.cfg.architecture
+            )));
+        };
+        let max_length = self.tokenizer.resolve_max_length(max_length)?;
+        let pair = self.tokenizer.encode_single(query, max_length)?;
+        if pair.ids.is_empty() {
+            return Err(Error::input("the query encodes to no tokens"));
+        }
+        // Every pair carries the query's tokens: as many pairs per forward as images and
+        // tokens allow, at least one.
+        let per = (model.max_batch_tokens() / pair.ids.len()).clamp(1, model.max_batch_images());
+        let mut logits = Vec::with_capacity(images.len());
+        for chunk in images.chunks(per) {
+            let batch = PackedBatch::pack(std::iter::repeat_n(&pair, chunk.len()), &self.cfg);
+            logits.extend(model.score(&batch, chunk)?);
+        }
+        Ok((logits, pair.truncated))
+    }
+
+    /// Scores every preprocessed image against the query and returns them best first.
+    pub fn rerank_pixels(
+        &self,
+        query: &str,
+        images: &[&[f32]],
+        opts: &Options,
+    ) -> Result<Vec<Ranked>> {
+        if opts.instruction.is_some() {
+            return Err(Error::input(format!(
+                "instruction: {} takes none (only LLM rerankers have a prompt template)",
+                self.cfg.architecture
+            )));
+        }
+        let (logits, truncated) = self.score_images(query, images, opts.max_length)?;
+        let pairs: Vec<EncodedPair> = (0..logits.len())
+            .map(|_| EncodedPair {
+                ids: Vec::new(),
+                type_ids: Vec::new(),
+                truncated,
+            })
+            .collect();
+        Ok(rank(&pairs, &logits, opts))
     }
 
     /// A causal-LM reranker's template and its token ids (None for encoder models).

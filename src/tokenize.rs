@@ -278,6 +278,34 @@ impl PairTokenizer {
         }
     }
 
+    /// One text alone, as `tokenizer(text, truncation=True, max_length=L)` encodes it: cut on
+    /// the right to leave room for the post-processor's single-sequence special tokens, then
+    /// framed by it (BLIP's query: `[CLS] text [SEP]`). `max_length` must come from
+    /// `resolve_max_length`.
+    pub fn encode_single(&self, text: &str, max_length: usize) -> Result<EncodedPair> {
+        let mut ids = self.encode_text(text)?;
+        let added = self
+            .tokenizer
+            .get_post_processor()
+            .map(|p| p.added_tokens(false))
+            .unwrap_or(0);
+        let budget = max_length.saturating_sub(added);
+        let truncated = ids.len() > budget;
+        ids.truncate(budget);
+        let enc = match self.tokenizer.get_post_processor() {
+            Some(proc) => proc
+                .process(ids_encoding(ids), None, true)
+                .map_err(|e| Error::input(format!("tokenizer failed on a text: {e}")))?,
+            None => ids_encoding(ids),
+        };
+        let ids = enc.get_ids().to_vec();
+        Ok(EncodedPair {
+            type_ids: vec![0; ids.len()],
+            ids,
+            truncated,
+        })
+    }
+
     pub fn inner(&self) -> &Tokenizer {
         &self.tokenizer
     }

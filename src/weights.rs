@@ -331,17 +331,17 @@ impl Names {
 
 /// Loads and validates every tensor the forward pass needs, fusing Q, K and V.
 pub fn load(ckpt: &Checkpoint, cfg: &ModelConfig) -> Result<Weights<HostTensor>> {
-    let names = Names {
-        prefix: match cfg.family {
-            Family::Bert => "bert.",
-            Family::Roberta => "roberta.",
-            Family::ModernBert | Family::Qwen => {
-                return Err(Error::Internal(
-                    "a family with its own forward (ModernBERT, Qwen) reached BERT's loader".into(),
-                ))
-            }
-        },
-    };
+    let names =
+        Names {
+            prefix: match cfg.family {
+                Family::Bert => "bert.",
+                Family::Roberta => "roberta.",
+                Family::ModernBert | Family::Qwen | Family::Blip => return Err(Error::Internal(
+                    "a family with its own forward (ModernBERT, Qwen, BLIP) reached BERT's loader"
+                        .into(),
+                )),
+            },
+        };
     let h = cfg.hidden_size;
     let inter = cfg.intermediate_size;
     let body = |name: &str, shape: &[usize]| ckpt.tensor(&names.body(name), shape);
@@ -400,7 +400,7 @@ pub fn load(ckpt: &Checkpoint, cfg: &ModelConfig) -> Result<Weights<HostTensor>>
                 in_dim: h,
             },
         },
-        Family::Roberta | Family::ModernBert | Family::Qwen => {
+        Family::Roberta | Family::ModernBert | Family::Qwen | Family::Blip => {
             let exact = |name: &str, shape: &[usize]| ckpt.tensor(&[name.to_string()], shape);
             Head {
                 dense: Linear {

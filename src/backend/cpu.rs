@@ -156,9 +156,7 @@ fn attention_causal(
     check_len("attention_causal qkv", qkv.len(), rows * width)?;
     check_len("attention_causal out", out.len(), rows * h)?;
     let scale = 1.0 / (d as f64).sqrt();
-    let seq_of: Vec<usize> = (0..batch.len())
-        .flat_map(|s| std::iter::repeat_n(s, batch.range(s).len()))
-        .collect();
+    let seq_of = sequence_of_rows(batch);
     // One task per query row: every key of its sequence up to itself, plainly, in f64.
     out[..rows * h]
         .par_chunks_mut(h)
@@ -188,6 +186,13 @@ fn attention_causal(
             }
         });
     Ok(())
+}
+
+/// The sequence each row of a packed batch belongs to (rows past the last sequence: none).
+fn sequence_of_rows(batch: &PackedBatch) -> Vec<usize> {
+    (0..batch.len())
+        .flat_map(|s| std::iter::repeat_n(s, batch.range(s).len()))
+        .collect()
 }
 
 /// GELU, exact erf form, as transformers' "gelu".
@@ -577,9 +582,7 @@ impl Backend for CpuBackend {
         check_len("attention_window out", out.len(), rows * h)?;
         let scale = 1.0 / (d as f64).sqrt();
         // One task per query row: every key within the window of its own sequence, plainly.
-        let seq_of: Vec<usize> = (0..batch.len())
-            .flat_map(|s| std::iter::repeat_n(s, batch.range(s).len()))
-            .collect();
+        let seq_of = sequence_of_rows(batch);
         out[..rows * h]
             .par_chunks_mut(h)
             .enumerate()
@@ -776,6 +779,132 @@ impl Backend for CpuBackend {
             )));
         }
         self.linear(x, n, lin, None, out)
+    }
+
+    fn load_values(&self, host: &[f32], dst: &mut Vec<f32>, at: usize) -> Result<()> {
+        check_len("load_values dst", dst.len(), at + host.len())?;
+        dst[at..at + host.len()].copy_from_slice(host);
+        Ok(())
+    }
+
+    fn patchify(
+        &self,
+        pixels: &Vec<f32>,
+        n: usize,
+        size: usize,
+        patch: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        if patch == 0 || !size.is_multiple_of(patch) {
+            return Err(Error::Internal(format!(
+                "patchify: image side {size} is not a multiple of the patch {patch}"
+            )));
+        }
+        let (g, k) = (size / patch, 3 * patch * patch);
+        check_len("patchify pixels", pixels.len(), n * 3 * size * size)?;
+        check_len("patchify out", out.len(), n * g * g * k)?;
+        out[..n * g * g * k]
+            .par_chunks_mut(k)
+            .enumerate()
+            .for_each(|(row, o)| {
+                let (image, p) = (row / (g * g), row % (g * g));
+                let (py, px) = (p / g, p % g);
+                let img = &pixels[image * 3 * size * size..][..3 * size * size];
+                for c in 0..3 {
+                    for y in 0..patch {
+                        let src = c * size * size + (py * patch + y) * size + px * patch;
+                        let dst = c * patch * patch + y * patch;
+                        o[dst..dst + patch].copy_from_slice(&img[src..src + patch]);
+                    }
+                }
+            });
+        Ok(())
+    }
+
+    fn vit_embed(
+        &self,
+        patches: &Vec<f32>,
+        n: usize,
+        class: &Vec<f32>,
+        positions: &Vec<f32>,
+        width: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let rows = positions.len() / width.max(1);
+        if rows == 0 || class.len() != width {
+            return Err(Error::Internal(format!(
+                "vit_embed: class token of {} and positions of {} for width {width}",
+                class.len(),
+                positions.len()
+            )));
+        }
+        let g2 = rows - 1;
+        check_len("vit_embed patches", patches.len(), n * g2 * width)?;
+        check_len("vit_embed out", out.len(), n * rows * width)?;
+        out[..n * rows * width]
+            .par_chunks_mut(width)
+            .enumerate()
+            .for_each(|(r, o)| {
+                let (image, j) = (r / rows, r % rows);
+                let src = match j {
+                    0 => &class[..],
+                    _ => &patches[(image * g2 + j - 1) * width..][..width],
+                };
+                let pos = &positions[j * width..][..width];
+                for ((o, s), p) in o.iter_mut().zip(src).zip(pos) {
+                    *o = s + p;
+                }
+            });
+        Ok(())
+    }
+
+    fn cross_attention(
+        &self,
+        q: &Vec<f32>,
+        batch: &PackedBatch,
+        kv: &Vec<f32>,
+        kv_batch: &PackedBatch,
+        heads: usize,
+        d: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let (h, rows) = (heads * d, batch.tokens());
+        if batch.len() != kv_batch.len() {
+            return Err(Error::Internal(format!(
+                "cross_attention: {} query sequences over {} key/value sequences",
+                batch.len(),
+                kv_batch.len()
+            )));
+        }
+        check_len("cross_attention q", q.len(), rows * h)?;
+        check_len("cross_attention kv", kv.len(), kv_batch.tokens() * 2 * h)?;
+        check_len("cross_attention out", out.len(), rows * h)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let seq_of = sequence_of_rows(batch);
+        // One task per query row: every key/value row of its own sequence's image, plainly.
+        out[..rows * h]
+            .par_chunks_mut(h)
+            .enumerate()
+            .for_each(|(i, o)| {
+                let Some(&s) = seq_of.get(i) else {
+                    o.fill(0.0);
+                    return;
+                };
+                for head in 0..heads {
+                    let k_at = |j: usize| &kv[j * 2 * h + head * d..][..d];
+                    let v_at = |j: usize| &kv[j * 2 * h + h + head * d..][..d];
+                    attend_row(
+                        &q[i * h + head * d..][..d],
+                        kv_batch.range(s),
+                        k_at,
+                        v_at,
+                        scale,
+                        None,
+                        &mut o[head * d..][..d],
+                    );
+                }
+            });
+        Ok(())
     }
 }
 

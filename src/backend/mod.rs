@@ -285,6 +285,67 @@ pub trait Backend: Send + Sync + 'static {
         Err(unsupported(self, "gather_last"))
     }
 
+    // ---- Ops the visual cross-encoder needs (BLIP's image-text matching model). ----
+
+    /// Copies `host` into `dst` from element `at` on: a forward's input that is not token ids
+    /// (a preprocessed image's pixels).
+    fn load_values(&self, host: &[f32], dst: &mut Self::Buf, at: usize) -> Result<()> {
+        let _ = (host, dst, at);
+        Err(unsupported(self, "load_values"))
+    }
+
+    /// A ViT's patches as rows, for its patch embedding as one GEMM (im2col): `pixels` holds `n`
+    /// images of [3, size, size] (CHW); row `i·g² + py·g + px` of `out` (g = size / patch) is
+    /// image i's patch (py, px), its 3·patch² values in (channel, y, x) order, the order of a
+    /// Conv2d weight [hidden, 3, patch, patch] read as [hidden, 3·patch²].
+    fn patchify(
+        &self,
+        pixels: &Self::Buf,
+        n: usize,
+        size: usize,
+        patch: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (pixels, n, size, patch, out);
+        Err(unsupported(self, "patchify"))
+    }
+
+    /// A ViT's embeddings for `n` images of `g²` patches, `width` wide: image i's rows in `out`
+    /// start at `i·(g² + 1)`, the first `class + positions[0]`, then `patches[i·g² + j] +
+    /// positions[1 + j]` (transformers' order: the patch embedding, bias included, plus the
+    /// position).
+    fn vit_embed(
+        &self,
+        patches: &Self::Buf,
+        n: usize,
+        class: &Self::Buf,
+        positions: &Self::Buf,
+        width: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (patches, n, class, positions, width, out);
+        Err(unsupported(self, "vit_embed"))
+    }
+
+    /// Cross-attention: the query rows of `batch`'s sequence s (`q`, [tokens, heads·head_dim])
+    /// attend to every row of `kv_batch`'s sequence s (`kv`, [kv rows, 2·heads·head_dim], K | V,
+    /// heads contiguous in each), with no mask: `softmax(q Kᵀ / sqrt(d)) V`, written [tokens,
+    /// heads·head_dim]. The two batches hold the same number of sequences.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_attention(
+        &self,
+        q: &Self::Buf,
+        batch: &Self::Batch,
+        kv: &Self::Buf,
+        kv_batch: &Self::Batch,
+        heads: usize,
+        head_dim: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let _ = (q, batch, kv, kv_batch, heads, head_dim, out);
+        Err(unsupported(self, "cross_attention"))
+    }
+
     /// The first `n` logits `head` wrote, once the device has finished them.
     fn read_logits(&self, logits: &Self::Logits, n: usize) -> Result<Vec<f32>>;
 

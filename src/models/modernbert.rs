@@ -40,7 +40,7 @@ pub struct Weights<T> {
     pub classifier: Linear<T>,
 }
 
-fn map_lin<T, U>(l: Linear<T>, f: &mut impl FnMut(T) -> Result<U>) -> Result<Linear<U>> {
+pub(crate) fn map_lin<T, U>(l: Linear<T>, f: &mut impl FnMut(T) -> Result<U>) -> Result<Linear<U>> {
     Ok(Linear {
         w: f(l.w)?,
         b: f(l.b)?,
@@ -49,7 +49,10 @@ fn map_lin<T, U>(l: Linear<T>, f: &mut impl FnMut(T) -> Result<U>) -> Result<Lin
     })
 }
 
-fn map_ln<T, U>(l: LayerNorm<T>, f: &mut impl FnMut(T) -> Result<U>) -> Result<LayerNorm<U>> {
+pub(crate) fn map_ln<T, U>(
+    l: LayerNorm<T>,
+    f: &mut impl FnMut(T) -> Result<U>,
+) -> Result<LayerNorm<U>> {
     Ok(LayerNorm {
         gamma: f(l.gamma)?,
         beta: f(l.beta)?,
