@@ -142,3 +142,26 @@ fn cuda_is_refused_in_one_line() {
         }
     }
 }
+
+/// Through the binary: text documents for an image model are one line on stderr, exit 1.
+#[test]
+fn the_cli_refuses_text_documents_for_an_image_model() {
+    let model = model_dir("blip-itm-tiny");
+    let docs = data_dir().join("demo-docs.txt");
+    let out = crossrank(&[
+        "rerank",
+        "--model",
+        model.to_str().unwrap(),
+        "--query",
+        "a cat",
+        "--docs",
+        docs.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("must be an image"),
+        "{err}"
+    );
+}

@@ -427,6 +427,12 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         return Err(Error::input("--calls and --iters must be at least 1"));
     }
     let (cfg, tokenizer, info, ckpt) = engine::inspect(&args.model_dir)?;
+    if cfg.family == Family::Blip {
+        return Err(Error::input(format!(
+            "bench: {} is an image-text model; the bench has no image workload yet",
+            cfg.architecture
+        )));
+    }
     let max_length = tokenizer.resolve_max_length(args.max_length)?;
     let count = |text: &str| token_count(&tokenizer, text);
     let workload = Workload::generate(
