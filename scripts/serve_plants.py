@@ -6,7 +6,7 @@ catch them, and restores the file: every plant must make at least one test fail.
 
 Unit plants run `cargo test --lib serve::scheduler`, HTTP plants `cargo test --test serve_http
 deadlines`, model plants (issue 12) `cargo test --test serve_http two_models`, swap plants
-`cargo test --test serve_process`. A plant whose text no longer matches the source fails loudly (an AssertionError):
+`cargo test --test serve_process`, shadow plants `cargo test --test serve_http shadow`. A plant whose text no longer matches the source fails loudly (an AssertionError):
 update it with the code.
 """
 import os
@@ -116,12 +116,18 @@ plants=[
  ("S3 SIGHUP ignored", 'src/serve/mod.rs', sub("            service.reload_all().await;\n","            let _ = &service;\n"), "swap"),
  ("S4 a swap keeps the old model serving", 'src/serve/models.rs', sub("Some(slot) => Some(std::mem::replace(slot, new)),","Some(_) => Some(new),"), "swap"),
  ("S5 a failed load spends a revision", 'src/serve/mod.rs', sub("let revision = self.revisions.load(Ordering::Acquire) + 1;","let revision = self.revisions.fetch_add(1, Ordering::AcqRel) + 1;"), "swap"),
+ ("X1 the shadow compared with the default model itself", 'src/serve/shadow.rs', sub("agreement(p, s, k.max(1))","agreement(p, p, k.max(1))"), "shadow"),
+ ("X2 top-k overlap ignores top_n", 'src/serve/shadow.rs', sub("group.top_n.unwrap_or(DEFAULT_K)","DEFAULT_K"), "shadow"),
+ ("X3 sampling ignores --shadow-sample", 'src/serve/shadow.rs', sub("takes(self.seen.fetch_add(1, Ordering::AcqRel), self.sample)","self.seen.fetch_add(1, Ordering::AcqRel) < u64::MAX"), "shadow"),
+ ("X4 other models' requests sampled", 'src/serve/mod.rs', sub("if model.name != self.models.default_name() || !shadow.sampled() {","if !shadow.sampled() {"), "shadow"),
+ ("X5 score shift with its sign flipped", 'src/serve/shadow.rs', sub("f64::from(sigmoid(b)) - f64::from(sigmoid(a))","f64::from(sigmoid(a)) - f64::from(sigmoid(b))"), "shadow"),
 ]
 TESTS={
  "lib": ['cargo','test','--lib','serve::scheduler'],
  "http": ['cargo','test','--test','serve_http','deadlines'],
  "models": ['cargo','test','--test','serve_http','two_models'],
  "swap": ['cargo','test','--test','serve_process'],
+ "shadow": ['cargo','test','--test','serve_http','shadow'],
 }
 only=sys.argv[1:]
 survived=[]

@@ -1141,3 +1141,144 @@ async fn two_models_of_different_families_route_by_name() {
     let e = refused(bad);
     assert!(e.contains("model name \"a b\" must be"), "{e}");
 }
+
+/// --shadow: a candidate (XLM-R) also scores every second request of the default model (BERT),
+/// after the answer; /metrics gets per-group Kendall tau, top-k overlap (k = top_n, else 10)
+/// and score shift, equal to those of the two libraries' own logits; requests to another
+/// model are neither sampled nor counted; the answers are the default model's, bit for bit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_compares_a_sampled_share_of_the_default_models_requests() {
+    use crossrank::audit::stats::{kendall_tau_b, top_k_overlap};
+    use crossrank::serve::api::order;
+    let wide = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| f64::from(x)).collect() };
+    let spec = |name: &str, dir: &str| -> crossrank::serve::models::ModelSpec {
+        format!("{name}={}", model_dir(dir).display())
+            .parse()
+            .unwrap()
+    };
+    let mut opts = ServeOptions::new(model_dir("bert-f32"), Device::Cpu);
+    opts.models.push(spec("other", "modernbert-cls"));
+    opts.shadow = Some(spec("cand", "xlmr-bf16"));
+    opts.shadow_sample = 0.5;
+    let server = Server::start(opts).await;
+    let (bert, xlmr) = (library("bert-f32"), library("xlmr-bf16"));
+    let gold = golden("bert-f32");
+    let logits = |lib: &Reranker, q: &str, docs: &[String]| -> Vec<f32> {
+        let mut by_index = vec![0.0; docs.len()];
+        for r in lib.rerank(q, docs, &raw()).unwrap() {
+            by_index[r.index] = r.score;
+        }
+        by_index
+    };
+    let compared = |text: &str| -> u64 {
+        let line = "crossrank_shadow_requests_total{model=\"bert-f32\",shadow=\"cand\",outcome=\"compared\"} ";
+        text.lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {line:?} in\n{text}"))
+    };
+    // Every second request of the default model is sampled: the 2nd, 4th, 6th.
+    let (mut taus, mut overlaps, mut shifts, mut groups) = (0.0f64, 0.0f64, 0.0f64, 0);
+    let mut sampled = 0;
+    for i in 0..6 {
+        let g = &gold.groups[i % gold.groups.len()];
+        let (q, docs) = (&g.query, &g.passages);
+        let top_n = if i % 3 == 0 { None } else { Some(i % 3 + 1) };
+        let mut body = json!({"query": q, "documents": docs, "model": "bert-f32"});
+        if let Some(n) = top_n {
+            body["top_n"] = json!(n);
+        }
+        let (s, v) = server.post("/v1/rerank", body).await;
+        assert_eq!(s, 200, "{v}");
+        let want: Vec<(usize, f32)> = bert
+            .rerank(
+                q,
+                docs,
+                &Options {
+                    top_k: top_n,
+                    ..Options::default()
+                },
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.index, r.score))
+            .collect();
+        assert_eq!(pairs(&v["results"], "relevance_score"), want);
+        // A request to another model between them: not sampled, not counted.
+        let (s, _) = server
+            .post(
+                "/rerank",
+                json!({"model": "other", "query": q, "texts": docs}),
+            )
+            .await;
+        assert_eq!(s, 200);
+        if i % 2 == 1 {
+            sampled += 1;
+            let (p, c) = (logits(&bert, q, docs), logits(&xlmr, q, docs));
+            taus += kendall_tau_b(&wide(&p), &wide(&c)).unwrap();
+            let k = top_n.unwrap_or(10).min(docs.len());
+            overlaps += top_k_overlap(&order(&p, None), &order(&c, None), k) as f64 / k as f64;
+            shifts += p
+                .iter()
+                .zip(&c)
+                .map(|(&a, &b)| {
+                    f64::from(crossrank::engine::sigmoid(b))
+                        - f64::from(crossrank::engine::sigmoid(a))
+                })
+                .sum::<f64>()
+                / p.len() as f64;
+            groups += 1;
+        }
+        // Wait for the comparison (bounded), so that each is scored alone, as the library does.
+        let mut waited = 0;
+        loop {
+            let (_, text) = server.get("/metrics").await;
+            if compared(&text) == sampled {
+                break;
+            }
+            assert!(waited < 600, "the shadow did not compare in 30 s:\n{text}");
+            waited += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (_, text) = server.get("/metrics").await;
+    let value = |name: &str| -> f64 {
+        let prefix = format!("crossrank_shadow_{name}{{model=\"bert-f32\",shadow=\"cand\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix:?} in\n{text}"))
+    };
+    assert_eq!(compared(&text), 3);
+    for (name, want) in [
+        ("kendall_tau", taus),
+        ("topk_overlap", overlaps),
+        ("score_shift", shifts),
+    ] {
+        assert_eq!(value(&format!("{name}_count")), groups as f64, "{name}");
+        let got = value(&format!("{name}_sum"));
+        assert!((got - want).abs() <= 1e-9, "{name}: {got} vs {want}");
+    }
+    assert!(text.contains(
+        "crossrank_shadow_requests_total{model=\"bert-f32\",shadow=\"cand\",outcome=\"dropped\"} 0\n"
+    ));
+    // The candidate's work takes none of the server's places and is not a served model.
+    assert!(!text.contains("model=\"cand\"}"), "{text}");
+    let (_, info) = server.get("/info").await;
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(
+        (
+            info["shadow"]["model"].clone(),
+            info["shadow"]["sample"].clone()
+        ),
+        (json!("cand"), json!(0.5))
+    );
+    let (s, v) = server
+        .post(
+            "/rerank",
+            json!({"model": "cand", "query": "q", "texts": ["a"]}),
+        )
+        .await;
+    assert_error(s, &v, 404, "served: bert-f32, other");
+    server.stop().await;
+}

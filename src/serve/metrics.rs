@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A histogram with fixed upper bounds (plus +Inf).
-struct Histogram {
+pub struct Histogram {
     bounds: &'static [f64],
     state: Mutex<HistState>,
 }
@@ -20,7 +20,7 @@ struct HistState {
 }
 
 impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
+    pub fn new(bounds: &'static [f64]) -> Self {
         Histogram {
             bounds,
             state: Mutex::new(HistState {
@@ -30,7 +30,7 @@ impl Histogram {
         }
     }
 
-    fn observe(&self, v: f64) {
+    pub fn observe(&self, v: f64) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         for (c, &b) in s.counts.iter_mut().zip(self.bounds) {
             if v <= b {
@@ -41,7 +41,8 @@ impl Histogram {
         s.count += 1;
     }
 
-    fn write(&self, out: &mut String, name: &str, labels: &str) {
+    /// Writes the buckets, sum and count as `name` with `labels` (`k="v",...` or empty).
+    pub fn write(&self, out: &mut String, name: &str, labels: &str) {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let sep = if labels.is_empty() { "" } else { "," };
         for (c, b) in s.counts.iter().zip(self.bounds) {

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod models;
 pub mod sample;
 pub mod scheduler;
+pub mod shadow;
 pub mod stdio;
 
 use std::path::PathBuf;
@@ -37,6 +38,14 @@ pub struct ServeOptions {
     /// The model that answers requests naming none; default: the first --model.
     #[arg(long)]
     pub default_model: Option<String>,
+    /// A candidate model (`NAME=DIR` or a bare `DIR`), not served: it also scores a sampled
+    /// share of the default model's requests, off the answer's path, and /metrics shows how
+    /// its rankings agree with the default model's.
+    #[arg(long, value_name = "[NAME=]DIR")]
+    pub shadow: Option<ModelSpec>,
+    /// The share of the default model's requests the --shadow model also scores, 0 to 1.
+    #[arg(long, default_value_t = 0.1)]
+    pub shadow_sample: f64,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: Device,
@@ -98,6 +107,8 @@ impl ServeOptions {
         ServeOptions {
             models: vec![spec],
             default_model: None,
+            shadow: None,
+            shadow_sample: 0.1,
             device,
             host: "127.0.0.1".into(),
             port: 8080,
@@ -150,6 +161,21 @@ impl ServeOptions {
                 )));
             }
         }
+        if let Some(s) = &self.shadow {
+            models::check_name(&s.name)?;
+            if seen.contains(s.name.as_str()) {
+                return Err(Error::input(format!(
+                    "--shadow {} has the name of a --model; give it its own with --shadow NAME=DIR",
+                    s.name
+                )));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.shadow_sample) {
+            return Err(Error::input(format!(
+                "--shadow-sample must be between 0 and 1, got {}",
+                self.shadow_sample
+            )));
+        }
         if let Some(d) = &self.default_model {
             if !seen.contains(d.as_str()) {
                 let names: Vec<&str> = seen.into_iter().collect();
@@ -184,6 +210,8 @@ pub struct ModelTag {
 /// The served models, each loaded, warmed up and behind a running scheduler.
 pub struct Service {
     pub models: Models,
+    /// --shadow: the candidate and its agreement with the default model.
+    pub shadow: Option<Arc<shadow::Shadow>>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub opts: ServeOptions,
@@ -212,6 +240,9 @@ impl Service {
                 m.reranker.shared_tokens()
             ));
         }
+        if let Some(s) = &self.shadow {
+            text.push_str(&s.render(self.models.default_name()));
+        }
         text
     }
 
@@ -232,6 +263,28 @@ impl Service {
             )?);
         }
         let models = Models::new(loaded, opts.default_model.as_deref())?;
+        let shadow = match &opts.shadow {
+            None => None,
+            Some(spec) => {
+                // Its own metrics and bound: its requests take none of the server's places.
+                let own = Arc::new(Metrics::default());
+                let mut o = opts.clone();
+                o.max_concurrent = shadow::IN_FLIGHT;
+                let revision = opts.models.len() as u64 + 1;
+                let loaded = Loaded::load(&spec.name, &spec.path, revision, &o, &own)?;
+                eprintln!(
+                    "crossrank serve: shadow {} scores {} of the requests of {}, off the answer's path",
+                    spec.name,
+                    opts.shadow_sample,
+                    models.default_name()
+                );
+                Some(Arc::new(shadow::Shadow::new(
+                    loaded,
+                    opts.shadow_sample,
+                    own,
+                )))
+            }
+        };
         eprintln!(
             "crossrank serve: {} model(s), default {}; max client batch {}, max concurrent {}, max body {} bytes, request timeout {}{}",
             opts.models.len(),
@@ -250,10 +303,11 @@ impl Service {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         Ok(Arc::new(Service {
+            revisions: AtomicU64::new(opts.models.len() as u64 + u64::from(shadow.is_some())),
+            shadow,
             models,
             metrics,
             limits,
-            revisions: AtomicU64::new(opts.models.len() as u64),
             admin: tokio::sync::Mutex::new(()),
             retiring: Mutex::new(Vec::new()),
             opts,
@@ -401,10 +455,27 @@ impl Service {
             total_tokens: scored.tokens,
         };
         let body = api::render(&call, &scored.groups, &meta);
+        self.shadow_compare(&model, &call, &scored.groups);
         served.tokens = scored.tokens;
         served.queue = scored.queue;
         served.infer = scored.infer;
         Ok(body)
+    }
+
+    /// Sends a sampled request of the default model to the --shadow model too, in a task of
+    /// its own: the answer does not wait for it.
+    fn shadow_compare(&self, model: &Loaded, call: &Call, groups: &[api::GroupScores]) {
+        let Some(shadow) = &self.shadow else { return };
+        if model.name != self.models.default_name() || !shadow.sampled() {
+            return;
+        }
+        let (shadow, groups) = (shadow.clone(), groups.to_vec());
+        // The candidate scores it in full: the client's budget is not its.
+        let mut call = call.clone();
+        call.timeout = None;
+        let depth = self.metrics.queue_depth.load(Ordering::Acquire);
+        let max = self.opts.max_concurrent;
+        tokio::spawn(async move { shadow.compare(Arc::new(call), groups, depth, max).await });
     }
 
     /// Every model's scheduler threads are running.
@@ -424,6 +495,11 @@ impl Service {
         let more = json!({
             "default_model": self.models.default_name(),
             "models": models,
+            "shadow": self.shadow.as_ref().map(|s| {
+                let mut v = model_info(&s.loaded);
+                v["sample"] = json!(s.sample);
+                v
+            }),
             "max_client_batch_size": self.opts.max_client_batch_size,
             "max_concurrent": self.opts.max_concurrent,
             "max_body_bytes": self.opts.max_body_bytes,
@@ -443,6 +519,9 @@ impl Service {
     pub fn drain(&self) {
         for m in self.models.all() {
             m.scheduler.shutdown();
+        }
+        if let Some(s) = &self.shadow {
+            s.loaded.scheduler.shutdown();
         }
         let retiring =
             std::mem::take(&mut *self.retiring.lock().unwrap_or_else(|e| e.into_inner()));
