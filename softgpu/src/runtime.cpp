@@ -518,6 +518,12 @@ void init_fiber(Fiber& f) {
         f.stack = static_cast<char*>(p) + kPage;
         f.stack_size = g_stack_size;
     }
+#if SG_ASAN
+    // A reused stack still holds the redzones of the frames its last fiber never returned from
+    // (a finished fiber leaves fiber_main through yield_to_scheduler; a killed one anywhere):
+    // stale poison that the next fiber's locals would trip over.
+    __asan_unpoison_memory_region(f.stack, f.stack_size);
+#endif
     // The initial frame sg_fiber_switch pops: MXCSR/x87 CW, six registers, then the return
     // address sg_fiber_start, entered with the stack 8 bytes off 16-byte alignment, as after a
     // call.
