@@ -1282,3 +1282,101 @@ async fn shadow_compares_a_sampled_share_of_the_default_models_requests() {
     assert_error(s, &v, 404, "served: bert-f32, other");
     server.stop().await;
 }
+
+/// --device cpu,cpu: two copies of the model, two inference threads fed from one queue. One
+/// request of more pairs than a forward holds: the two devices each take a forward at once
+/// (both used, by /metrics), and the scores are bit-identical to the library's with the same
+/// arena, which packs the same forwards front to back (as one device does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_share_one_queue_and_score_as_one() {
+    let name = "bert-f32";
+    let mut opts = ServeOptions::new(model_dir(name), Device::Cpu);
+    opts.device = "cpu,cpu".parse().unwrap();
+    opts.max_batch_tokens = 128;
+    let server = Server::start(opts).await;
+    let lib = Reranker::load(
+        model_dir(name),
+        Device::Cpu,
+        &LoadOptions {
+            max_batch_tokens: 128,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let gold = golden(name);
+    let q = &gold.groups[0].query;
+    let docs: Vec<String> = (0..4)
+        .flat_map(|i| {
+            gold.groups
+                .iter()
+                .flat_map(move |g| g.passages.iter().map(move |p| format!("{i} {p}")))
+        })
+        .collect();
+    let tokens: usize = lib
+        .encode(q, &docs, None)
+        .unwrap()
+        .iter()
+        .map(|p| p.ids.len())
+        .sum();
+    assert!(
+        tokens > 2 * lib.max_batch_tokens(),
+        "{tokens} tokens: not enough for two forwards"
+    );
+    let want: Vec<(usize, f32)> = lib
+        .rerank(q, &docs, &raw())
+        .unwrap()
+        .iter()
+        .map(|r| (r.index, r.score))
+        .collect();
+    let (s, v) = server
+        .post(
+            "/rerank",
+            json!({"query": q, "texts": docs, "raw_scores": true}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(pairs(&v, "score"), want);
+    let (_, text) = server.get("/metrics").await;
+    let counter = |name: &str, device: &str| -> u64 {
+        let prefix = format!(
+            "crossrank_{name}{{model=\"{}\",device=\"{device}\"}} ",
+            "bert-f32"
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix:?} in\n{text}"))
+    };
+    for d in ["0", "1"] {
+        assert!(
+            counter("device_forwards_total", d) >= 1,
+            "device {d} unused:\n{text}"
+        );
+    }
+    assert_eq!(
+        counter("device_pairs_total", "0") + counter("device_pairs_total", "1"),
+        docs.len() as u64
+    );
+    let (_, info) = server.get("/info").await;
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(
+        info["models"][0]["devices"].as_array().map(Vec::len),
+        Some(2),
+        "{info}"
+    );
+    server.stop().await;
+    // A device list that names no device, or a bad one, is refused with the flag's own error.
+    let e = "cpu,"
+        .parse::<crossrank::serve::Devices>()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("device `` is not one of"), "{e}");
+    let e = "cpu,cuda:0"
+        .parse::<crossrank::serve::Devices>()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("mixes the CPU with CUDA devices"), "{e}");
+    let both: crossrank::serve::Devices = " cuda:1, cuda:0".parse().unwrap();
+    assert_eq!(both.0, vec![Device::Cuda(1), Device::Cuda(0)]);
+    assert_eq!(both.to_string(), "cuda:1,cuda:0");
+}

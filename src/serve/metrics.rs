@@ -97,6 +97,8 @@ pub struct ModelMetrics {
     forward_failures: AtomicU64,
     cancelled: AtomicU64,
     deadline_exceeded: AtomicU64,
+    /// device → (forwards, pairs scored): one inference thread per device.
+    devices: Mutex<BTreeMap<String, (u64, u64)>>,
 }
 
 impl Default for ModelMetrics {
@@ -111,6 +113,7 @@ impl Default for ModelMetrics {
             forward_failures: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             deadline_exceeded: AtomicU64::new(0),
+            devices: Mutex::default(),
         }
     }
 }
@@ -138,6 +141,16 @@ impl ModelMetrics {
             self.tokens.fetch_add(tokens as u64, Ordering::Relaxed);
         } else {
             self.forward_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// One forward on `device`: counted, and its pairs if it succeeded.
+    pub fn device_forward(&self, device: &str, pairs: usize, ok: bool) {
+        let mut d = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = d.entry(device.to_string()).or_default();
+        entry.0 += 1;
+        if ok {
+            entry.1 += pairs as u64;
         }
     }
 
@@ -293,6 +306,26 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {p}_{name} {help}\n# TYPE {p}_{name} counter");
             for (model, m) in &models {
                 let _ = writeln!(out, "{p}_{name}{{model=\"{model}\"}} {}", m.counter(i));
+            }
+        }
+        for (name, help, pick) in [
+            (
+                "device_forwards_total",
+                "Forward passes by model and device (one inference thread per device).",
+                0,
+            ),
+            ("device_pairs_total", "Pairs scored by model and device.", 1),
+        ] {
+            let _ = writeln!(out, "# HELP {p}_{name} {help}\n# TYPE {p}_{name} counter");
+            for (model, m) in &models {
+                let devices = m.devices.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                for (device, counts) in devices {
+                    let n = if pick == 0 { counts.0 } else { counts.1 };
+                    let _ = writeln!(
+                        out,
+                        "{p}_{name}{{model=\"{model}\",device=\"{device}\"}} {n}"
+                    );
+                }
             }
         }
         let scalars: [(&str, &str, &str, &AtomicU64); 2] = [

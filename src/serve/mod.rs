@@ -46,9 +46,11 @@ pub struct ServeOptions {
     /// The share of the default model's requests the --shadow model also scores, 0 to 1.
     #[arg(long, default_value_t = 0.1)]
     pub shadow_sample: f64,
-    /// cpu, cuda or cuda:N.
+    /// cpu, cuda or cuda:N; or several, `cuda:0,cuda:1` or `cuda:all` (every visible GPU):
+    /// each gets its own copy of every model and its own inference thread, all fed from one
+    /// queue per model.
     #[arg(long, default_value = "cpu")]
-    pub device: Device,
+    pub device: Devices,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// 0 picks a free port (printed at start-up).
@@ -109,7 +111,7 @@ impl ServeOptions {
             default_model: None,
             shadow: None,
             shadow_sample: 0.1,
-            device,
+            device: Devices(vec![device]),
             host: "127.0.0.1".into(),
             port: 8080,
             api_key: None,
@@ -186,6 +188,50 @@ impl ServeOptions {
             }
         }
         Ok(())
+    }
+}
+
+/// `--device`: the devices every model is copied to, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Devices(pub Vec<Device>);
+
+impl std::str::FromStr for Devices {
+    type Err = Error;
+
+    /// `cpu`, `cuda`, `cuda:N`, a comma-separated list of those, or `cuda:all`.
+    fn from_str(s: &str) -> Result<Self> {
+        if s.trim() == "cuda:all" {
+            if !cfg!(feature = "cuda") {
+                return Err(Error::CudaNotCompiled);
+            }
+            let n = engine::cuda_devices().len();
+            if n == 0 {
+                return Err(Error::input(
+                    "--device cuda:all: no CUDA device is visible (see `crossrank info`)",
+                ));
+            }
+            return Ok(Devices((0..n).map(Device::Cuda).collect()));
+        }
+        let list = s
+            .split(',')
+            .map(|d| d.trim().parse::<Device>())
+            .collect::<Result<Vec<_>>>()?;
+        // One queue feeds every device, so a request's pairs may be scored on any of them:
+        // they must all compute the same thing.
+        let cpus = list.iter().filter(|d| matches!(d, Device::Cpu)).count();
+        if cpus > 0 && cpus < list.len() {
+            return Err(Error::input(format!(
+                "--device {s}: mixes the CPU with CUDA devices; one server scores on one kind"
+            )));
+        }
+        Ok(Devices(list))
+    }
+}
+
+impl std::fmt::Display for Devices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.0.iter().map(Device::to_string).collect();
+        write!(f, "{}", names.join(","))
     }
 }
 
@@ -543,6 +589,7 @@ fn model_info(m: &Loaded) -> Value {
         "parameters": info.parameters,
         "dtype": info.dtype,
         "device": m.reranker.device_name(),
+        "devices": m.replicas.iter().map(|r| r.device_name()).collect::<Vec<_>>(),
         "max_length": info.max_length,
         "max_batch_tokens": m.reranker.max_batch_tokens(),
     })

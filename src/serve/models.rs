@@ -89,7 +89,10 @@ pub struct Loaded {
     /// Grows with every load in this process (start-up, swap, reload): tells an old model
     /// from its replacement under the same name.
     pub revision: u64,
+    /// The copy on the first device: what /info describes.
     pub reranker: Arc<Reranker>,
+    /// One copy per --device, in order (the first is `reranker`).
+    pub replicas: Vec<Arc<Reranker>>,
     pub scheduler: Scheduler,
 }
 
@@ -103,20 +106,29 @@ impl Loaded {
         opts: &ServeOptions,
         metrics: &Arc<Metrics>,
     ) -> Result<Loaded> {
-        let t0 = Instant::now();
-        let reranker = Reranker::load(
-            path,
-            opts.device,
-            &LoadOptions {
-                max_batch_tokens: opts.max_batch_tokens,
-                cuda: opts.cuda,
-                template: opts.template.clone(),
-            },
-        )?;
-        let loaded = t0.elapsed();
-        let t1 = Instant::now();
-        reranker.rerank("warm-up", &["warm-up"], &engine::Options::default())?;
-        let warm = t1.elapsed();
+        let (mut replicas, mut loaded, mut warm) = (Vec::new(), Duration::ZERO, Duration::ZERO);
+        for &device in &opts.device.0 {
+            let t0 = Instant::now();
+            let reranker = Reranker::load(
+                path,
+                device,
+                &LoadOptions {
+                    max_batch_tokens: opts.max_batch_tokens,
+                    cuda: opts.cuda,
+                    template: opts.template.clone(),
+                },
+            )?;
+            loaded += t0.elapsed();
+            let t1 = Instant::now();
+            reranker.rerank("warm-up", &["warm-up"], &engine::Options::default())?;
+            warm += t1.elapsed();
+            replicas.push(Arc::new(reranker));
+        }
+        let reranker = replicas
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::input("--device names no device"))?;
+        let devices: Vec<String> = replicas.iter().map(|r| r.device_name()).collect();
         let info = reranker.info();
         eprintln!(
             "crossrank serve: model {name} (revision {revision}): {} ({}, {} parameters, {}) on {}, loaded in {:.0} ms, warm-up forward {:.1} ms; max length {}, max batch tokens {}",
@@ -124,20 +136,20 @@ impl Loaded {
             info.architecture,
             info.parameters,
             info.dtype,
-            reranker.device_name(),
+            devices.join(", "),
             ms(loaded),
             ms(warm),
             info.max_length,
             reranker.max_batch_tokens(),
         );
-        let reranker = Arc::new(reranker);
         let scheduler =
-            Scheduler::start(reranker.clone(), metrics.clone(), name, opts.max_concurrent)?;
+            Scheduler::start(replicas.clone(), metrics.clone(), name, opts.max_concurrent)?;
         Ok(Loaded {
             name: name.to_string(),
             path: path.to_path_buf(),
             revision,
             reranker,
+            replicas,
             scheduler,
         })
     }

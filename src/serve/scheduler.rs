@@ -1,12 +1,16 @@
-//! Cross-request batching: a tokenizer thread and an inference thread, a queue between them.
+//! Cross-request batching: a tokenizer thread, a planner thread, and one inference thread per
+//! device (one copy of the model on each), channels between them.
 //!
 //! A request is one job (one group, or many for /rerank/batch); its query is tokenized once
-//! and its pairs stay together in order. The inference thread owns the forward: it takes every
-//! job that is waiting and fills each forward of at most `max_batch_tokens` tokens fairly from
-//! all of them (see [`plan`]): a small request that arrives while a large one is being scored
-//! gets its pairs into the next forward, and a large request alone still fills every forward.
-//! Each job is answered when its last pair is scored. Meanwhile the tokenizer thread encodes
-//! the jobs that arrive, so tokenization overlaps the forward.
+//! and its pairs stay together in order. The planner owns the queue: each time a device is
+//! idle, it plans that device's next forward of at most `max_batch_tokens` tokens, filled
+//! fairly from every job waiting (see [`plan`]): a small request that arrives while a large
+//! one is being scored gets its pairs into the next forward, and a large request alone still
+//! fills every forward. With one device the forwards run one after the other, each planned
+//! when the previous one has ended; with several, a large request is scored on all of them at
+//! once. Each job is answered when its last pair is scored, wherever its forwards ran.
+//! Meanwhile the tokenizer thread encodes the jobs that arrive, so tokenization overlaps the
+//! forwards.
 //!
 //! Every accepted job is answered exactly once through its oneshot channel: with its scores,
 //! with the error of the forward that held its pairs (only the jobs in that forward fail), with
@@ -192,14 +196,6 @@ struct Encoded {
     ticket: Ticket,
 }
 
-/// A job in the inference thread: its pairs, the logits so far, the next pair to schedule.
-struct Active {
-    job: Encoded,
-    logits: Vec<f32>,
-    next: usize,
-    first_forward: Option<Instant>,
-}
-
 pub struct Scheduler {
     submit: Mutex<Option<Sender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -220,16 +216,17 @@ impl Drop for AliveGuard {
 }
 
 impl Scheduler {
-    /// Starts the tokenizer and inference threads over a loaded model; its forwards count in
+    /// Starts the tokenizer thread, the planner and one inference thread per copy of the model
+    /// in `devices` (one per device; the first also tokenizes); its forwards count in
     /// `metrics.model(model)`, its requests in the server's queue depth.
     pub fn start<S: PairScorer>(
-        reranker: Arc<S>,
+        devices: Vec<Arc<S>>,
         metrics: Arc<Metrics>,
         model: &str,
         max_concurrent: usize,
     ) -> Result<Self> {
         Self::start_with_clock(
-            reranker,
+            devices,
             metrics,
             model,
             max_concurrent,
@@ -239,15 +236,25 @@ impl Scheduler {
 
     /// [`Scheduler::start`] with deadlines measured on `clock`.
     pub fn start_with_clock<S: PairScorer>(
-        reranker: Arc<S>,
+        devices: Vec<Arc<S>>,
         metrics: Arc<Metrics>,
         model: &str,
         max_concurrent: usize,
         clock: Clock,
     ) -> Result<Self> {
+        let first = devices
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::Internal("a scheduler needs at least one device".into()))?;
+        // Every forward fits every device's arena.
+        let limit = devices
+            .iter()
+            .map(|d| d.max_batch_tokens())
+            .min()
+            .unwrap_or(1);
         let stats = metrics.model(model);
         let (submit, jobs) = mpsc::channel::<Job>();
-        let (encoded_tx, encoded_rx) = mpsc::channel::<Encoded>();
+        let (events, events_rx) = mpsc::channel::<Event>();
         let alive = Arc::new(AtomicBool::new(true));
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             let guard = AliveGuard(alive.clone());
@@ -259,19 +266,31 @@ impl Scheduler {
                 })
                 .map_err(|e| Error::Internal(format!("cannot start the {name} thread: {e}")))
         };
-        let (r, m, c) = (reranker.clone(), stats.clone(), clock.clone());
-        let tokenizer = spawn(
+        let mut threads = Vec::with_capacity(devices.len() + 2);
+        let (m, c, out) = (stats.clone(), clock.clone(), ClosedGuard(events.clone()));
+        threads.push(spawn(
             "crossrank-tokenize",
-            Box::new(move || tokenize_loop(&*r, &m, &c, jobs, encoded_tx)),
-        )?;
-        let (r, m, a, c) = (reranker, stats, alive.clone(), clock.clone());
-        let inference = spawn(
-            "crossrank-forward",
-            Box::new(move || inference_loop(&*r, &m, &a, &c, encoded_rx)),
-        )?;
+            Box::new(move || tokenize_loop(&*first, &m, &c, jobs, out)),
+        )?);
+        let mut feeds = Vec::with_capacity(devices.len());
+        for (d, r) in devices.into_iter().enumerate() {
+            let (feed, forwards) = mpsc::channel::<Forward>();
+            feeds.push(feed);
+            let (m, a, done) = (stats.clone(), alive.clone(), events.clone());
+            threads.push(spawn(
+                &format!("crossrank-forward-{d}"),
+                Box::new(move || device_loop(&*r, d, &m, &a, forwards, done)),
+            )?);
+        }
+        drop(events);
+        let (m, c) = (stats, clock.clone());
+        threads.push(spawn(
+            "crossrank-plan",
+            Box::new(move || planner_loop(&m, &c, limit, events_rx, feeds)),
+        )?);
         Ok(Scheduler {
             submit: Mutex::new(Some(submit)),
-            threads: Mutex::new(vec![tokenizer, inference]),
+            threads: Mutex::new(threads),
             metrics,
             max_concurrent,
             clock,
@@ -354,7 +373,7 @@ fn tokenize_loop<S: PairScorer>(
     metrics: &ModelMetrics,
     clock: &Clock,
     jobs: Receiver<Job>,
-    out: Sender<Encoded>,
+    out: ClosedGuard,
 ) {
     for Job { call, ticket } in jobs {
         if let Some(verdict) = ticket.verdict(clock()) {
@@ -380,7 +399,7 @@ fn tokenize_loop<S: PairScorer>(
                 };
                 // If the inference thread is gone, the job is dropped here and its caller
                 // sees the channel close.
-                if out.send(encoded).is_err() {
+                if out.0.send(Event::Job(encoded)).is_err() {
                     return;
                 }
             }
@@ -474,27 +493,112 @@ fn plan(waiting: &[&[EncodedPair]], limit: usize) -> Vec<usize> {
     takes
 }
 
-/// `alive` turns false after a forward panics: the requests in it get a 500 and the loop goes on,
-/// but a model whose forward panicked may be broken (a poisoned arena), so /health says so.
-fn inference_loop<S: PairScorer>(
-    r: &S,
+/// What the planner thread hears: a tokenized job, the end of a forward, or the end of input.
+enum Event {
+    Job(Encoded),
+    Done(Done),
+    /// The tokenizer thread has ended: no job will come.
+    Closed,
+}
+
+/// Sends [`Event::Closed`] when the tokenizer thread ends, also by panic.
+struct ClosedGuard(Sender<Event>);
+
+impl Drop for ClosedGuard {
+    fn drop(&mut self) {
+        let _ = self.0.send(Event::Closed);
+    }
+}
+
+/// One forward for a device: the pairs `start..end` of each job, in that order.
+struct Forward {
+    spans: Vec<Span>,
+}
+
+/// Pairs `start..end` of job `id`, whose pairs are `pairs`.
+struct Span {
+    id: u64,
+    pairs: Arc<Vec<EncodedPair>>,
+    start: usize,
+    end: usize,
+}
+
+/// A forward's end: its logits in span order, or why it failed.
+struct Done {
+    device: usize,
+    spans: Vec<(u64, usize, usize)>,
+    logits: std::result::Result<Vec<f32>, String>,
+    started: Instant,
+}
+
+/// A job in the planner: its pairs, the logits so far by pair, the next pair to schedule and
+/// how many are scored.
+struct Active {
+    id: u64,
+    job: Encoded,
+    pairs: Arc<Vec<EncodedPair>>,
+    logits: Vec<f32>,
+    next: usize,
+    scored: usize,
+    first_forward: Option<Instant>,
+}
+
+/// The planner: keeps the jobs, plans a forward (see [`plan`]) for each idle device, and
+/// answers each job when its last pair is scored. With one device it plans each forward when
+/// the previous one has ended, over every job waiting by then; with several, each device gets
+/// the next forward as soon as it is idle, so one queue feeds them all.
+fn planner_loop(
     metrics: &ModelMetrics,
-    alive: &AtomicBool,
     clock: &Clock,
-    jobs: Receiver<Encoded>,
+    limit: usize,
+    events: Receiver<Event>,
+    devices: Vec<Sender<Forward>>,
 ) {
-    let limit = r.max_batch_tokens();
     // Oldest first.
     let mut queue: Vec<Active> = Vec::new();
+    let mut idle: Vec<usize> = (0..devices.len()).rev().collect();
+    let mut next_id = 0u64;
+    let mut closed = false;
     loop {
-        if queue.is_empty() {
-            match jobs.recv() {
-                Ok(job) => queue.push(Active::new(job)),
+        let pending = queue.iter().any(|a| a.next < a.pairs.len());
+        if closed && queue.is_empty() && idle.len() == devices.len() {
+            return;
+        }
+        let mut handle = |e: Event, queue: &mut Vec<Active>, idle: &mut Vec<usize>| match e {
+            Event::Job(mut job) => {
+                let pairs = Arc::new(std::mem::take(&mut job.pairs));
+                let n = pairs.len();
+                queue.push(Active {
+                    id: next_id,
+                    job,
+                    pairs,
+                    logits: vec![f32::NAN; n],
+                    next: 0,
+                    scored: 0,
+                    first_forward: None,
+                });
+                next_id += 1;
+            }
+            Event::Done(done) => {
+                idle.push(done.device);
+                record(queue, done, clock, metrics);
+            }
+            Event::Closed => closed = true,
+        };
+        if idle.is_empty() || !pending {
+            match events.recv() {
+                Ok(e) => handle(e, &mut queue, &mut idle),
                 Err(_) => return,
             }
         }
-        queue.extend(jobs.try_iter().map(Active::new));
-        // A job past its deadline or whose client has gone away is not scored any further.
+        for e in events.try_iter() {
+            handle(e, &mut queue, &mut idle);
+        }
+        if idle.is_empty() {
+            continue;
+        }
+        // A job past its deadline or whose client has gone away is not scored any further
+        // (pairs of it already on a device are ignored when they come back).
         let now = clock();
         for a in std::mem::take(&mut queue) {
             match a.job.ticket.verdict(now) {
@@ -502,27 +606,93 @@ fn inference_loop<S: PairScorer>(
                 None => queue.push(a),
             }
         }
-        if queue.is_empty() {
-            continue;
+        while let Some(&device) = idle.last() {
+            let waiting: Vec<&[EncodedPair]> = queue.iter().map(|a| &a.pairs[a.next..]).collect();
+            if waiting.iter().all(|w| w.is_empty()) {
+                break;
+            }
+            let takes = plan(&waiting, limit);
+            let mut spans = Vec::new();
+            for (a, n) in queue.iter_mut().zip(takes) {
+                if n > 0 {
+                    spans.push(Span {
+                        id: a.id,
+                        pairs: a.pairs.clone(),
+                        start: a.next,
+                        end: a.next + n,
+                    });
+                    a.next += n;
+                }
+            }
+            idle.pop();
+            if devices[device].send(Forward { spans }).is_err() {
+                // The device thread is gone; its jobs' callers see their channels close.
+                return;
+            }
         }
+    }
+}
 
-        let spans: Vec<(usize, usize, usize)> = {
-            let waiting: Vec<&[EncodedPair]> =
-                queue.iter().map(|a| &a.job.pairs[a.next..]).collect();
-            plan(&waiting, limit)
-                .into_iter()
-                .enumerate()
-                .filter(|&(_, n)| n > 0)
-                .map(|(k, n)| (k, queue[k].next, queue[k].next + n))
-                .collect()
-        };
-        let count: usize = spans.iter().map(|&(_, s, e)| e - s).sum();
+/// Puts a forward's logits in place, or fails the jobs that had pairs in it; answers the jobs
+/// now complete.
+fn record(queue: &mut Vec<Active>, done: Done, clock: &Clock, metrics: &ModelMetrics) {
+    let mut failed = Vec::new();
+    match &done.logits {
+        Ok(values) => {
+            let mut at = 0;
+            for &(id, s, e) in &done.spans {
+                if let Some(a) = queue.iter_mut().find(|a| a.id == id) {
+                    if a.first_forward.is_none() {
+                        a.first_forward = Some(done.started);
+                        metrics.queued((done.started - a.job.ticket.accepted).as_secs_f64());
+                    }
+                    a.logits[s..e].copy_from_slice(&values[at..at + (e - s)]);
+                    a.scored += e - s;
+                }
+                at += e - s;
+            }
+        }
+        Err(msg) => {
+            eprintln!(
+                "crossrank serve: {msg}; failing the {} requests in it",
+                done.spans.len()
+            );
+            failed.extend(done.spans.iter().map(|&(id, _, _)| id));
+        }
+    }
+    let now = clock();
+    for a in std::mem::take(queue) {
+        if failed.contains(&a.id) {
+            let msg = done.logits.as_ref().err().cloned().unwrap_or_default();
+            a.job.ticket.answer(Err(ApiError::backend(msg)));
+        } else if a.scored == a.pairs.len() {
+            a.finish(now, metrics);
+        } else {
+            queue.push(a);
+        }
+    }
+}
+
+/// One device: runs the forwards the planner sends, one at a time. `alive` turns false after a
+/// forward panics: the requests in it get a 500 and the loop goes on, but a model whose forward
+/// panicked may be broken (a poisoned arena), so /health says so.
+fn device_loop<S: PairScorer>(
+    r: &S,
+    device: usize,
+    metrics: &ModelMetrics,
+    alive: &AtomicBool,
+    forwards: Receiver<Forward>,
+    done: Sender<Event>,
+) {
+    // Labelled by position in --device (for cuda:all, the CUDA ordinal): device names repeat.
+    let name = device.to_string();
+    for Forward { spans } in forwards {
         let refs: Vec<&EncodedPair> = spans
             .iter()
-            .flat_map(|&(k, s, e)| queue[k].job.pairs[s..e].iter())
+            .flat_map(|s| s.pairs[s.start..s.end].iter())
             .collect();
+        let count = refs.len();
         let tokens: usize = refs.iter().map(|p| p.ids.len()).sum();
-
         let t0 = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| r.score(&refs)));
         let seconds = t0.elapsed().as_secs_f64();
@@ -539,58 +709,21 @@ fn inference_loop<S: PairScorer>(
             }
         };
         metrics.forward(count, tokens, seconds, logits.is_ok());
-
-        let mut failed = vec![false; queue.len()];
-        match &logits {
-            Ok(values) => {
-                let mut at = 0;
-                for &(k, s, e) in &spans {
-                    let a = &mut queue[k];
-                    if a.first_forward.is_none() {
-                        a.first_forward = Some(t0);
-                        metrics.queued((t0 - a.job.ticket.accepted).as_secs_f64());
-                    }
-                    a.logits.extend_from_slice(&values[at..at + (e - s)]);
-                    a.next = e;
-                    at += e - s;
-                }
-            }
-            Err(msg) => {
-                eprintln!(
-                    "crossrank serve: {msg}; failing the {} requests in it",
-                    spans.len()
-                );
-                for &(k, _, _) in &spans {
-                    failed[k] = true;
-                }
-            }
-        }
-        // Answer the failed and the finished jobs; keep the rest, in order.
-        let now = clock();
-        for (k, a) in std::mem::take(&mut queue).into_iter().enumerate() {
-            if failed[k] {
-                let msg = logits.as_ref().err().cloned().unwrap_or_default();
-                a.job.ticket.answer(Err(ApiError::backend(msg)));
-            } else if a.next == a.job.pairs.len() {
-                a.finish(now, metrics);
-            } else {
-                queue.push(a);
-            }
+        metrics.device_forward(&name, count, logits.is_ok());
+        let spans = spans.iter().map(|s| (s.id, s.start, s.end)).collect();
+        let sent = done.send(Event::Done(Done {
+            device,
+            spans,
+            logits,
+            started: t0,
+        }));
+        if sent.is_err() {
+            return;
         }
     }
 }
 
 impl Active {
-    fn new(job: Encoded) -> Self {
-        let n = job.pairs.len();
-        Active {
-            job,
-            logits: Vec::with_capacity(n),
-            next: 0,
-            first_forward: None,
-        }
-    }
-
     /// Answers with the scores, or with the 504 its caller has already given if the deadline
     /// passed during its last forward.
     fn finish(self, now: Instant, metrics: &ModelMetrics) {
@@ -610,7 +743,7 @@ impl Active {
         }
         let scored = Scored {
             groups,
-            tokens: self.job.pairs.iter().map(|p| p.ids.len()).sum(),
+            tokens: self.pairs.iter().map(|p| p.ids.len()).sum(),
             queue: first - ticket.accepted,
             infer: first.elapsed(),
         };
@@ -756,7 +889,7 @@ mod tests {
             let clock: Clock =
                 Arc::new(move || base + Duration::from_millis(ms.load(Ordering::Acquire)));
             let scheduler = Scheduler::start_with_clock(
-                fake.clone(),
+                vec![fake.clone()],
                 metrics.clone(),
                 "m",
                 max_concurrent,
@@ -1306,6 +1439,69 @@ mod tests {
             .metrics
             .render()
             .contains("crossrank_forward_failures_total{model=\"m\"} 2\n"));
+    }
+
+    /// Two devices fed from one queue: each idle device gets the next forward at once; a
+    /// request split over both is answered in its own order when the later one ends, however
+    /// they finish; the device that is free takes new requests meanwhile; a forward that
+    /// fails on one device fails only the requests in it; the forwards and pairs are counted
+    /// per device.
+    #[test]
+    fn two_devices_take_forwards_from_one_queue() {
+        let fakes: Vec<Arc<Fake>> = [true, false]
+            .iter()
+            .map(|&held| {
+                Arc::new(Fake {
+                    limit: 4,
+                    state: Mutex::new(State {
+                        held,
+                        ..State::default()
+                    }),
+                    changed: Condvar::new(),
+                })
+            })
+            .collect();
+        let metrics = Arc::new(Metrics::default());
+        let scheduler = Scheduler::start(fakes.clone(), metrics.clone(), "m", 16).unwrap();
+        let submit = |query: &str, docs: &[&str]| {
+            scheduler
+                .submit(Rig::call(&[(query, &strings(docs))], None))
+                .unwrap()
+                .reply
+        };
+        let forwards = |d: usize| fakes[d].state.lock().unwrap().forwards.clone();
+        // Two pairs per forward: device 0 takes the first two (and holds them), device 1 the
+        // next two at once.
+        let mut big = submit("big", &["100:2", "2:2", "3:2", "4:2"]);
+        fakes[0].wait_for("device 0's forward", |s| !s.forwards.is_empty());
+        fakes[1].wait_for("device 1's forward", |s| !s.forwards.is_empty());
+        assert_eq!(forwards(0), vec![vec![100, 2]]);
+        assert_eq!(forwards(1), vec![vec![3, 4]]);
+        // Device 1 has ended; device 0 still holds the start of `big`, so `big` waits while
+        // device 1 serves what comes next.
+        let poisoned = submit("p", &["999:1"]);
+        let e = logits(poisoned).unwrap_err();
+        assert!(e.message.contains("poisoned pair"), "{}", e.message);
+        assert_eq!(logits(submit("s", &["7:1"])).unwrap(), vec![7.001]);
+        assert!(
+            big.try_recv().is_err(),
+            "answered before its first forward ended"
+        );
+        assert_eq!(forwards(1), vec![vec![3, 4], vec![999], vec![7]]);
+        fakes[0].update(|s| s.held = false);
+        assert_eq!(logits(big).unwrap(), vec![100.002, 2.002, 3.002, 4.002]);
+        assert_eq!(forwards(0), vec![vec![100, 2]]);
+        scheduler.shutdown();
+        let text = metrics.render();
+        for line in [
+            "crossrank_device_forwards_total{model=\"m\",device=\"0\"} 1\n",
+            "crossrank_device_forwards_total{model=\"m\",device=\"1\"} 3\n",
+            "crossrank_device_pairs_total{model=\"m\",device=\"0\"} 2\n",
+            "crossrank_device_pairs_total{model=\"m\",device=\"1\"} 3\n",
+            "crossrank_forward_failures_total{model=\"m\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} not in\n{text}");
+        }
     }
 
     /// crossrank_pairs_total and crossrank_tokens_total count scored pairs only: the pairs of
