@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::llm_template::LlmEncoder;
 use crate::model::{Model, Scorer};
 use crate::models::blip::ImageScorer;
+use crate::pixels::{ImageLimits, ImageProcessor};
 use crate::tokenize::{EncodedPair, PairTokenizer, TruncationSide};
 use crate::weights::{self, Checkpoint, DiskDtype};
 
@@ -214,6 +215,8 @@ pub struct Reranker {
     scorer: Box<dyn Scorer>,
     /// An image-text model's scorer (BLIP); `scorer` then refuses text-only batches.
     image: Option<Box<dyn ImageScorer>>,
+    /// An image-text model's image processor (preprocessor_config.json).
+    processor: Option<ImageProcessor>,
     info: ModelInfo,
     dtype: DiskDtype,
 }
@@ -227,6 +230,7 @@ impl Reranker {
         // Every pair fits in one forward: the arena holds at least one longest pair.
         let max_tokens = opts.max_batch_tokens.max(tokenizer.max_length_limit());
         if cfg.family == Family::Blip {
+            let processor = ImageProcessor::load(dir, crate::models::blip::vision(&cfg)?)?;
             let image: Box<dyn ImageScorer> = match device {
                 Device::Cpu => {
                     let host = crate::models::blip::load(&ckpt, &cfg)?;
@@ -258,6 +262,7 @@ impl Reranker {
                 llm: None,
                 scorer,
                 image: Some(image),
+                processor: Some(processor),
                 info,
                 dtype,
             });
@@ -285,6 +290,7 @@ impl Reranker {
                 llm: None,
                 scorer,
                 image: None,
+                processor: None,
                 info,
                 dtype,
             });
@@ -318,6 +324,7 @@ impl Reranker {
                 llm: Some(llm),
                 scorer,
                 image: None,
+                processor: None,
                 info,
                 dtype,
             });
@@ -335,6 +342,7 @@ impl Reranker {
             llm: None,
             scorer,
             image: None,
+            processor: None,
             info,
             dtype,
         })
@@ -454,11 +462,7 @@ impl Reranker {
         max_length: Option<usize>,
     ) -> Result<(Vec<f32>, bool)> {
         let Some(model) = &self.image else {
-            return Err(Error::input(format!(
-                "{} is a text model ({}): it cannot score image documents",
-                self.info.path.display(),
-                self.cfg.architecture
-            )));
+            return Err(self.images_refused());
         };
         let max_length = self.tokenizer.resolve_max_length(max_length)?;
         let pair = self.tokenizer.encode_single(query, max_length)?;
@@ -498,6 +502,49 @@ impl Reranker {
             })
             .collect();
         Ok(rank(&pairs, &logits, opts))
+    }
+
+    /// An image-text model's image processor: encoded image → its pixel values.
+    pub fn image_processor(&self) -> Option<&ImageProcessor> {
+        self.processor.as_ref()
+    }
+
+    /// Decodes and preprocesses encoded images (PNG, JPEG, WebP) as the model's image
+    /// processor does; an error names the image by its index.
+    pub fn pixel_values(&self, images: &[&[u8]], limits: &ImageLimits) -> Result<Vec<Vec<f32>>> {
+        let Some(p) = &self.processor else {
+            return Err(self.images_refused());
+        };
+        images
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                p.pixel_values(bytes, limits)
+                    .map_err(|e| Error::input(format!("image {i}: {e}")))
+            })
+            .collect()
+    }
+
+    /// Scores every encoded image against the query and returns them best first.
+    pub fn rerank_images(
+        &self,
+        query: &str,
+        images: &[&[u8]],
+        limits: &ImageLimits,
+        opts: &Options,
+    ) -> Result<Vec<Ranked>> {
+        let pixels = self.pixel_values(images, limits)?;
+        let refs: Vec<&[f32]> = pixels.iter().map(Vec::as_slice).collect();
+        self.rerank_pixels(query, &refs, opts)
+    }
+
+    /// A text model's refusal of image documents.
+    fn images_refused(&self) -> Error {
+        Error::input(format!(
+            "{} is a text model ({}): it cannot score image documents",
+            self.info.path.display(),
+            self.cfg.architecture
+        ))
     }
 
     /// A causal-LM reranker's template and its token ids (None for encoder models).

@@ -1,7 +1,8 @@
 //! crossrank: cross-encoder reranking, from text to scores.
 //!
 //! The data goes one way: text → tokens ([`tokenize`]) → packed batch ([`batch`]) → forward
-//! ([`model`] over a [`backend`]) → scores ([`engine`]).
+//! ([`model`] over a [`backend`]) → scores ([`engine`]); an image-text model's images go
+//! bytes → pixel values ([`pixels`]) beside the tokens.
 
 pub mod audit;
 pub mod backend;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod llm_template;
 pub mod model;
 pub mod models;
+pub mod pixels;
 pub mod serve;
 pub mod tokenize;
 pub mod tokenizer_class;

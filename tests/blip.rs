@@ -1,6 +1,7 @@
 //! BLIP image-text matching parity: query ids and ITM logits against transformers (float32,
 //! eager) on the committed tiny model made by scripts/make_blip_goldens.py, fed transformers'
-//! own pixel_values; and the family's refusals.
+//! own pixel_values, then through our own decoder and resize (src/pixels.rs) against the
+//! processor's 8-bit images; and the family's refusals.
 //!
 //! Tolerance rule: the bound, |logit - transformers| <= 1e-4 (the same math in f32 on
 //! both sides, summed in another order; the ITM head folded to one row, z[1] - z[0], where
@@ -19,6 +20,8 @@ const LOGIT_ATOL: f32 = 1e-4;
 #[derive(Deserialize)]
 struct Image {
     file: String,
+    /// The processor's 8-bit RGB image after conversion and resize (HWC).
+    resized: Vec<u8>,
     pixel_values: Vec<f32>,
 }
 
@@ -164,4 +167,216 @@ fn the_cli_refuses_text_documents_for_an_image_model() {
         err.starts_with("error: ") && err.contains("must be an image"),
         "{err}"
     );
+}
+
+/// Our decoder and resize against the processor's 8-bit image, level for level, and the float
+/// steps from that image against its pixel_values, bit for bit.
+///
+/// Rule: the lossless images (PNG, lossless WebP) decode to the very samples PIL reads, so
+/// conversion and resize must match exactly (max level difference 0). The JPEG decodes through
+/// zune-jpeg, not libjpeg-turbo: its IDCT may round a sample differently, so the JPEG's bound
+/// is the measured one, JPEG_LEVELS (see README.md).
+#[test]
+fn decode_and_resize_match_the_processor() {
+    let g = golden();
+    let r = load();
+    let p = r.image_processor().expect("an image model has a processor");
+    let limits = crossrank::pixels::ImageLimits::default();
+    for im in &g.images {
+        let bytes = std::fs::read(data_dir().join("images").join(&im.file)).unwrap();
+        let rgb = crossrank::pixels::decode(&bytes, &limits).unwrap();
+        let ours = p.resized(&rgb);
+        assert_eq!((ours.width, ours.height), (g.image_size, g.image_size));
+        assert_eq!(ours.data.len(), im.resized.len(), "{}", im.file);
+        let (worst, differ) = level_diff(&ours.data, &im.resized);
+        eprintln!(
+            "{}: max level difference {worst}, {differ} of {} samples differ",
+            im.file,
+            im.resized.len()
+        );
+        let (bound, most) = if im.file.ends_with(".jpg") {
+            (JPEG_LEVELS, JPEG_SAMPLES)
+        } else {
+            (0, 0)
+        };
+        assert!(
+            worst <= bound,
+            "{}: {worst} levels (bound {bound})",
+            im.file
+        );
+        assert!(
+            differ <= most,
+            "{}: {differ} samples differ (bound {most})",
+            im.file
+        );
+        // The float steps alone: the processor's own 8-bit image to its pixel_values.
+        let golden_rgb = crossrank::pixels::Rgb8 {
+            width: g.image_size,
+            height: g.image_size,
+            data: im.resized.clone(),
+        };
+        let pv = p.normalize(&golden_rgb);
+        assert_eq!(pv.len(), im.pixel_values.len());
+        for (i, (a, b)) in pv.iter().zip(&im.pixel_values).enumerate() {
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{} value {i}: {a} vs {b}",
+                im.file
+            );
+        }
+    }
+}
+
+/// The largest |a - b| over 8-bit samples, and how many differ.
+fn level_diff(a: &[u8], b: &[u8]) -> (u8, usize) {
+    let d = a.iter().zip(b).map(|(&x, &y)| x.abs_diff(y));
+    (d.clone().max().unwrap_or(0), d.filter(|&x| x > 0).count())
+}
+
+/// The JPEG's measured bounds (zune-jpeg against libjpeg-turbo, see above): samples of the
+/// resized image off by at most JPEG_LEVELS, at most JPEG_SAMPLES of them. The decoded 48x48
+/// image itself differs from PIL's by 1 level in 27 of its 2304 pixels.
+const JPEG_LEVELS: u8 = 1;
+const JPEG_SAMPLES: usize = 39;
+
+/// Logits with our decoder and resize against transformers' logits with its own processor.
+///
+/// Rule: where our 8-bit image equals the processor's (every lossless image), the pixel values
+/// are bit-identical and the bound is the forward's own, LOGIT_ATOL. For the JPEG, whose
+/// resized image differs in `n` samples by at most `levels` (within the measured bounds
+/// above), the bound is what such a difference can do to this model: twice the largest
+/// logit shift over PERTURBATIONS seeded perturbations of the processor's own image, each
+/// moving `n` random samples by ±`levels`, and at least LOGIT_ATOL. Ranking equal wherever
+/// two golden logits differ by more than the sum of their bounds.
+#[test]
+fn logits_through_our_decoder_match_transformers() {
+    let g = golden();
+    let r = load();
+    let p = r.image_processor().unwrap();
+    let limits = crossrank::pixels::ImageLimits::default();
+    let files: Vec<Vec<u8>> = g
+        .images
+        .iter()
+        .map(|im| std::fs::read(data_dir().join("images").join(&im.file)).unwrap())
+        .collect();
+    let bytes: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+    let diffs: Vec<(u8, usize)> = g
+        .images
+        .iter()
+        .zip(&bytes)
+        .map(|(im, b)| {
+            let ours = p.resized(&crossrank::pixels::decode(b, &limits).unwrap());
+            level_diff(&ours.data, &im.resized)
+        })
+        .collect();
+    let raw = Options {
+        raw_scores: true,
+        ..Options::default()
+    };
+    let mut worst = 0f32;
+    for q in &g.queries {
+        let bounds: Vec<f32> = g
+            .images
+            .iter()
+            .zip(&diffs)
+            .enumerate()
+            .map(|(i, (im, &(levels, n)))| {
+                // Only the JPEG may differ (the test above); a lossless image that differs is
+                // held to the forward's own bound, and fails.
+                if n == 0 || !im.file.ends_with(".jpg") {
+                    return LOGIT_ATOL;
+                }
+                let (levels, n) = (levels.min(JPEG_LEVELS), n.min(JPEG_SAMPLES));
+                let b = perturbation_bound(&r, &q.query, &im.resized, q.logits[i], n, levels);
+                eprintln!(
+                    "{:?} vs {}: {n} samples off by <= {levels}: bound {b:e}",
+                    q.query, im.file
+                );
+                b.max(LOGIT_ATOL)
+            })
+            .collect();
+        let ranked = r.rerank_images(&q.query, &bytes, &limits, &raw).unwrap();
+        assert_eq!(ranked.len(), bytes.len());
+        for res in &ranked {
+            let want = q.logits[res.index];
+            let diff = (res.score - want).abs();
+            if diffs[res.index].1 == 0 {
+                worst = worst.max(diff);
+            } else {
+                eprintln!(
+                    "{:?} vs {}: |logit - transformers| = {diff:e}",
+                    q.query, g.images[res.index].file
+                );
+            }
+            assert!(
+                diff <= bounds[res.index],
+                "{:?} vs {}: logit {} vs transformers {want} (|diff| {diff:e}, bound {:e})",
+                q.query,
+                g.images[res.index].file,
+                res.score,
+                bounds[res.index]
+            );
+        }
+        for (a, b) in ranked.iter().zip(ranked.iter().skip(1)) {
+            let (la, lb) = (q.logits[a.index], q.logits[b.index]);
+            assert!(
+                la >= lb - (bounds[a.index] + bounds[b.index]),
+                "{:?}: order",
+                q.query
+            );
+        }
+    }
+    eprintln!(
+        "blip-itm-tiny through our decoder, exact images: max |logit - transformers| = {worst:e}"
+    );
+}
+
+const PERTURBATIONS: u64 = 16;
+
+/// Twice the largest |logit shift| when `n` seeded random samples of the processor's own 8-bit
+/// image move by ±`levels` (clipped to 0..=255), over PERTURBATIONS draws.
+fn perturbation_bound(
+    r: &Reranker,
+    query: &str,
+    resized: &[u8],
+    golden_logit: f32,
+    n: usize,
+    levels: u8,
+) -> f32 {
+    let p = r.image_processor().unwrap();
+    let side = r.vision_config().unwrap().image_size;
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        // SplitMix64: a seeded stream, no dependency.
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let images: Vec<Vec<f32>> = (0..PERTURBATIONS)
+        .map(|_| {
+            let mut data = resized.to_vec();
+            for _ in 0..n {
+                let i = (next() % data.len() as u64) as usize;
+                data[i] = if next() & 1 == 0 {
+                    data[i].saturating_add(levels)
+                } else {
+                    data[i].saturating_sub(levels)
+                };
+            }
+            p.normalize(&crossrank::pixels::Rgb8 {
+                width: side,
+                height: side,
+                data,
+            })
+        })
+        .collect();
+    let refs: Vec<&[f32]> = images.iter().map(Vec::as_slice).collect();
+    let (logits, _) = r.score_images(query, &refs, None).unwrap();
+    2.0 * logits
+        .iter()
+        .map(|l| (l - golden_logit).abs())
+        .fold(0f32, f32::max)
 }
