@@ -504,6 +504,20 @@ impl Reranker {
         Ok(rank(&pairs, &logits, opts))
     }
 
+    /// One small forward before serving: a text pair, or for an image-text model the word
+    /// against one blank image (a text pair would be refused).
+    pub fn warm_up(&self) -> Result<()> {
+        match self.cfg.blip.as_ref() {
+            Some(v) => {
+                let blank = vec![0f32; v.pixels_per_image()];
+                self.score_images("warm-up", &[&blank], None).map(|_| ())
+            }
+            None => self
+                .rerank("warm-up", &["warm-up"], &Options::default())
+                .map(|_| ()),
+        }
+    }
+
     /// An image-text model's image processor: encoded image → its pixel values.
     pub fn image_processor(&self) -> Option<&ImageProcessor> {
         self.processor.as_ref()
@@ -520,7 +534,7 @@ impl Reranker {
             .enumerate()
             .map(|(i, bytes)| {
                 p.pixel_values(bytes, limits)
-                    .map_err(|e| Error::input(format!("image {i}: {e}")))
+                    .map_err(|e| Error::input(format!("document {i}: {e}")))
             })
             .collect()
     }

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use crossrank::docs::Docs;
 use crossrank::engine::{self, CudaOptions, Device, LoadOptions, Options, Reranker};
+use crossrank::pixels::ImageLimits;
 use crossrank::{Error, Result};
 
 #[derive(Parser)]
@@ -28,7 +30,9 @@ enum Command {
         /// The query.
         #[arg(long)]
         query: String,
-        /// Passages: `-` for stdin, a .jsonl file, or plain text with one passage per line.
+        /// Passages: `-` for stdin, a .jsonl file, or plain text with one passage per line. An
+        /// image-text model's documents: a .jsonl file of `{"image": PATH}` (relative to the
+        /// file's folder) or `{"image": "data:image/...;base64,..."}`.
         #[arg(long)]
         docs: String,
         /// Truncate each (query, passage) pair to this many tokens.
@@ -121,7 +125,7 @@ fn run(command: Command) -> Result<()> {
             instruction,
         } => {
             let device: Device = device.parse()?;
-            let passages = crossrank::docs::read_docs(&docs)?;
+            let docs = crossrank::docs::read_docs(&docs)?;
             if max_batch_tokens == 0 {
                 return Err(Error::input("--max-batch-tokens must be at least 1"));
             }
@@ -141,7 +145,13 @@ fn run(command: Command) -> Result<()> {
                 instruction,
                 ..Options::default()
             };
-            let results = reranker.rerank(&query, &passages, &opts)?;
+            let results = match docs {
+                Docs::Texts(passages) => reranker.rerank(&query, &passages, &opts)?,
+                Docs::Images(images) => {
+                    let images: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
+                    reranker.rerank_images(&query, &images, &ImageLimits::default(), &opts)?
+                }
+            };
             println!("{}", serde_json::json!({ "results": results }));
             Ok(())
         }

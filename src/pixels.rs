@@ -115,6 +115,69 @@ pub fn too_many_bytes(n: usize, limits: &ImageLimits) -> ImageError {
     ))
 }
 
+/// Whether an image reference is a remote URL (`http://`, `https://`): never fetched, since a
+/// server that fetches URLs for its clients is an open door into its network (SSRF).
+pub fn is_remote_url(s: &str) -> bool {
+    let lower = s.get(..8).unwrap_or(s).to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
+}
+
+/// What a remote URL gets.
+pub const REMOTE_REFUSED: &str =
+    "remote URLs are not fetched; send the image itself as a data:image/...;base64,... URI";
+
+/// The bytes of a `data:[image/...][;...];base64,DATA` URI, checked against the byte limit
+/// before and after decoding. `Ok(None)` if `s` is not a data URI at all.
+pub fn data_uri(s: &str, limits: &ImageLimits) -> std::result::Result<Option<Vec<u8>>, ImageError> {
+    let Some(rest) = s
+        .get(..5)
+        .filter(|p| p.eq_ignore_ascii_case("data:"))
+        .map(|_| &s[5..])
+    else {
+        return Ok(None);
+    };
+    let Some((header, payload)) = rest.split_once(',') else {
+        return Err(ImageError::Invalid(
+            "a data: URI without a comma".to_string(),
+        ));
+    };
+    let mut parts = header.split(';');
+    let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    if !(media.is_empty() || media.starts_with("image/")) {
+        return Err(ImageError::Invalid(format!(
+            "a data: URI of type {media:?}; an image document needs image/..."
+        )));
+    }
+    if !parts.any(|p| p.trim().eq_ignore_ascii_case("base64")) {
+        return Err(ImageError::Invalid(
+            "a data: URI without ;base64 (only base64 image data is taken)".to_string(),
+        ));
+    }
+    base64_bytes(payload, limits).map(Some)
+}
+
+/// Standard base64 (with padding) to bytes, refused before decoding if it must decode to more
+/// than `--max-image-bytes`.
+pub fn base64_bytes(
+    payload: &str,
+    limits: &ImageLimits,
+) -> std::result::Result<Vec<u8>, ImageError> {
+    use base64::Engine;
+    let payload = payload.trim();
+    // Four characters carry three bytes; padding takes at most two of them back.
+    let at_least = (payload.len() / 4 * 3).saturating_sub(2);
+    if at_least > limits.max_bytes {
+        return Err(too_many_bytes(at_least, limits));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(payload)
+        .map_err(|e| ImageError::Invalid(format!("invalid base64: {e}")))?;
+    if bytes.len() > limits.max_bytes {
+        return Err(too_many_bytes(bytes.len(), limits));
+    }
+    Ok(bytes)
+}
+
 /// PIL's `alpha_composite` of one pixel over opaque white, then its RGB: the integer formula
 /// with 7 extra bits of precision and division by 255 as `((x >> 8) + x) >> 8`. Over an opaque
 /// background the output alpha is 255·255, so the weights are exactly `a·128` and `(255-a)·128`.
@@ -577,5 +640,37 @@ mod tests {
         let e = decode(b"\x89PNG\r\n\x1a\n", &small).unwrap_err();
         assert!(matches!(e, ImageError::TooLarge(_)), "{e}");
         assert!(e.to_string().contains("--max-image-bytes"), "{e}");
+    }
+
+    #[test]
+    fn data_uris_and_remote_urls() {
+        let l = ImageLimits::default();
+        assert_eq!(
+            data_uri("data:image/png;base64,AAEC", &l).unwrap(),
+            Some(vec![0, 1, 2])
+        );
+        assert_eq!(
+            data_uri("DATA:;base64,AAEC", &l).unwrap(),
+            Some(vec![0, 1, 2])
+        );
+        assert_eq!(data_uri("cat.png", &l).unwrap(), None);
+        for bad in [
+            "data:image/png;base64",
+            "data:text/plain;base64,AAEC",
+            "data:image/png,AAEC",
+            "data:image/png;base64,%%%",
+        ] {
+            let e = data_uri(bad, &l).unwrap_err();
+            assert!(matches!(e, ImageError::Invalid(_)), "{bad}: {e}");
+        }
+        let two = ImageLimits { max_bytes: 2, ..l };
+        let e = data_uri("data:image/png;base64,AAECAwQF", &two).unwrap_err();
+        assert!(matches!(e, ImageError::TooLarge(_)), "{e}");
+        let e = data_uri("data:image/png;base64,AAEC", &two).unwrap_err();
+        assert!(matches!(e, ImageError::TooLarge(_)), "{e}");
+        assert!(is_remote_url("https://example.com/a.png"));
+        assert!(is_remote_url("HTTP://x"));
+        assert!(!is_remote_url("data:image/png;base64,AAEC"));
+        assert!(!is_remote_url("img/http.png"));
     }
 }

@@ -149,17 +149,7 @@ fn cuda_is_refused_in_one_line() {
 /// Through the binary: text documents for an image model are one line on stderr, exit 1.
 #[test]
 fn the_cli_refuses_text_documents_for_an_image_model() {
-    let model = model_dir("blip-itm-tiny");
-    let docs = data_dir().join("demo-docs.txt");
-    let out = crossrank(&[
-        "rerank",
-        "--model",
-        model.to_str().unwrap(),
-        "--query",
-        "a cat",
-        "--docs",
-        docs.to_str().unwrap(),
-    ]);
+    let out = rerank_cli(&data_dir().join("demo-docs.txt"), "a cat", &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
@@ -379,4 +369,79 @@ fn perturbation_bound(
         .iter()
         .map(|l| (l - golden_logit).abs())
         .fold(0f32, f32::max)
+}
+
+/// Through the binary: a .jsonl of image documents, two by path (relative to the file's
+/// folder) and one as a data: URI, scores as the library scores the same bytes (the same
+/// forwards, so the same logits to the last bit); a remote URL is refused in one line.
+#[test]
+fn the_cli_reranks_image_paths_and_data_uris_like_the_library() {
+    use base64::Engine;
+    let dir = scratch_dir("blip-cli-images");
+    std::fs::create_dir_all(dir.join("pics")).unwrap();
+    let read = |f: &str| std::fs::read(data_dir().join("images").join(f)).unwrap();
+    let files = ["alpha.png", "photo.webp", "gray.jpg"];
+    let bytes: Vec<Vec<u8>> = files.iter().map(|f| read(f)).collect();
+    std::fs::write(dir.join("pics/alpha.png"), &bytes[0]).unwrap();
+    std::fs::write(dir.join("photo.webp"), &bytes[1]).unwrap();
+    let uri = format!(
+        "data:image/jpeg;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(&bytes[2])
+    );
+    let docs = dir.join("docs.jsonl");
+    let lines = [
+        serde_json::json!({ "image": "pics/alpha.png" }),
+        serde_json::json!({ "image": "photo.webp" }),
+        serde_json::json!({ "image": uri }),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&docs, text).unwrap();
+    let out = rerank_cli(&docs, "a photo of a cat", &["--raw-scores"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got: Vec<(usize, f32)> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap() as usize,
+                r["score"].as_f64().unwrap() as f32,
+            )
+        })
+        .collect();
+    let r = load();
+    let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+    let raw = Options {
+        raw_scores: true,
+        ..Options::default()
+    };
+    let limits = crossrank::pixels::ImageLimits::default();
+    let want: Vec<(usize, f32)> = r
+        .rerank_images("a photo of a cat", &refs, &limits, &raw)
+        .unwrap()
+        .iter()
+        .map(|x| (x.index, x.score))
+        .collect();
+    assert_eq!(got, want);
+    std::fs::write(&docs, "{\"image\": \"https://example.com/cat.png\"}\n").unwrap();
+    let out = rerank_cli(&docs, "a cat", &[]);
+    assert_refused(&out, &["line 1", "remote URLs are not fetched"]);
+}
+
+/// `crossrank rerank` with the tiny BLIP model on `docs`, plus `extra` flags.
+fn rerank_cli(docs: &std::path::Path, query: &str, extra: &[&str]) -> std::process::Output {
+    let model = model_dir("blip-itm-tiny");
+    let mut args = vec![
+        "rerank",
+        "--model",
+        model.to_str().unwrap(),
+        "--query",
+        query,
+        "--docs",
+        docs.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    crossrank(&args)
 }

@@ -1380,3 +1380,220 @@ async fn two_devices_share_one_queue_and_score_as_one() {
     assert_eq!(both.0, vec![Device::Cuda(1), Device::Cuda(0)]);
     assert_eq!(both.to_string(), "cuda:1,cuda:0");
 }
+
+/// The committed BLIP test images as data URIs, with their bytes.
+fn image_uris() -> Vec<(String, Vec<u8>)> {
+    use base64::Engine;
+    [
+        "alpha.png",
+        "gray.jpg",
+        "wide.png",
+        "tiny.png",
+        "photo.webp",
+        "palette.png",
+    ]
+    .iter()
+    .map(|f| {
+        let bytes = std::fs::read(data_dir().join("images").join(f)).unwrap();
+        let kind = match f.rsplit('.').next() {
+            Some("jpg") => "jpeg",
+            Some(ext) => ext,
+            None => unreachable!(),
+        };
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        (format!("data:image/{kind};base64,{b64}"), bytes)
+    })
+    .collect()
+}
+
+/// Image documents (`{"image": data URI}`, Jina's multimodal shape) on /v1, /v2 and
+/// /rerank/batch score exactly as the library's `rerank_images` over the same bytes: the same
+/// images in the same order make the same forwards, so the logits are bit-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_documents_score_like_the_library() {
+    let images = image_uris();
+    let lib = library("blip-itm-tiny");
+    let bytes: Vec<&[u8]> = images.iter().map(|(_, b)| b.as_slice()).collect();
+    let limits = crossrank::pixels::ImageLimits::default();
+    let query = "a photo of a cat";
+    let want = lib.rerank_images(query, &bytes, &limits, &raw()).unwrap();
+    let want: Vec<(usize, f32)> = want
+        .iter()
+        .map(|r| (r.index, crossrank::engine::sigmoid(r.score)))
+        .collect();
+    let docs: Vec<Value> = images.iter().map(|(u, _)| json!({ "image": u })).collect();
+    let s = Server::model("blip-itm-tiny").await;
+    let (st, v) = s
+        .post("/v1/rerank", json!({ "query": query, "documents": docs }))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(pairs(&v["results"], "relevance_score"), want);
+    assert!(v["usage"]["total_tokens"].as_u64().unwrap() > 0, "{v}");
+    // /v2 echoes an image document as it came.
+    let body = json!({ "query": query, "documents": docs, "top_n": 2, "return_documents": true });
+    let (st, v) = s.post("/v2/rerank", body).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(pairs(&v["results"], "relevance_score"), want[..2].to_vec());
+    let top = want[0].0;
+    assert_eq!(
+        v["results"][0]["document"],
+        json!({ "image": images[top].0 })
+    );
+    // Bare base64, as Jina's API also takes it.
+    let bare = images[0].0.split_once(',').unwrap().1;
+    let (st, v) = s
+        .post(
+            "/v1/rerank",
+            json!({ "query": query, "documents": [{ "image": bare }] }),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let alone = lib
+        .rerank_images(query, &bytes[..1], &limits, &raw())
+        .unwrap();
+    assert_eq!(
+        pairs(&v["results"], "relevance_score"),
+        vec![(0, crossrank::engine::sigmoid(alone[0].score))]
+    );
+    // Two groups in one batch call, raw logits.
+    let body = json!({ "raw_scores": true, "groups": [
+        { "query": query, "documents": docs },
+        { "query": "red", "documents": docs[2..4] },
+    ]});
+    let (st, v) = s.post("/rerank/batch", body).await;
+    assert_eq!(st, 200, "{v}");
+    let red = lib
+        .rerank_images("red", &bytes[2..4], &limits, &raw())
+        .unwrap();
+    let red: Vec<(usize, f32)> = red.iter().map(|r| (r.index, r.score)).collect();
+    let first = lib.rerank_images(query, &bytes, &limits, &raw()).unwrap();
+    let first: Vec<(usize, f32)> = first.iter().map(|r| (r.index, r.score)).collect();
+    assert_eq!(pairs(&v["groups"][0]["results"], "relevance_score"), first);
+    assert_eq!(pairs(&v["groups"][1]["results"], "relevance_score"), red);
+    s.stop().await;
+}
+
+/// Every refusal of an image document, each the request's one answer, naming the document:
+/// a remote URL 422 (never fetched), a corrupt or unsupported image 422, over
+/// --max-image-bytes or --max-image-pixels 413, text to an image model and images to a text
+/// model 422. The server answers the next request as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_documents_refused_with_the_documented_status() {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let images = image_uris();
+    let good = json!({ "image": images[0].0 });
+    let mut opts = ServeOptions::new(model_dir("blip-itm-tiny"), Device::Cpu);
+    // alpha.png is 3.6 kB of 30x40 = 1200 pixels; wide.png is 64x24 = 1536 pixels.
+    opts.max_image_pixels = 1200;
+    opts.max_image_bytes = 6000;
+    let s = Server::start(opts).await;
+    let one = |doc: Value| json!({ "query": "a cat", "documents": [good.clone(), doc] });
+    let cases: Vec<(&str, Value, u16, String)> = vec![
+        (
+            "/v1/rerank",
+            one(json!({ "image": "https://example.com/cat.png" })),
+            422,
+            "documents[1].image: remote URLs are not fetched".into(),
+        ),
+        (
+            "/v2/rerank",
+            one(json!({ "image": "http://169.254.169.254/latest" })),
+            422,
+            "documents[1].image: remote URLs are not fetched".into(),
+        ),
+        (
+            "/v1/rerank",
+            one(json!({ "image": format!("data:image/png;base64,{}", b64(b"not an image")) })),
+            422,
+            "documents[1].image: not a PNG, JPEG or WebP image".into(),
+        ),
+        (
+            "/v1/rerank",
+            one(json!({ "image": format!("data:image/png;base64,{}", b64(&images[0].1[..200])) })),
+            422,
+            "documents[1].image: corrupt image".into(),
+        ),
+        (
+            "/v1/rerank",
+            one(json!({ "image": format!("data:image/gif;base64,{}", b64(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;")) })),
+            422,
+            "documents[1].image: Gif images are not supported".into(),
+        ),
+        (
+            "/v1/rerank",
+            one(json!({ "image": "data:image/png;base64,***" })),
+            422,
+            "documents[1].image: invalid base64".into(),
+        ),
+        (
+            "/v1/rerank",
+            one(json!({ "image": images[2].0 })),
+            413,
+            "documents[1].image: the image is 64x24 = 1536 pixels, more than the limit of 1200 (--max-image-pixels)".into(),
+        ),
+        (
+            "/v1/rerank",
+            one(json!({ "image": format!("data:image/png;base64,{}", b64(&[0u8; 7000])) })),
+            413,
+            "documents[1].image: the image is 7000 bytes, more than the limit of 6000 (--max-image-bytes)".into(),
+        ),
+        (
+            "/v1/rerank",
+            one(json!("a text document")),
+            422,
+            "documents[1] is text, but model blip-itm-tiny (BlipForImageTextRetrieval) is an image-text model".into(),
+        ),
+        (
+            "/rerank/batch",
+            json!({ "groups": [{ "query": "q", "documents": [good] },
+                               { "query": "q", "documents": [{ "image": "https://x.test/a.png" }] }] }),
+            422,
+            "groups[1].documents[0].image: remote URLs are not fetched".into(),
+        ),
+        (
+            "/rerank/batch",
+            json!({ "groups": [{ "query": "q", "documents": [good] },
+                               { "query": "q", "documents": [good, { "image": format!("data:image/jpeg;base64,{}", b64(b"\xff\xd8\xff junk")) }] }] }),
+            422,
+            "groups[1].documents[1].image: corrupt image".into(),
+        ),
+        (
+            "/rerank",
+            json!({ "query": "a cat", "texts": ["a text"] }),
+            422,
+            "texts[0] is text".into(),
+        ),
+    ];
+    for (path, body, status, msg) in cases {
+        let (st, v) = s.post(path, body).await;
+        assert_error(st, &v, status, &msg);
+    }
+    let (st, v) = s
+        .post(
+            "/v1/rerank",
+            json!({ "query": "a cat", "documents": [good] }),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    s.stop().await;
+    // A text model: an image document is its request's 422, naming it.
+    let s = Server::model("bert-f32").await;
+    let (st, v) = s
+        .post(
+            "/v1/rerank",
+            json!({ "query": "q", "documents": ["text", good] }),
+        )
+        .await;
+    assert_error(
+        st,
+        &v,
+        422,
+        "documents[1] is an image, but model bert-f32 (BertForSequenceClassification) is a text model",
+    );
+    let (st, v) = s
+        .post("/v1/rerank", json!({ "query": "q", "documents": ["text"] }))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    s.stop().await;
+}

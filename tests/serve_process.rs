@@ -70,6 +70,41 @@ fn check_scores(results: &Value, key: &str, want: &[f32], what: &str) {
     }
 }
 
+/// `crossrank serve --stdio ARGS` fed `input`: its stdout and stderr once it has exited 0.
+fn run_stdio(args: &[&str], input: Vec<u8>) -> (String, String) {
+    let mut child = crossrank()
+        .args(["serve", "--stdio"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        stdin.write_all(&input).unwrap();
+        // Dropping stdin is the end of input.
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).unwrap();
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stderr.read_to_string(&mut s).unwrap();
+        s
+    });
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    writer.join().unwrap();
+    let out = reader.join().unwrap();
+    let err = err_reader.join().unwrap();
+    assert!(status.success(), "exit {status:?}; stderr:\n{err}");
+    (out, err)
+}
+
 #[test]
 fn stdio_answers_every_line_then_exits_0() {
     let name = "bert-f32";
@@ -99,36 +134,8 @@ fn stdio_answers_every_line_then_exits_0() {
     input.extend(b"{\"id\": 9, \"query\": \n"); // malformed JSON: no id can be read
     input.extend(b"{\"id\": 10, \"query\": \"\xff\", \"texts\": []}\r\n"); // invalid UTF-8
 
-    let mut child = crossrank()
-        .args(["serve", "--stdio", "--model"])
-        .arg(model_dir(name))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || {
-        stdin.write_all(&input).unwrap();
-        // Dropping stdin is the end of input.
-    });
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        stdout.read_to_string(&mut s).unwrap();
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        stderr.read_to_string(&mut s).unwrap();
-        s
-    });
-    let status = wait_exit(&mut child, Duration::from_secs(60));
-    writer.join().unwrap();
-    let out = reader.join().unwrap();
-    let err = err_reader.join().unwrap();
-    assert!(status.success(), "exit {status:?}; stderr:\n{err}");
+    let model = model_dir(name).display().to_string();
+    let (out, err) = run_stdio(&["--model", &model], input);
 
     // Exactly one JSON answer per request line on stdout, nothing else; logs on stderr.
     let answers: Vec<Value> = out
@@ -688,5 +695,76 @@ fn swaps_under_load_lose_no_request_and_each_answer_is_one_models() {
             lines.iter().any(|l| l.ends_with(want)),
             "{want:?} not in {lines:#?}"
         );
+    }
+}
+
+/// `crossrank serve --stdio` with an image-text model and the image limits as flags: every
+/// line answered once, in the status the issue gives (a good image 200 scored as the library
+/// scores it, a remote URL and a corrupt image 422, over --max-image-pixels and
+/// --max-image-bytes 413, a text document 422), then exit 0.
+#[test]
+fn stdio_answers_image_documents_with_their_statuses() {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let read = |f: &str| std::fs::read(data_dir().join("images").join(f)).unwrap();
+    let (alpha, wide) = (read("alpha.png"), read("wide.png"));
+    let uri = |b: &[u8]| format!("data:image/png;base64,{}", b64(b));
+    let doc = |src: String| json!({ "image": src });
+    let lines = [
+        json!({"id": 1, "query": "a cat", "documents": [doc(uri(&alpha))], "return_documents": true}),
+        json!({"id": 2, "query": "a cat", "documents": [doc("https://example.com/a.png".into())]}),
+        json!({"id": 3, "query": "a cat", "documents": [doc(uri(&alpha)), doc(uri(&alpha[..300]))]}),
+        json!({"id": 4, "query": "a cat", "documents": [doc(uri(&wide))]}),
+        json!({"id": 5, "query": "a cat", "documents": [doc(uri(&[1u8; 7000]))]}),
+        json!({"id": 6, "query": "a cat", "documents": ["text"]}),
+    ];
+    let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let model = model_dir("blip-itm-tiny").display().to_string();
+    let flags = ["--max-image-pixels", "1200", "--max-image-bytes", "6000"];
+    let (out, _) = run_stdio(
+        &[&flags[..], &["--model", &model]].concat(),
+        input.into_bytes(),
+    );
+    let answers: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line {l:?}: {e}")))
+        .collect();
+    assert_eq!(answers.len(), lines.len(), "stdout:\n{out}");
+    let by_id = |id: u64| {
+        let found: Vec<&Value> = answers.iter().filter(|a| a["id"] == id).collect();
+        assert_eq!(found.len(), 1, "answers to id {id}:\n{out}");
+        found[0]
+    };
+    let lib = Reranker::load(
+        model_dir("blip-itm-tiny"),
+        Device::Cpu,
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let limits = crossrank::pixels::ImageLimits::default();
+    let want = lib
+        .rerank_images("a cat", &[&alpha], &limits, &Options::default())
+        .unwrap();
+    let a = by_id(1);
+    assert_eq!(a["status"], 200, "{a}");
+    let r = &a["result"]["results"][0];
+    assert_eq!(r["relevance_score"].as_f64().unwrap() as f32, want[0].score);
+    assert_eq!(r["document"]["image"], json!(uri(&alpha)));
+    let refusals = [
+        (2, 422, "documents[0].image: remote URLs are not fetched"),
+        (3, 422, "documents[1].image: corrupt image"),
+        (
+            4,
+            413,
+            "documents[0].image: the image is 64x24 = 1536 pixels",
+        ),
+        (5, 413, "documents[0].image: the image is 7000 bytes"),
+        (6, 422, "documents[0] is text"),
+    ];
+    for (id, status, msg) in refusals {
+        let a = by_id(id);
+        assert_eq!(a["status"], status, "{a}");
+        let e = a["error"].as_str().unwrap_or_else(|| panic!("{a}"));
+        assert!(e.starts_with(msg), "id {id}: {e}");
     }
 }

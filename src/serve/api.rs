@@ -4,9 +4,11 @@
 //! - `/rerank` (TEI): `{model?, query, texts, raw_scores, return_text, truncate,
 //!   truncation_direction}`
 //!   → `[{index, score, text?}]`.
-//! - `/v1/rerank`, `/v2/rerank` (Cohere, Jina): `{model?, query, documents: [string | {text}],
-//!   top_n?, return_documents?}` → `{id, model, results: [{index, relevance_score, document?}],
-//!   meta, usage}`.
+//! - `/v1/rerank`, `/v2/rerank` (Cohere, Jina): `{model?, query, documents: [string | {text} |
+//!   {image}], top_n?, return_documents?}` → `{id, model, results: [{index, relevance_score,
+//!   document?}], meta, usage}`. An image document (Jina's multimodal shape, for an image-text
+//!   model) is `{"image": "data:image/...;base64,..."}` or bare base64; a remote URL is refused
+//!   (422: never fetched), bytes past --max-image-bytes are a 413.
 //! - `/rerank/batch`: `{model?, groups: [{query, documents, top_n?}], raw_scores?,
 //!   return_documents?, truncate?}` → `{id, model, groups: [{results: [...]}], usage}`.
 //!
@@ -23,6 +25,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::engine::sigmoid;
+use crate::pixels::{self, ImageError, ImageLimits};
 use crate::tokenize::TruncationSide;
 
 /// An error answer: an HTTP status and `{"error": message, "error_type": kind}`.
@@ -111,6 +114,8 @@ impl Route {
 pub struct Limits {
     /// The most documents in one request, all groups together.
     pub max_client_batch_size: usize,
+    /// What one image document may cost (--max-image-bytes, --max-image-pixels).
+    pub image: ImageLimits,
 }
 
 /// A request's latency budget, counted from when it is accepted, and where it came from.
@@ -155,7 +160,10 @@ impl Timeout {
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupIn {
     pub query: String,
+    /// The documents as sent: texts, and for an image document its reference as written.
     pub docs: Vec<String>,
+    /// Each document's image bytes (None for a text), or empty when every document is text.
+    pub images: Vec<Option<Vec<u8>>>,
     pub top_n: Option<usize>,
 }
 
@@ -184,6 +192,13 @@ pub struct Call {
 impl Call {
     pub fn documents(&self) -> usize {
         self.groups.iter().map(|g| g.docs.len()).sum()
+    }
+
+    /// Whether any document is an image.
+    pub fn has_images(&self) -> bool {
+        self.groups
+            .iter()
+            .any(|g| g.images.iter().any(Option::is_some))
     }
 }
 
@@ -282,6 +297,7 @@ pub fn parse_value(route: Route, value: Value, limits: &Limits) -> Result<Call, 
                 groups: vec![GroupIn {
                     query: r.query,
                     docs: r.texts,
+                    images: Vec::new(),
                     top_n: None,
                 }],
                 raw_scores: r.raw_scores,
@@ -295,11 +311,13 @@ pub fn parse_value(route: Route, value: Value, limits: &Limits) -> Result<Call, 
         }
         Route::Cohere { .. } => {
             let r: CohereRequest = serde_json::from_value(value).map_err(bad)?;
+            let (docs, images) = documents(r.documents, "documents", &limits.image)?;
             Call {
                 route,
                 groups: vec![GroupIn {
                     query: r.query,
-                    docs: documents(r.documents, "documents")?,
+                    docs,
+                    images,
                     top_n: r.top_n,
                 }],
                 raw_scores: false,
@@ -318,9 +336,12 @@ pub fn parse_value(route: Route, value: Value, limits: &Limits) -> Result<Call, 
                 .into_iter()
                 .enumerate()
                 .map(|(g, group)| {
+                    let field = format!("groups[{g}].documents");
+                    let (docs, images) = documents(group.documents, &field, &limits.image)?;
                     Ok(GroupIn {
                         query: group.query,
-                        docs: documents(group.documents, &format!("groups[{g}].documents"))?,
+                        docs,
+                        images,
                         top_n: group.top_n,
                     })
                 })
@@ -348,27 +369,87 @@ pub fn parse_value(route: Route, value: Value, limits: &Limits) -> Result<Call, 
     Ok(call)
 }
 
-/// Documents as strings or `{"text": ...}` objects; errors name the index.
-fn documents(values: Vec<Value>, field: &str) -> Result<Vec<String>, ApiError> {
-    values
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| match v {
-            Value::String(s) => Ok(s),
-            Value::Object(mut m) => match m.remove("text") {
-                Some(Value::String(s)) => Ok(s),
-                Some(_) => Err(ApiError::validation(format!(
-                    "{field}[{i}].text must be a string"
-                ))),
-                None => Err(ApiError::validation(format!(
-                    "{field}[{i}] has no \"text\" field"
-                ))),
+/// Documents as strings, `{"text": ...}` or `{"image": ...}` objects: the texts (an image's
+/// reference as sent) and, if any is an image, every document's image bytes. Errors name the
+/// index: 422 for a wrong shape, a remote URL or bad base64, 413 past --max-image-bytes.
+#[allow(clippy::type_complexity)]
+fn documents(
+    values: Vec<Value>,
+    field: &str,
+    limits: &ImageLimits,
+) -> Result<(Vec<String>, Vec<Option<Vec<u8>>>), ApiError> {
+    let mut docs = Vec::with_capacity(values.len());
+    let mut images: Vec<Option<Vec<u8>>> = Vec::new();
+    for (i, v) in values.into_iter().enumerate() {
+        let (text, image) = match v {
+            Value::String(s) => (s, None),
+            Value::Object(mut m) => match (m.remove("text"), m.remove("image")) {
+                (Some(Value::String(s)), None) => (s, None),
+                (Some(_), None) => {
+                    return Err(ApiError::validation(format!(
+                        "{field}[{i}].text must be a string"
+                    )))
+                }
+                (None, Some(Value::String(src))) => {
+                    let bytes = image_bytes(&src, limits)
+                        .map_err(|e| image_error(e, &format!("{field}[{i}].image")))?;
+                    (src, Some(bytes))
+                }
+                (None, Some(_)) => {
+                    return Err(ApiError::validation(format!(
+                        "{field}[{i}].image must be a string: a data:image/...;base64,... URI"
+                    )))
+                }
+                (Some(_), Some(_)) => {
+                    return Err(ApiError::validation(format!(
+                    "{field}[{i}] has both \"text\" and \"image\"; a document is one or the other"
+                )))
+                }
+                (None, None) => {
+                    return Err(ApiError::validation(format!(
+                        "{field}[{i}] has no \"text\" field"
+                    )))
+                }
             },
-            _ => Err(ApiError::validation(format!(
-                "{field}[{i}] must be a string or an object with a \"text\" field"
-            ))),
-        })
-        .collect()
+            _ => {
+                return Err(ApiError::validation(format!(
+                    "{field}[{i}] must be a string or an object with a \"text\" or \"image\" field"
+                )))
+            }
+        };
+        if image.is_some() && images.is_empty() {
+            images.resize(i, None);
+        }
+        if image.is_some() || !images.is_empty() {
+            images.push(image);
+        }
+        docs.push(text);
+    }
+    Ok((docs, images))
+}
+
+/// An image document's bytes: a data URI, or bare base64 as Jina's API takes it; a remote URL
+/// is refused.
+fn image_bytes(src: &str, limits: &ImageLimits) -> Result<Vec<u8>, ImageError> {
+    if pixels::is_remote_url(src) {
+        return Err(ImageError::Invalid(pixels::REMOTE_REFUSED.to_string()));
+    }
+    match pixels::data_uri(src, limits)? {
+        Some(bytes) => Ok(bytes),
+        None if src.contains(':') => Err(ImageError::Invalid(
+            "must be a data:image/...;base64,... URI or base64 bytes (no other URL scheme is taken)"
+                .to_string(),
+        )),
+        None => pixels::base64_bytes(src, limits),
+    }
+}
+
+/// An image refused: 413 past a limit, else 422; the message starts with `what`.
+pub fn image_error(e: ImageError, what: &str) -> ApiError {
+    match e {
+        ImageError::TooLarge(m) => ApiError::too_large(format!("{what}: {m}")),
+        ImageError::Invalid(m) => ApiError::validation(format!("{what}: {m}")),
+    }
 }
 
 /// TEI's truncation_direction: transformers' truncation_side, right by default.
@@ -429,6 +510,8 @@ pub fn render(call: &Call, scores: &[GroupScores], meta: &Meta) -> Value {
                 if call.return_docs {
                     r[text_key] = if call.route == Route::Tei {
                         json!(g.docs[i])
+                    } else if g.images.get(i).is_some_and(Option::is_some) {
+                        json!({ "image": g.docs[i] })
                     } else {
                         json!({ "text": g.docs[i] })
                     };
@@ -468,6 +551,10 @@ mod tests {
     fn limits() -> Limits {
         Limits {
             max_client_batch_size: 3,
+            image: ImageLimits {
+                max_bytes: 4,
+                max_pixels: 100,
+            },
         }
     }
 
@@ -503,6 +590,65 @@ mod tests {
         let bad = br#"{"query": "q", "documents": ["a", {"title": "t"}]}"#;
         let err = parse_body(Route::Cohere { version: 2 }, bad, &limits()).unwrap_err();
         assert_eq!(err.message, "documents[1] has no \"text\" field");
+    }
+
+    /// Image documents: data URIs and bare base64 decoded at parse, every answer naming the
+    /// document: a remote URL or bad base64 422, past --max-image-bytes 413.
+    #[test]
+    fn image_documents_are_parsed_and_checked() {
+        let l = limits();
+        let v1 = Route::Cohere { version: 1 };
+        let body = br#"{"query": "q", "documents": ["a", {"image": "data:image/png;base64,AAEC"}, {"image": "AAEC"}]}"#;
+        let call = parse_body(v1, body, &l).unwrap();
+        assert!(call.has_images());
+        let g = &call.groups[0];
+        assert_eq!(
+            g.images,
+            vec![None, Some(vec![0, 1, 2]), Some(vec![0, 1, 2])]
+        );
+        assert_eq!(g.docs[1], "data:image/png;base64,AAEC");
+        let text = parse_body(v1, br#"{"query": "q", "documents": ["a"]}"#, &l).unwrap();
+        assert!(!text.has_images() && text.groups[0].images.is_empty());
+        let cases: [(&[u8], u16, &str); 5] = [
+            (
+                br#"{"query": "q", "documents": [{"image": "https://x.test/a.png"}]}"#,
+                422,
+                "documents[0].image: remote URLs are not fetched",
+            ),
+            (
+                br#"{"query": "q", "documents": ["a", {"image": "ftp://x/a.png"}]}"#,
+                422,
+                "documents[1].image: must be a data:",
+            ),
+            (
+                br#"{"query": "q", "documents": [{"image": "data:image/png;base64,@@@@"}]}"#,
+                422,
+                "documents[0].image: invalid base64",
+            ),
+            (
+                br#"{"query": "q", "documents": [{"image": "data:image/png;base64,AAECAwQF"}]}"#,
+                413,
+                "documents[0].image: the image is 6 bytes",
+            ),
+            (
+                br#"{"query": "q", "documents": [{"image": 3}]}"#,
+                422,
+                "documents[0].image must be a string",
+            ),
+        ];
+        for (body, status, msg) in cases {
+            let e = parse_body(v1, body, &l).unwrap_err();
+            assert_eq!(e.status, status, "{}", e.message);
+            assert!(e.message.starts_with(msg), "{}", e.message);
+        }
+        let batch = br#"{"groups": [{"query": "a", "documents": ["x"]}, {"query": "b", "documents": [{"image": "http://h/i.png"}]}]}"#;
+        let e = parse_body(Route::Batch, batch, &l).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("groups[1].documents[0].image: remote"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod http;
+pub mod images;
 pub mod metrics;
 pub mod models;
 pub mod sample;
@@ -23,6 +24,7 @@ use serde_json::{json, Value};
 
 use crate::engine::{self, Device};
 use crate::error::{Error, Result};
+use crate::pixels::ImageLimits;
 use api::{ApiError, Call, Limits, Meta, Timeout};
 use metrics::Metrics;
 use models::{Loaded, ModelSpec, Models};
@@ -76,6 +78,14 @@ pub struct ServeOptions {
     /// The largest request body, or stdio line, in bytes (413 past it).
     #[arg(long, default_value_t = 8 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// The largest image document, in encoded bytes (413 past it). Images travel base64 inside
+    /// the body, so --max-body-bytes bounds a request's images together.
+    #[arg(long, default_value_t = ImageLimits::default().max_bytes)]
+    pub max_image_bytes: usize,
+    /// The most pixels (width x height, read from the header before decoding) in one image
+    /// document (413 past it).
+    #[arg(long, default_value_t = ImageLimits::default().max_pixels)]
+    pub max_image_pixels: u64,
     /// The latency budget of a request that gives none (`timeout_ms` or
     /// `X-Request-Timeout-Ms`): past it the answer is 504 and its pairs not yet scored are
     /// dropped. Off by default.
@@ -120,6 +130,8 @@ impl ServeOptions {
             max_client_batch_size: 1000,
             max_concurrent: 512,
             max_body_bytes: 8 * 1024 * 1024,
+            max_image_bytes: ImageLimits::default().max_bytes,
+            max_image_pixels: ImageLimits::default().max_pixels,
             request_timeout_ms: None,
             stdio: false,
             cuda: engine::CudaOptions::default(),
@@ -134,6 +146,8 @@ impl ServeOptions {
             ("--max-client-batch-size", self.max_client_batch_size),
             ("--max-concurrent", self.max_concurrent),
             ("--max-body-bytes", self.max_body_bytes),
+            ("--max-image-bytes", self.max_image_bytes),
+            ("--max-image-pixels", self.max_image_pixels as usize),
         ] {
             if v == 0 {
                 return Err(Error::input(format!("{name} must be at least 1")));
@@ -344,6 +358,10 @@ impl Service {
         );
         let limits = Limits {
             max_client_batch_size: opts.max_client_batch_size,
+            image: ImageLimits {
+                max_bytes: opts.max_image_bytes,
+                max_pixels: opts.max_image_pixels,
+            },
         };
         let since_epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -480,7 +498,10 @@ impl Service {
             });
         }
         let model = self.models.get(call.model.as_deref())?;
-        if let Some(sampler) = &self.sampler {
+        // Image documents, and every request to an image-text model, are scored outside the
+        // scheduler (images.rs); neither is sampled nor shadowed (both speak text).
+        let images = call.has_images() || model.reranker.is_image_model();
+        if let Some(sampler) = self.sampler.as_ref().filter(|_| !images) {
             sampler.offer(&call, &model.name);
         }
         served.model = Some(ModelTag {
@@ -489,7 +510,11 @@ impl Service {
         });
         let call = Arc::new(call);
         // `model` is held until the answer: a swap meanwhile does not free it.
-        let scored = model.scheduler.submit(call.clone())?.answer().await?;
+        let scored = if images {
+            images::score(&model, call.clone(), self.limits.image).await?
+        } else {
+            model.scheduler.submit(call.clone())?.answer().await?
+        };
         let id = format!(
             "{}-{}",
             self.id_prefix,
@@ -501,7 +526,9 @@ impl Service {
             total_tokens: scored.tokens,
         };
         let body = api::render(&call, &scored.groups, &meta);
-        self.shadow_compare(&model, &call, &scored.groups);
+        if !images {
+            self.shadow_compare(&model, &call, &scored.groups);
+        }
         served.tokens = scored.tokens;
         served.queue = scored.queue;
         served.infer = scored.infer;

@@ -16,7 +16,7 @@ use super::api::ApiError;
 use super::metrics::Metrics;
 use super::scheduler::Scheduler;
 use super::ServeOptions;
-use crate::engine::{self, LoadOptions, Reranker};
+use crate::engine::{LoadOptions, Reranker};
 use crate::error::{Error, Result};
 
 /// One `--model`: `NAME=DIR`, or a bare `DIR` named after its folder.
@@ -120,7 +120,7 @@ impl Loaded {
             )?;
             loaded += t0.elapsed();
             let t1 = Instant::now();
-            reranker.rerank("warm-up", &["warm-up"], &engine::Options::default())?;
+            reranker.warm_up()?;
             warm += t1.elapsed();
             replicas.push(Arc::new(reranker));
         }

@@ -186,6 +186,7 @@ mod tests {
                 .map(|(q, d)| GroupIn {
                     query: q.to_string(),
                     docs: d.iter().map(|s| s.to_string()).collect(),
+                    images: Vec::new(),
                     top_n: None,
                 })
                 .collect(),

@@ -944,6 +944,7 @@ mod tests {
                     .map(|(query, docs)| GroupIn {
                         query: query.to_string(),
                         docs: docs.to_vec(),
+                        images: Vec::new(),
                         top_n: None,
                     })
                     .collect(),
