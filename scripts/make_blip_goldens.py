@@ -18,6 +18,11 @@ What it writes:
 - tests/data/images/: alpha.png (RGBA, alpha from 0 to 255), gray.jpg (grayscale JPEG),
   wide.png (64x24 RGB: shrunk in x, stretched in y), tiny.png (5x7 RGB, upscaled),
   photo.webp (lossless WebP, 50x40), palette.png (P mode with a transparent index).
+- tests/data/images/decode/ and tests/data/goldens/blip/decode.json: more encodings, for the
+  decoder and RGB conversion alone (no model): colour JPEG in 4:2:0 (PIL's default) and
+  4:4:4, lossy WebP with and without alpha, an RGB PNG with a tRNS colour key, grey+alpha,
+  1-bit and 16-bit grey PNGs; each with the processor's 8-bit image after conversion and a
+  resize to 32x32 (`resized`, HWC).
 - tests/data/goldens/blip/blip-itm-tiny.json: for each image, the processor's 8-bit RGB image
   after conversion and resize (`resized`, HWC) and its float32 `pixel_values` (CHW); the
   queries' input ids; the ITM logits z (2 per pair) and logit = z[1] - z[0] for every (query,
@@ -99,6 +104,44 @@ def make_images() -> list[str]:
     pal = Image.fromarray(smooth(20, 20, 3), "RGB").quantize(colors=16, method=Image.Quantize.MEDIANCUT)
     pal.save(IMAGES / "palette.png", transparency=0)
     return ["alpha.png", "gray.jpg", "wide.png", "tiny.png", "photo.webp", "palette.png"]
+
+
+def processor_resized(processor, im) -> np.ndarray:
+    """The processor's 8-bit image after RGB conversion and resize, before rescale (CHW)."""
+    rgb = processor.convert_to_rgb(im)
+    size = transformers.image_processing_utils.SizeDict(height=IMAGE_SIZE, width=IMAGE_SIZE)
+    return processor.resize(np.moveaxis(rgb, -1, 0), size=size, resample=processor.resample)
+
+
+def make_decode_checks() -> None:
+    """More encodings for the decoder and RGB conversion, with the processor's resized images."""
+    directory = IMAGES / "decode"
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(1314)
+    h, w = 45, 61
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 // (w - 1), y * 255 // (h - 1), ((x + y) * 97) % 256], -1)
+    rgb = np.clip(base + rng.integers(-40, 41, size=(h, w, 3)), 0, 255).astype(np.uint8)
+    alpha = rng.integers(0, 256, size=(h, w)).astype(np.uint8)
+    Image.fromarray(rgb).save(directory / "color420.jpg", quality=90)
+    Image.fromarray(rgb).save(directory / "color444.jpg", quality=90, subsampling=0)
+    Image.fromarray(rgb).save(directory / "lossy.webp", quality=80)
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(directory / "lossy-alpha.webp", quality=80)
+    Image.fromarray(rgb).save(directory / "color-key.png", transparency=tuple(int(v) for v in rgb[3, 4]))
+    Image.fromarray(np.dstack([rgb[..., 0], alpha]), "LA").save(directory / "grey-alpha.png")
+    Image.fromarray(rgb[..., 1] > 128).save(directory / "bits.png")
+    Image.fromarray(rng.integers(0, 65536, size=(h, w)).astype(np.uint16)).save(directory / "grey16.png")
+    processor = BlipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    checks = []
+    for path in sorted(directory.iterdir()):
+        with Image.open(path) as im:
+            im.load()
+            resized = processor_resized(processor, im)
+            mode = im.mode
+        checks.append({"file": path.name, "mode": mode, "resized": np.moveaxis(resized, 0, -1).reshape(-1).tolist()})
+    GOLDENS.mkdir(parents=True, exist_ok=True)
+    golden = {"image_size": IMAGE_SIZE, "images": checks}
+    (GOLDENS / "decode.json").write_text(mg().to_json(golden) + "\n", encoding="utf-8")
 
 
 def reinit(model, seed: int) -> None:
@@ -205,8 +248,7 @@ def make_golden(directory: Path, images: list[str]) -> None:
             im.load()
             pv = processor(images=[im], return_tensors="pt")["pixel_values"]
             # The 8-bit image the processor resamples to, before rescale and normalize.
-            rgb = processor.convert_to_rgb(im)
-            resized = processor.resize(np.moveaxis(rgb, -1, 0), size=transformers.image_processing_utils.SizeDict(height=IMAGE_SIZE, width=IMAGE_SIZE), resample=processor.resample)
+            resized = processor_resized(processor, im)
             mode, size = im.mode, im.size
         assert resized.dtype == np.uint8 and resized.shape == (3, IMAGE_SIZE, IMAGE_SIZE), resized.shape
         # Check the 8-bit image is the one pixel_values came from.
@@ -265,6 +307,7 @@ def make_blip() -> None:
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     images = make_images()
+    make_decode_checks()
     directory = make_model()
     make_golden(directory, images)
 
