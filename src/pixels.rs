@@ -642,6 +642,23 @@ mod tests {
         assert!(e.to_string().contains("--max-image-bytes"), "{e}");
     }
 
+    /// A decompression bomb: a PNG whose header claims 100000 x 100000 pixels (and holds none)
+    /// is refused from the header, before anything is allocated for its pixels.
+    #[test]
+    fn a_huge_header_is_refused_before_decoding() {
+        let mut bytes = Vec::new();
+        let mut enc = png::Encoder::new(&mut bytes, 100_000, 100_000);
+        enc.set_color(png::ColorType::Rgba);
+        let mut w = enc.write_header().unwrap();
+        // The header is read up to the first IDAT chunk: a few bytes of one.
+        w.write_chunk(png::chunk::IDAT, &[0x78, 0x9c, 0x01, 0x00])
+            .unwrap();
+        drop(w);
+        let e = decode(&bytes, &ImageLimits::default()).unwrap_err();
+        assert!(matches!(e, ImageError::TooLarge(_)), "{e}");
+        assert!(e.to_string().contains("100000x100000"), "{e}");
+    }
+
     #[test]
     fn data_uris_and_remote_urls() {
         let l = ImageLimits::default();
