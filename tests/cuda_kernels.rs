@@ -1569,3 +1569,159 @@ fn upload_refuses_values_beyond_bf16() {
     );
     g.upload(&tensor("ok", vec![3.0e38, -1e-30])).unwrap();
 }
+
+// ---- The visual cross-encoder's ops (kernels/vision.cu), in fp16. ----
+
+/// patchify is a copy (bit for bit) and vit_embed one f32 add then one rounding, so rounding
+/// the CPU twin's f32 sum to fp16 gives the kernel's output exactly. Shapes: the test model
+/// (32x32 images in 8x8 patches, width 48), BLIP-base's patching (384 in 16, width 768; 224 in
+/// 16 on the software GPU), an odd patch count per side (40 in 8: 5x5); 1, 2 and 3 images.
+#[test]
+fn patchify_and_vit_embed_match_cpu() {
+    let mut rng = Rng(31);
+    let g = gpu("patchify_and_vit_embed_match_cpu");
+    let shapes: &[(usize, usize, usize)] = if soft() {
+        &[(32, 8, 48), (40, 8, 32), (224, 16, 64)]
+    } else {
+        &[(32, 8, 48), (40, 8, 32), (384, 16, 768)]
+    };
+    for &(size, patch, width) in shapes {
+        for n in [1, 2, 3] {
+            let what = format!("{n} images {size}x{size} in {patch}x{patch}, width {width}");
+            let (g2, k) = ((size / patch).pow(2), 3 * patch * patch);
+            let pixels = rng.vec16(n * 3 * size * size, 0.0, 1.0);
+            let mut want_rows = vec![f32::NAN; n * g2 * k];
+            CpuBackend
+                .patchify(&pixels, n, size, patch, &mut want_rows)
+                .unwrap();
+            // The twin itself: row (image 0, patch (0, 1))'s first value is pixel (c 0, y 0, x patch).
+            if g2 > 1 {
+                assert_eq!(want_rows[k], pixels[patch], "{what}: CPU patchify");
+            }
+            let patches = rng.vec16(n * g2 * width, 0.0, 1.0);
+            let class = rng.vec16(width, 0.0, 1.0);
+            let positions = rng.vec16((g2 + 1) * width, 0.0, 0.5);
+            let mut want = vec![f32::NAN; n * (g2 + 1) * width];
+            CpuBackend
+                .vit_embed(&patches, n, &class, &positions, width, &mut want)
+                .unwrap();
+            want.iter_mut().for_each(|v| *v = round16(*v));
+            let Some(g) = &g else { continue };
+            let dp = g.upload(&tensor("pixels", pixels.clone())).unwrap();
+            let mut out = poisoned(g, n * g2 * k);
+            g.patchify(&dp, n, size, patch, &mut out).unwrap();
+            let got = g.download(&out, n * g2 * k).unwrap();
+            check(
+                &format!("patchify {what}"),
+                &got,
+                &want_rows,
+                None,
+                0.0,
+                0.0,
+            );
+            // load_values lands a host image at an offset, rounded once to fp16 (exact here).
+            let mut dl = poisoned(g, (n + 1) * 3 * size * size);
+            let at = 3 * size * size;
+            g.load_values(&pixels, &mut dl, at).unwrap();
+            let got = g.download(&dl, (n + 1) * at).unwrap();
+            check(
+                &format!("load_values {what}"),
+                &got[at..],
+                &pixels,
+                None,
+                0.0,
+                0.0,
+            );
+            assert!(
+                got[..at].iter().all(|v| v.is_nan()),
+                "{what}: load_values wrote before its offset"
+            );
+            let (dpa, dc, dpos) = (
+                g.upload(&tensor("patches", patches)).unwrap(),
+                g.upload(&tensor("class", class)).unwrap(),
+                g.upload(&tensor("positions", positions)).unwrap(),
+            );
+            let mut out = poisoned(g, n * (g2 + 1) * width);
+            g.vit_embed(&dpa, n, &dc, &dpos, width, &mut out).unwrap();
+            let got = g.download(&out, n * (g2 + 1) * width).unwrap();
+            check(&format!("vit_embed {what}"), &got, &want, None, 0.0, 0.0);
+        }
+    }
+}
+
+/// Cross-attention: text rows of sequence s attend to the image rows of sequence s. The kernel
+/// keeps scores and P in f32 and rounds only its output to fp16, so the same math in fp16 is
+/// the f32 reference with its output rounded; rule as for self-attention (STYLE.md): the
+/// kernel's largest error at most twice that reference's, plus 1e-4. Ragged text lengths
+/// (the length sets), image row counts of 17 (the test model), 50 and 197 (ViT-B/16 at 224;
+/// 577 at 384 off the software GPU), every head_dim the kernel has.
+#[test]
+fn cross_attention_matches_cpu() {
+    let mut rng = Rng(32);
+    let g = gpu("cross_attention_matches_cpu");
+    let dims: &[(usize, usize)] = &[(16, 2), (32, 2), (64, 2), (128, 1)];
+    let image_rows: &[usize] = if soft() {
+        &[17, 50, 197]
+    } else {
+        &[17, 197, 577]
+    };
+    for &(d, heads) in dims {
+        let h = heads * d;
+        for (set, lens) in length_sets(&mut rng) {
+            for &rows in image_rows {
+                let what = format!("d {d} heads {heads} {set}, {rows} image rows");
+                let b = batch(&mut rng, &lens, 10, 1);
+                let kv_b = batch(&mut rng, &vec![rows; lens.len()], 10, 1);
+                let q = rng.vec16(b.tokens() * h, 0.0, std::f32::consts::SQRT_2);
+                let kv = rng.vec16(kv_b.tokens() * 2 * h, 0.0, std::f32::consts::SQRT_2);
+                let mut want = vec![f32::NAN; b.tokens() * h];
+                CpuBackend
+                    .cross_attention(&q, &b, &kv, &kv_b, heads, d, &mut want)
+                    .unwrap();
+                let ref16: Vec<f32> = want.iter().map(|&v| round16(v)).collect();
+                let ref16_err = max_abs_diff(&ref16, &want);
+                assert!(
+                    ref16_err < 4e-3,
+                    "{what}: fp16 reference off by {ref16_err}"
+                );
+                let Some(g) = &g else { continue };
+                let (mut db, mut dkb) = (
+                    g.alloc_batch(b.tokens(), b.len()).unwrap(),
+                    g.alloc_batch(kv_b.tokens(), kv_b.len()).unwrap(),
+                );
+                g.load_batch(&b, &mut db).unwrap();
+                g.load_batch(&kv_b, &mut dkb).unwrap();
+                let (dq, dkv) = (
+                    g.upload(&tensor("q", q)).unwrap(),
+                    g.upload(&tensor("kv", kv)).unwrap(),
+                );
+                let mut out = poisoned(g, b.tokens() * h);
+                g.cross_attention(&dq, &db, &dkv, &dkb, heads, d, &mut out)
+                    .unwrap();
+                let got = g.download(&out, b.tokens() * h).unwrap();
+                assert!(
+                    got.iter().all(|v| v.is_finite()),
+                    "{what}: unwritten or non-finite output"
+                );
+                let err = max_abs_diff(&got, &want);
+                assert!(
+                    err <= 2.0 * ref16_err + 1e-4,
+                    "cross_attention {what}: max |err| {err:.3e} > 2 x fp16 reference's {ref16_err:.3e} + 1e-4"
+                );
+            }
+        }
+        // A head_dim the kernels lack is refused, not run.
+        if let Some(g) = &g {
+            let b = batch(&mut rng, &[3], 10, 1);
+            let mut db = g.alloc_batch(3, 1).unwrap();
+            g.load_batch(&b, &mut db).unwrap();
+            let (dq, dkv) = (g.alloc(3 * 48).unwrap(), g.alloc(3 * 96).unwrap());
+            let mut out = g.alloc(3 * 48).unwrap();
+            let e = g
+                .cross_attention(&dq, &db, &dkv, &db, 1, 48, &mut out)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("head_dim 48 is not supported"), "{e}");
+        }
+    }
+}

@@ -981,6 +981,54 @@ impl Backend for StorageEmulation {
         Ok(())
     }
 
+    fn load_values(&self, host: &[f32], dst: &mut Vec<f32>, at: usize) -> Result<()> {
+        CpuBackend.load_values(host, dst, at)?;
+        self.round(&mut dst[at..at + host.len()]);
+        Ok(())
+    }
+
+    fn patchify(
+        &self,
+        pixels: &Vec<f32>,
+        n: usize,
+        size: usize,
+        patch: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        // A copy of values already in storage precision.
+        CpuBackend.patchify(pixels, n, size, patch, out)
+    }
+
+    fn vit_embed(
+        &self,
+        patches: &Vec<f32>,
+        n: usize,
+        class: &Vec<f32>,
+        positions: &Vec<f32>,
+        width: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        CpuBackend.vit_embed(patches, n, class, positions, width, out)?;
+        self.round(&mut out[..positions.len() * n]);
+        Ok(())
+    }
+
+    fn cross_attention(
+        &self,
+        q: &Vec<f32>,
+        batch: &PackedBatch,
+        kv: &Vec<f32>,
+        kv_batch: &PackedBatch,
+        heads: usize,
+        head_dim: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        // The kernel keeps P in f32 (kernels/vision.cu): only its output is rounded.
+        CpuBackend.cross_attention(q, batch, kv, kv_batch, heads, head_dim, out)?;
+        self.round(&mut out[..batch.tokens() * heads * head_dim]);
+        Ok(())
+    }
+
     fn linear(
         &self,
         x: &Vec<f32>,

@@ -63,6 +63,10 @@ pub struct Kernels<S: Storage> {
     qk_norm_rope: CudaFunction,
     swiglu: CudaFunction,
     gather_last: CudaFunction,
+    // The visual cross-encoder's ops (BLIP, kernels/vision.cu).
+    patchify: CudaFunction,
+    vit_embed: CudaFunction,
+    cross_attention: Vec<(usize, CudaFunction)>,
 }
 
 /// What the fragment probe (kernels/probe.cu) wrote, lane by lane, in register order.
@@ -146,9 +150,10 @@ impl<S: Storage> Kernels<S> {
                 ))
             })
         };
-        let mut attention = Vec::new();
+        let (mut attention, mut cross_attention) = (Vec::new(), Vec::new());
         for d in HEAD_DIMS {
             attention.push((d, f(&format!("attention_d{d}"))?));
+            cross_attention.push((d, f(&format!("cross_attention_d{d}"))?));
         }
         Ok(Kernels {
             storage: PhantomData,
@@ -171,7 +176,183 @@ impl<S: Storage> Kernels<S> {
             qk_norm_rope: f("qk_norm_rope")?,
             swiglu: f("swiglu")?,
             gather_last: f("gather_last")?,
+            patchify: f("patchify")?,
+            vit_embed: f("vit_embed")?,
+            cross_attention,
         })
+    }
+
+    /// `n` images [3, size, size] as rows of patches (im2col; see kernels/vision.cu).
+    pub fn patchify(
+        &self,
+        s: &Arc<CudaStream>,
+        pixels: &CudaSlice<S>,
+        n: usize,
+        size: usize,
+        patch: usize,
+        out: &mut CudaSlice<S>,
+    ) -> Result<()> {
+        if patch == 0 || !size.is_multiple_of(patch) {
+            return Err(internal(
+                "patchify",
+                format!("image side {size} is not a multiple of the patch {patch}"),
+            ));
+        }
+        need("patchify pixels", pixels.len(), n * 3 * size * size)?;
+        need("patchify out", out.len(), n * 3 * size * size)?;
+        let total = n * 3 * size * size;
+        if total == 0 {
+            return Ok(());
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (
+                as_u32("patchify blocks", total.div_ceil(256).min(65535))?,
+                1,
+                1,
+            ),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (n, size, patch) = (
+            as_i32("patchify images", n)?,
+            as_i32("patchify size", size)?,
+            as_i32("patchify patch", patch)?,
+        );
+        // SAFETY: matches `patchify_{dtype}`; size % patch == 0, so the kernel writes exactly
+        // n·3·size² elements of out and reads the same count of pixels (both checked above);
+        // the grid-stride loop covers them whatever the grid.
+        unsafe {
+            s.launch_builder(&self.patchify)
+                .arg(pixels)
+                .arg(out)
+                .arg(&n)
+                .arg(&size)
+                .arg(&patch)
+                .launch(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// A ViT's embedding rows: per image the class token then its patches, each plus its
+    /// position (`positions` [rows, width], rows = patches per image + 1).
+    #[allow(clippy::too_many_arguments)]
+    pub fn vit_embed(
+        &self,
+        s: &Arc<CudaStream>,
+        patches: &CudaSlice<S>,
+        n: usize,
+        class: &CudaSlice<S>,
+        positions: &CudaSlice<S>,
+        width: usize,
+        out: &mut CudaSlice<S>,
+    ) -> Result<()> {
+        let rows = positions.len() / width.max(1);
+        if rows == 0 || class.len() != width {
+            return Err(internal(
+                "vit_embed",
+                format!(
+                    "class token of {} and positions of {} for width {width}",
+                    class.len(),
+                    positions.len()
+                ),
+            ));
+        }
+        need("vit_embed patches", patches.len(), n * (rows - 1) * width)?;
+        need("vit_embed out", out.len(), n * rows * width)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (as_u32("vit_embed rows", n * rows)?, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (r, w) = (
+            as_i32("vit_embed rows", rows)?,
+            as_i32("vit_embed width", width)?,
+        );
+        // SAFETY: matches `vit_embed_{dtype}`; block b writes out row b < n·rows and reads
+        // class (width), positions row b % rows < rows and patch row (b / rows)·(rows - 1) +
+        // b % rows - 1 < n·(rows - 1): all inside the buffers checked above.
+        unsafe {
+            s.launch_builder(&self.vit_embed)
+                .arg(patches)
+                .arg(class)
+                .arg(positions)
+                .arg(out)
+                .arg(&r)
+                .arg(&w)
+                .launch(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// Cross-attention of `b`'s query rows (sequence s) to `kv_b`'s rows of sequence s; `kv`
+    /// rows hold K | V, `heads · head_dim` each; no mask.
+    #[allow(clippy::too_many_arguments)]
+    pub fn cross_attention(
+        &self,
+        s: &Arc<CudaStream>,
+        q: &CudaSlice<S>,
+        b: &BatchViews<'_>,
+        kv: &CudaSlice<S>,
+        kv_b: &BatchViews<'_>,
+        heads: usize,
+        head_dim: usize,
+        out: &mut CudaSlice<S>,
+    ) -> Result<()> {
+        let Some((_, f)) = self.cross_attention.iter().find(|(d, _)| *d == head_dim) else {
+            return Err(Error::Cuda(format!(
+                "cross_attention: head_dim {head_dim} is not supported by the CUDA kernels (one of {HEAD_DIMS:?})"
+            )));
+        };
+        if b.seqs != kv_b.seqs {
+            return Err(internal(
+                "cross_attention",
+                format!(
+                    "{} query sequences over {} key/value sequences",
+                    b.seqs, kv_b.seqs
+                ),
+            ));
+        }
+        let h = heads * head_dim;
+        need("cross_attention q", q.len(), b.tokens * h)?;
+        need("cross_attention kv", kv.len(), kv_b.tokens * 2 * h)?;
+        need("cross_attention out", out.len(), b.tokens * h)?;
+        if b.seqs == 0 || b.tokens == 0 {
+            return Ok(());
+        }
+        if heads == 0 || heads > 65535 {
+            return Err(internal(
+                "cross_attention",
+                format!("{heads} heads (1..=65535)"),
+            ));
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (
+                as_u32("cross_attention sequences", b.seqs)?,
+                heads as u32,
+                1,
+            ),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let heads = as_i32("cross_attention heads", heads)?;
+        // SAFETY: matches `cross_attention_d{D}_{dtype}`; both cu_seqlens hold seqs + 1
+        // non-decreasing prefix sums ending at most at their batch's tokens (checked by
+        // load_batch), so every q/out row read or written is < b.tokens and every kv row <
+        // kv_b.tokens, inside the buffers checked above; columns stay below heads·D.
+        unsafe {
+            s.launch_builder(f)
+                .arg(q)
+                .arg(&b.cu_seqlens)
+                .arg(kv)
+                .arg(&kv_b.cu_seqlens)
+                .arg(out)
+                .arg(&heads)
+                .launch(cfg)?;
+        }
+        Ok(())
     }
 
     /// `out[t] = LN(word[id] + position[pos] + token_type[type])` over the batch's tokens.

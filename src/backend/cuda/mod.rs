@@ -787,6 +787,70 @@ impl<S: Storage> Backend for CudaBackend<S> {
             .gather_row(&self.stream, &batch.views(), src, width, true, out)
     }
 
+    fn load_values(&self, host: &[f32], dst: &mut CudaSlice<S>, at: usize) -> Result<()> {
+        if at + host.len() > dst.len() {
+            return Err(Error::Internal(format!(
+                "load_values: {} values at {at} into a buffer of {}",
+                host.len(),
+                dst.len()
+            )));
+        }
+        if host.is_empty() {
+            return Ok(());
+        }
+        let values: Vec<S> = host.iter().map(|&v| S::from_f32(v)).collect();
+        let mut view = dst.slice_mut(at..at + host.len());
+        self.stream.memcpy_htod(&values, &mut view)?;
+        Ok(())
+    }
+
+    fn patchify(
+        &self,
+        pixels: &CudaSlice<S>,
+        n: usize,
+        size: usize,
+        patch: usize,
+        out: &mut CudaSlice<S>,
+    ) -> Result<()> {
+        self.kernels
+            .patchify(&self.stream, pixels, n, size, patch, out)
+    }
+
+    fn vit_embed(
+        &self,
+        patches: &CudaSlice<S>,
+        n: usize,
+        class: &CudaSlice<S>,
+        positions: &CudaSlice<S>,
+        width: usize,
+        out: &mut CudaSlice<S>,
+    ) -> Result<()> {
+        self.kernels
+            .vit_embed(&self.stream, patches, n, class, positions, width, out)
+    }
+
+    fn cross_attention(
+        &self,
+        q: &CudaSlice<S>,
+        batch: &CudaBatch,
+        kv: &CudaSlice<S>,
+        kv_batch: &CudaBatch,
+        heads: usize,
+        head_dim: usize,
+        out: &mut CudaSlice<S>,
+    ) -> Result<()> {
+        self.kernels.cross_attention(
+            &self.stream,
+            q,
+            &batch.views(),
+            kv,
+            &kv_batch.views(),
+            heads,
+            head_dim,
+            out,
+        )
+    }
+
     fn read_logits(&self, logits: &CudaSlice<f32>, n: usize) -> Result<Vec<f32>> {
         if n > logits.len() {
             return Err(Error::Internal(format!(
