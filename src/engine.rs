@@ -242,12 +242,9 @@ impl Reranker {
                         crate::models::blip::MAX_IMAGES_PER_FORWARD,
                     )?)
                 }
-                Device::Cuda(_) => {
-                    return Err(Error::input(format!(
-                        "{}: {} runs on the CPU only so far (use --device cpu); its CUDA kernels are not written yet",
-                        dir.display(),
-                        cfg.architecture
-                    )))
+                Device::Cuda(ordinal) => {
+                    let host = crate::models::blip::load(&ckpt, &cfg)?;
+                    blip_cuda(ordinal, &cfg, host, max_tokens, opts.cuda)?
                 }
             };
             let dtype = ckpt.dtype();
@@ -697,6 +694,17 @@ fn modernbert_cuda(
 }
 
 #[cfg(not(feature = "cuda"))]
+fn blip_cuda(
+    _ordinal: usize,
+    _cfg: &ModelConfig,
+    _host: crate::models::blip::Weights<weights::HostTensor>,
+    _max_tokens: usize,
+    _opts: CudaOptions,
+) -> Result<Box<dyn ImageScorer>> {
+    Err(Error::CudaNotCompiled)
+}
+
+#[cfg(not(feature = "cuda"))]
 fn qwen_cuda(
     _ordinal: usize,
     _cfg: &ModelConfig,
@@ -770,6 +778,25 @@ fn modernbert_cuda(
         crate::models::modernbert::Model::new(backend, cfg.clone(), host, max_tokens)?
             .with_graphs(opts.cuda_graphs),
     ))
+}
+
+/// BLIP on CUDA in fp16 (eager: its forward records no graph).
+#[cfg(feature = "cuda")]
+fn blip_cuda(
+    ordinal: usize,
+    cfg: &ModelConfig,
+    host: crate::models::blip::Weights<weights::HostTensor>,
+    max_tokens: usize,
+    opts: CudaOptions,
+) -> Result<Box<dyn ImageScorer>> {
+    let backend = cuda_backend::<half::f16>(ordinal, cfg, max_tokens, opts)?;
+    Ok(Box::new(crate::models::blip::Model::new(
+        backend,
+        cfg.clone(),
+        host,
+        max_tokens,
+        crate::models::blip::MAX_IMAGES_PER_FORWARD,
+    )?))
 }
 
 /// The names of the causal-LM reranking templates, comma-separated.

@@ -131,17 +131,22 @@ fn an_image_model_refuses_text_and_a_text_model_refuses_images() {
     assert!(e.contains("image 1"), "{e}");
 }
 
+/// BLIP runs on CUDA (tests/cuda_blip.rs holds its parity); without the `cuda` feature or a
+/// device, asking for it is a one-line error, never a panic.
 #[test]
-fn cuda_is_refused_in_one_line() {
+fn cuda_without_a_device_is_one_line() {
     match Reranker::load(
         model_dir("blip-itm-tiny"),
         Device::Cuda(0),
         &LoadOptions::default(),
     ) {
-        Ok(_) => panic!("BLIP on CUDA should be refused"),
+        Ok(r) => println!("blip-itm-tiny loaded on {}", r.device_name()),
         Err(e) => {
             let e = e.to_string();
-            assert!(e.contains("CPU only") && !e.contains('\n'), "{e}");
+            assert!(
+                e.to_lowercase().contains("cuda") && !e.contains('\n'),
+                "{e}"
+            );
         }
     }
 }

@@ -142,7 +142,20 @@ fn attend_row<'a>(
 fn attention_causal(
     qkv: &[f32],
     batch: &PackedBatch,
+    shape: (usize, usize, usize),
+    round_p: Option<fn(f32) -> f32>,
+    out: &mut [f32],
+) -> Result<()> {
+    attention_rows(qkv, batch, shape, true, round_p, out)
+}
+
+/// Attention row by row in f64, causal (with a shared prefix) or over the whole sequence, P
+/// optionally rounded before P·V as the kernel does (the storage emulation's attention).
+fn attention_rows(
+    qkv: &[f32],
+    batch: &PackedBatch,
     (heads, kv_heads, d): (usize, usize, usize),
+    causal: bool,
     round_p: Option<fn(f32) -> f32>,
     out: &mut [f32],
 ) -> Result<()> {
@@ -168,7 +181,8 @@ fn attention_causal(
             };
             // A shared-prefix batch: every sequence after the prefix sees its rows first.
             let prefix = if s > 0 { batch.shared_prefix } else { 0 };
-            let keys = (0..prefix).chain(batch.range(s).start..i + 1);
+            let end = if causal { i + 1 } else { batch.range(s).end };
+            let keys = (0..prefix).chain(batch.range(s).start..end);
             for head in 0..heads {
                 let kv = head / group;
                 let q = &qkv[i * width + head * d..][..d];
@@ -1037,8 +1051,20 @@ impl Backend for StorageEmulation {
         act: Option<Activation>,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        CpuBackend.linear(x, rows, lin, act, out)?;
+        // The CUDA backend stores the GEMM's output, then applies the activation to the stored
+        // values in a kernel of its own and stores again: two roundings.
+        CpuBackend.linear(x, rows, lin, None, out)?;
         self.round(&mut out[..rows * lin.out_dim]);
+        if let Some(act) = act {
+            let f: fn(f32) -> f32 = match act {
+                Activation::GeluErf => gelu_erf,
+                Activation::Silu => silu,
+            };
+            out[..rows * lin.out_dim]
+                .iter_mut()
+                .for_each(|v| *v = f(*v));
+            self.round(&mut out[..rows * lin.out_dim]);
+        }
         Ok(())
     }
 
@@ -1050,7 +1076,16 @@ impl Backend for StorageEmulation {
         head_dim: usize,
         out: &mut Vec<f32>,
     ) -> Result<()> {
-        CpuBackend.attention(qkv, batch, heads, head_dim, out)?;
+        // The kernel rounds P before P·V: so does the emulation.
+        let round_p = if self.bf16 { round_bf16 } else { round_f16 };
+        attention_rows(
+            qkv,
+            batch,
+            (heads, heads, head_dim),
+            false,
+            Some(round_p),
+            out,
+        )?;
         self.round(&mut out[..batch.tokens() * heads * head_dim]);
         Ok(())
     }
