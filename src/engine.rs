@@ -58,7 +58,13 @@ pub struct LoadOptions {
     /// A causal-LM reranker's prompt template by name (`llm_template::TEMPLATES`); None: the
     /// architecture's own.
     pub template: Option<String>,
+    /// An image-text model's image-feature cache budget in MiB (device memory): the vision
+    /// tower's output per image, keyed by its preprocessed pixels. 0: off.
+    pub image_cache_mib: usize,
 }
+
+/// The image-feature cache's default budget.
+pub const DEFAULT_IMAGE_CACHE_MIB: usize = 256;
 
 impl Default for LoadOptions {
     fn default() -> Self {
@@ -66,6 +72,7 @@ impl Default for LoadOptions {
             max_batch_tokens: 16384,
             cuda: CudaOptions::default(),
             template: None,
+            image_cache_mib: DEFAULT_IMAGE_CACHE_MIB,
         }
     }
 }
@@ -475,6 +482,18 @@ impl Reranker {
             logits.extend(model.score(&batch, chunk)?);
         }
         Ok((logits, pair.truncated))
+    }
+
+    /// An image-text model's image-feature cache counters; None for a text model.
+    pub fn image_cache_stats(&self) -> Option<crate::models::blip::CacheStats> {
+        self.image.as_ref().map(|m| m.cache_stats())
+    }
+
+    /// Empties an image-text model's image-feature cache and zeroes its counters.
+    pub fn clear_image_cache(&self) {
+        if let Some(m) = &self.image {
+            m.clear_cache();
+        }
     }
 
     /// Scores every preprocessed image against the query and returns them best first.

@@ -50,6 +50,9 @@ enum Command {
         /// The most tokens in one forward pass; bigger calls are split.
         #[arg(long, default_value_t = 16384)]
         max_batch_tokens: usize,
+        /// An image-text model's image-feature cache, in MiB of device memory (0: off).
+        #[arg(long, default_value_t = crossrank::engine::DEFAULT_IMAGE_CACHE_MIB)]
+        image_cache_mib: usize,
         #[command(flatten)]
         cuda: CudaOptions,
         /// A causal-LM reranker's prompt template (see `info`); default: the architecture's.
@@ -120,6 +123,7 @@ fn run(command: Command) -> Result<()> {
             top_k,
             device,
             max_batch_tokens,
+            image_cache_mib,
             cuda,
             template,
             instruction,
@@ -136,6 +140,7 @@ fn run(command: Command) -> Result<()> {
                     max_batch_tokens,
                     cuda,
                     template,
+                    image_cache_mib,
                 },
             )?;
             let opts = Options {

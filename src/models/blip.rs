@@ -491,8 +491,29 @@ fn layers<B: Backend>(
     b.classify(&a.cls, n, &w.itm, &mut a.logits)
 }
 
+/// The image-feature cache's counters and size (`--image-cache-mib`): hits and misses count
+/// images (after de-duplication within a call), evictions the entries dropped for room.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+    /// Images held now.
+    pub entries: usize,
+    /// Device bytes they take.
+    pub bytes: usize,
+    /// The budget: 0 when the cache is off.
+    pub capacity_bytes: usize,
+}
+
 /// What the engine needs of a loaded image-text model, whatever its backend.
 pub trait ImageScorer: Send + Sync {
+    /// The image-feature cache's counters now.
+    fn cache_stats(&self) -> CacheStats {
+        CacheStats::default()
+    }
+    /// Empties the image-feature cache and zeroes its counters (the bench's cold runs).
+    fn clear_cache(&self) {}
     /// One logit per pair: text sequence s of `batch` against `images[s]`, at most
     /// `max_batch_images` pairs and `max_batch_tokens` text tokens.
     fn score(&self, batch: &PackedBatch, images: &[&[f32]]) -> Result<Vec<f32>>;

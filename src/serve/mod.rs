@@ -86,6 +86,11 @@ pub struct ServeOptions {
     /// document (413 past it).
     #[arg(long, default_value_t = ImageLimits::default().max_pixels)]
     pub max_image_pixels: u64,
+    /// An image-text model's image-feature cache, in MiB of device memory per copy: the vision
+    /// tower's output for each image seen, keyed by its preprocessed pixels, least recently
+    /// used out first. An image many queries score costs its vision tower once. 0: off.
+    #[arg(long, default_value_t = engine::DEFAULT_IMAGE_CACHE_MIB)]
+    pub image_cache_mib: usize,
     /// The latency budget of a request that gives none (`timeout_ms` or
     /// `X-Request-Timeout-Ms`): past it the answer is 504 and its pairs not yet scored are
     /// dropped. Off by default.
@@ -132,6 +137,7 @@ impl ServeOptions {
             max_body_bytes: 8 * 1024 * 1024,
             max_image_bytes: ImageLimits::default().max_bytes,
             max_image_pixels: ImageLimits::default().max_pixels,
+            image_cache_mib: engine::DEFAULT_IMAGE_CACHE_MIB,
             request_timeout_ms: None,
             stdio: false,
             cuda: engine::CudaOptions::default(),

@@ -116,6 +116,7 @@ impl Loaded {
                     max_batch_tokens: opts.max_batch_tokens,
                     cuda: opts.cuda,
                     template: opts.template.clone(),
+                    image_cache_mib: opts.image_cache_mib,
                 },
             )?;
             loaded += t0.elapsed();
