@@ -6,7 +6,8 @@
 // vit_embed: n images of g² patch rows, width wide, into rows of g² + 1: the class token, then
 //   the patches, each plus its learned position (f32 sum, one rounding). One block per row.
 // cross_attention: each query row of the text batch (sequence s) attends to every key/value row
-//   of the image batch's sequence s, no mask: softmax(q·Kᵀ / sqrt(d))·V. kv rows hold K | V,
+//   of image image_of[s] (rows image_of[s]·image_rows onwards), no mask; one image's rows serve
+//   every pair that scores it: softmax(q·Kᵀ / sqrt(d))·V. kv rows hold K | V,
 //   heads contiguous in each. One warp per (query row, head), lanes splitting head_dim
 //   (lane L holds columns L, L + 32, ...; d one of 16, 32, 64, 128: `HEAD_DIMS`); an online softmax in f32 over the keys,
 //   P never rounded to storage; one rounding of the output. Grid (sequences, heads), 4 warps
@@ -52,8 +53,8 @@ __device__ void vit_embed(const T* __restrict__ patches, const T* __restrict__ c
 
 template <typename T, int D>
 __device__ void cross_attention(const T* __restrict__ q, const int* __restrict__ cu_q,
-                                const T* __restrict__ kv, const int* __restrict__ cu_kv,
-                                T* __restrict__ out, int heads) {
+                                const T* __restrict__ kv, const int* __restrict__ image_of,
+                                int image_rows, T* __restrict__ out, int heads) {
     // Lane L holds columns L, L + 32, ...; for D = 16 the upper half-warp holds none.
     constexpr int kPer = (D + kWarp - 1) / kWarp;
     const int seq = blockIdx.x, head = blockIdx.y;
@@ -61,7 +62,7 @@ __device__ void cross_attention(const T* __restrict__ q, const int* __restrict__
     const int warps = blockDim.x / kWarp;
     const int h = heads * D;
     const int q0 = cu_q[seq], q1 = cu_q[seq + 1];
-    const int k0 = cu_kv[seq], k1 = cu_kv[seq + 1];
+    const int k0 = image_of[seq] * image_rows, k1 = k0 + image_rows;
     // Scores in base 2: exp(x) = exp2(x·log2 e), the scale folded into q.
     const float scale = rsqrtf(float(D)) * 1.4426950408889634f;
     for (int row = q0 + warp; row < q1; row += warps) {
@@ -108,8 +109,9 @@ __device__ void cross_attention(const T* __restrict__ q, const int* __restrict__
 
 #define CR_CROSS_ATTENTION(T, DT, D)                                                         \
     extern "C" __global__ __launch_bounds__(128) void cross_attention_d##D##_##DT(            \
-        const T* q, const int* cu_q, const T* kv, const int* cu_kv, T* out, int heads) {      \
-        cr::cross_attention<T, D>(q, cu_q, kv, cu_kv, out, heads);                            \
+        const T* q, const int* cu_q, const T* kv, const int* image_of, int image_rows, T* out, \
+        int heads) {                                                                          \
+        cr::cross_attention<T, D>(q, cu_q, kv, image_of, image_rows, out, heads);             \
     }
 
 #define CR_VISION_OPS(T, DT)                                                                 \

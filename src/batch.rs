@@ -78,6 +78,21 @@ impl PackedBatch {
     pub fn range(&self, s: usize) -> std::ops::Range<usize> {
         self.cu_seqlens[s] as usize..self.cu_seqlens[s + 1] as usize
     }
+
+    /// Indices as a batch of one-token sequences, sequence s holding `indices[s]` as its id:
+    /// how an op that looks rows up by index (cross-attention's image of each pair) gets them
+    /// onto the device with the batch's own upload.
+    pub fn indices(indices: &[u32]) -> Self {
+        let n = indices.len();
+        PackedBatch {
+            input_ids: indices.to_vec(),
+            token_type_ids: vec![0; n],
+            position_ids: vec![0; n],
+            cu_seqlens: (0..=n as i32).collect(),
+            max_seqlen: usize::from(n > 0),
+            shared_prefix: 0,
+        }
+    }
 }
 
 /// The shape a batch is laid out in on the device when the forward is replayed from a CUDA

@@ -2,8 +2,11 @@
 //!
 //! text → tokens (tokenize.rs) → packed batch (batch.rs) → forward (model.rs) → scores.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+
+use rayon::prelude::*;
 
 use crate::backend::cpu::CpuBackend;
 use crate::batch::PackedBatch;
@@ -238,6 +241,7 @@ impl Reranker {
         let max_tokens = opts.max_batch_tokens.max(tokenizer.max_length_limit());
         if cfg.family == Family::Blip {
             let processor = ImageProcessor::load(dir, crate::models::blip::vision(&cfg)?)?;
+            let cache_bytes = opts.image_cache_mib.saturating_mul(1 << 20);
             let image: Box<dyn ImageScorer> = match device {
                 Device::Cpu => {
                     let host = crate::models::blip::load(&ckpt, &cfg)?;
@@ -247,11 +251,12 @@ impl Reranker {
                         host,
                         max_tokens,
                         crate::models::blip::MAX_IMAGES_PER_FORWARD,
+                        cache_bytes,
                     )?)
                 }
                 Device::Cuda(ordinal) => {
                     let host = crate::models::blip::load(&ckpt, &cfg)?;
-                    blip_cuda(ordinal, &cfg, host, max_tokens, opts.cuda)?
+                    blip_cuda(ordinal, &cfg, host, max_tokens, opts.cuda, cache_bytes)?
                 }
             };
             let dtype = ckpt.dtype();
@@ -457,31 +462,128 @@ impl Reranker {
     }
 
     /// Raw logits of (query, image) pairs: the query against every preprocessed image
-    /// ([3, size, size] CHW, as the model's image processor makes them), in order, packed into
-    /// as few forwards as the arena allows. Also says whether the query was cut.
+    /// ([3, size, size] CHW, as the model's image processor makes them), in order. Also says
+    /// whether the query was cut. See [`Reranker::score_image_pairs`].
     pub fn score_images(
         &self,
         query: &str,
         images: &[&[f32]],
         max_length: Option<usize>,
     ) -> Result<(Vec<f32>, bool)> {
+        let pairs: Vec<(usize, usize)> = (0..images.len()).map(|i| (0, i)).collect();
+        let (logits, truncated) = self.score_image_pairs(&[query], &pairs, images, max_length)?;
+        Ok((logits, truncated.first().copied().unwrap_or(false)))
+    }
+
+    /// Raw logits of (query, image) pairs: `pairs[k] = (q, i)` scores `queries[q]` against
+    /// preprocessed image `i` of `images`, logits in `pairs`' order; also whether each query
+    /// was cut. Images with the same pixels are one image: it runs the vision tower at most
+    /// once per call (not at all when the image-feature cache holds it), and its
+    /// cross-attention keys and values serve every pair of it in a forward. Pairs are packed
+    /// image by image into as few forwards as the arena allows.
+    pub fn score_image_pairs(
+        &self,
+        queries: &[&str],
+        pairs: &[(usize, usize)],
+        images: &[&[f32]],
+        max_length: Option<usize>,
+    ) -> Result<(Vec<f32>, Vec<bool>)> {
+        use crate::models::blip::{Image, ImageKey};
         let Some(model) = &self.image else {
             return Err(self.images_refused());
         };
         let max_length = self.tokenizer.resolve_max_length(max_length)?;
-        let pair = self.tokenizer.encode_single(query, max_length)?;
-        if pair.ids.is_empty() {
-            return Err(Error::input("the query encodes to no tokens"));
+        if let Some(&(q, i)) = pairs
+            .iter()
+            .find(|&&(q, i)| q >= queries.len() || i >= images.len())
+        {
+            return Err(Error::Internal(format!(
+                "a pair of query {q} and image {i} among {} queries and {} images",
+                queries.len(),
+                images.len()
+            )));
         }
-        // Every pair carries the query's tokens: as many pairs per forward as images and
-        // tokens allow, at least one.
-        let per = (model.max_batch_tokens() / pair.ids.len()).clamp(1, model.max_batch_images());
-        let mut logits = Vec::with_capacity(images.len());
-        for chunk in images.chunks(per) {
-            let batch = PackedBatch::pack(std::iter::repeat_n(&pair, chunk.len()), &self.cfg);
-            logits.extend(model.score(&batch, chunk)?);
+        // The queries some pair scores (a query of no pairs is not encoded, nor refused).
+        let mut scored = vec![false; queries.len()];
+        for &(q, _) in pairs {
+            scored[q] = true;
         }
-        Ok((logits, pair.truncated))
+        let mut encoded = Vec::with_capacity(queries.len());
+        for (q, &s) in queries.iter().zip(&scored) {
+            if !s {
+                encoded.push(EncodedPair::default());
+                continue;
+            }
+            let pair = self.tokenizer.encode_single(q, max_length)?;
+            if pair.ids.is_empty() {
+                return Err(Error::input("the query encodes to no tokens"));
+            }
+            encoded.push(pair);
+        }
+        // Distinct images by their pixels.
+        let keys: Vec<ImageKey> = images.par_iter().map(|px| ImageKey::of(px)).collect();
+        let mut distinct: Vec<Image<'_>> = Vec::new();
+        let mut index: HashMap<ImageKey, usize> = HashMap::new();
+        let mut which = Vec::with_capacity(images.len());
+        for (&key, &pixels) in keys.iter().zip(images) {
+            let d = *index.entry(key).or_insert_with(|| {
+                distinct.push(Image { key, pixels });
+                distinct.len() - 1
+            });
+            which.push(d);
+        }
+        // Image by image, so that each image's pairs share a forward.
+        let mut order: Vec<usize> = (0..pairs.len()).collect();
+        order.sort_by_key(|&k| which[pairs[k].1]);
+        let (max_tokens, max_pairs, max_images) = (
+            model.max_batch_tokens(),
+            model.max_batch_pairs(),
+            model.max_batch_images(),
+        );
+        let mut logits = vec![0f32; pairs.len()];
+        // The forward being filled: its pairs and its distinct images, in order.
+        let (mut chunk, mut local, mut tokens) = (Vec::new(), Vec::new(), 0);
+        let flush = |chunk: &mut Vec<usize>, local: &mut Vec<usize>, logits: &mut [f32]| {
+            if chunk.is_empty() {
+                return Ok::<(), Error>(());
+            }
+            let batch = PackedBatch::pack(chunk.iter().map(|&k| &encoded[pairs[k].0]), &self.cfg);
+            // Pairs come image by image: a pair's image is the last one added before it.
+            let (mut image_of, mut at) = (Vec::with_capacity(chunk.len()), 0u32);
+            for (j, &k) in chunk.iter().enumerate() {
+                if j > 0 && which[pairs[k].1] != which[pairs[chunk[j - 1]].1] {
+                    at += 1;
+                }
+                image_of.push(at);
+            }
+            let imgs: Vec<Image<'_>> = local.iter().map(|&d| distinct[d]).collect();
+            let out = model.score(&batch, &image_of, &imgs)?;
+            for (&k, v) in chunk.iter().zip(out) {
+                logits[k] = v;
+            }
+            chunk.clear();
+            local.clear();
+            Ok(())
+        };
+        for &k in &order {
+            let (q, i) = pairs[k];
+            let t = encoded[q].ids.len();
+            let new_image = local.last() != Some(&which[i]);
+            if chunk.len() + 1 > max_pairs
+                || tokens + t > max_tokens
+                || (new_image && local.len() + 1 > max_images)
+            {
+                flush(&mut chunk, &mut local, &mut logits)?;
+                tokens = 0;
+            }
+            if local.last() != Some(&which[i]) {
+                local.push(which[i]);
+            }
+            chunk.push(k);
+            tokens += t;
+        }
+        flush(&mut chunk, &mut local, &mut logits)?;
+        Ok((logits, encoded.iter().map(|p| p.truncated).collect()))
     }
 
     /// An image-text model's image-feature cache counters; None for a text model.
@@ -526,7 +628,10 @@ impl Reranker {
         match self.cfg.blip.as_ref() {
             Some(v) => {
                 let blank = vec![0f32; v.pixels_per_image()];
-                self.score_images("warm-up", &[&blank], None).map(|_| ())
+                self.score_images("warm-up", &[&blank], None)?;
+                // The blank image is nobody's: the cache and its counters start empty.
+                self.clear_image_cache();
+                Ok(())
             }
             None => self
                 .rerank("warm-up", &["warm-up"], &Options::default())
@@ -719,6 +824,7 @@ fn blip_cuda(
     _host: crate::models::blip::Weights<weights::HostTensor>,
     _max_tokens: usize,
     _opts: CudaOptions,
+    _cache_bytes: usize,
 ) -> Result<Box<dyn ImageScorer>> {
     Err(Error::CudaNotCompiled)
 }
@@ -807,6 +913,7 @@ fn blip_cuda(
     host: crate::models::blip::Weights<weights::HostTensor>,
     max_tokens: usize,
     opts: CudaOptions,
+    cache_bytes: usize,
 ) -> Result<Box<dyn ImageScorer>> {
     let backend = cuda_backend::<half::f16>(ordinal, cfg, max_tokens, opts)?;
     Ok(Box::new(crate::models::blip::Model::new(
@@ -815,6 +922,7 @@ fn blip_cuda(
         host,
         max_tokens,
         crate::models::blip::MAX_IMAGES_PER_FORWARD,
+        cache_bytes,
     )?))
 }
 

@@ -30,7 +30,7 @@ pub enum TruncationSide {
 }
 
 /// One encoded pair, ready to pack.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EncodedPair {
     pub ids: Vec<u32>,
     pub type_ids: Vec<u32>,

@@ -501,3 +501,167 @@ const JPEG_444_LEVELS: u8 = 1;
 const JPEG_444_SAMPLES: usize = 118;
 const JPEG_420_LEVELS: u8 = 2;
 const JPEG_420_SAMPLES: usize = 1178;
+
+/// Logits of every (query, image) pair of the golden set as one call, and the cache's
+/// counters after it.
+fn all_pairs(r: &Reranker, g: &Golden, images: &[&[f32]]) -> Vec<f32> {
+    let queries: Vec<&str> = g.queries.iter().map(|q| q.query.as_str()).collect();
+    let pairs: Vec<(usize, usize)> = (0..queries.len())
+        .flat_map(|q| (0..images.len()).map(move |i| (q, i)))
+        .collect();
+    r.score_image_pairs(&queries, &pairs, images, None)
+        .unwrap()
+        .0
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// The image-feature cache changes no bit: every query against every image (each image shared
+/// by all queries in a forward), cache off, then cold and warm with it on; hits and misses
+/// count distinct images, a repeated image within a call is one. The scores are transformers'
+/// too (the 1e-4), so pairs sharing an image's keys and values read the right one.
+#[test]
+fn the_image_cache_and_shared_images_change_no_score() {
+    let g = golden();
+    let images: Vec<&[f32]> = g.images.iter().map(|i| i.pixel_values.as_slice()).collect();
+    let n = images.len();
+    let off = Reranker::load(
+        model_dir("blip-itm-tiny"),
+        Device::Cpu,
+        &LoadOptions {
+            image_cache_mib: 0,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let on = load();
+    let want = all_pairs(&off, &g, &images);
+    for (k, q) in g.queries.iter().enumerate() {
+        for (i, &w) in q.logits.iter().enumerate() {
+            let got = want[k * n + i];
+            assert!(
+                (got - w).abs() <= LOGIT_ATOL,
+                "{:?} image {i}: {got} vs transformers {w}",
+                q.query
+            );
+        }
+    }
+    assert_eq!(
+        off.image_cache_stats().unwrap().entries,
+        0,
+        "a cache of 0 MiB holds nothing"
+    );
+    let stats = on.image_cache_stats().unwrap();
+    assert_eq!(
+        (stats.hits, stats.misses, stats.entries),
+        (0, 0, 0),
+        "warm-up left {stats:?}"
+    );
+    assert_eq!(stats.capacity_bytes, 256 << 20);
+    let cold = all_pairs(&on, &g, &images);
+    assert_eq!(bits(&cold), bits(&want), "cache cold");
+    let s = on.image_cache_stats().unwrap();
+    assert_eq!((s.hits, s.misses, s.entries), (0, n as u64, n), "{s:?}");
+    let warm = all_pairs(&on, &g, &images);
+    assert_eq!(bits(&warm), bits(&want), "cache warm");
+    let s = on.image_cache_stats().unwrap();
+    assert_eq!(
+        (s.hits, s.misses, s.evictions),
+        (n as u64, n as u64, 0),
+        "{s:?}"
+    );
+    let v = on.vision_config().unwrap();
+    assert_eq!(
+        s.bytes,
+        n * v.rows_per_image() * v.hidden_size * 4,
+        "f32 rows"
+    );
+    // The same image twice in one call runs once, and both pairs get its score.
+    on.clear_image_cache();
+    let twice = [images[0], images[1], images[0]];
+    let (logits, _) = on.score_images(&g.queries[0].query, &twice, None).unwrap();
+    assert_eq!(logits[0].to_bits(), logits[2].to_bits());
+    assert_eq!(logits[0].to_bits(), want[0].to_bits());
+    let s = on.image_cache_stats().unwrap();
+    assert_eq!((s.hits, s.misses, s.entries), (0, 2, 2), "{s:?}");
+}
+
+/// Under a budget of three images, least recently used out first: a hit refreshes an entry, so
+/// the next miss evicts the oldest other one; a forward with more new images than the budget
+/// caches what fits and keeps its own entries. Scores stay the cache-off model's, bit for bit.
+#[test]
+fn eviction_under_a_small_budget_keeps_scores_right() {
+    use crossrank::backend::cpu::CpuBackend;
+    use crossrank::models::blip::{self, CacheStats, Image, ImageKey, ImageScorer};
+    let g = golden();
+    let dir = model_dir("blip-itm-tiny");
+    let cfg = crossrank::config::ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let ckpt = crossrank::weights::Checkpoint::open(&dir).unwrap();
+    let v = cfg.blip.clone().unwrap();
+    let entry = v.rows_per_image() * v.hidden_size * 4;
+    let model = |bytes: usize| {
+        blip::Model::new(
+            CpuBackend,
+            cfg.clone(),
+            blip::load(&ckpt, &cfg).unwrap(),
+            512,
+            4,
+            bytes,
+        )
+        .unwrap()
+    };
+    let (off, on) = (model(0), model(3 * entry + entry / 2));
+    let r = load();
+    let pair = r
+        .tokenizer()
+        .encode_single(&g.queries[1].query, 512)
+        .unwrap();
+    // Eight distinct images: the golden ones, then their pixels reversed.
+    let mut pixels: Vec<Vec<f32>> = g.images.iter().map(|i| i.pixel_values.clone()).collect();
+    while pixels.len() < 8 {
+        let flipped: Vec<f32> = pixels[pixels.len() - 4].iter().rev().copied().collect();
+        pixels.push(flipped);
+    }
+    let score = |m: &blip::Model<CpuBackend>, which: &[usize]| -> Vec<u32> {
+        let imgs: Vec<Image<'_>> = which
+            .iter()
+            .map(|&i| Image {
+                key: ImageKey::of(&pixels[i]),
+                pixels: &pixels[i],
+            })
+            .collect();
+        let batch =
+            crossrank::batch::PackedBatch::pack(std::iter::repeat_n(&pair, which.len()), &cfg);
+        let image_of: Vec<u32> = (0..which.len() as u32).collect();
+        bits(&m.score(&batch, &image_of, &imgs).unwrap())
+    };
+    let stats = |hits, misses, evictions, entries| CacheStats {
+        hits,
+        misses,
+        evictions,
+        entries,
+        bytes: entries * entry,
+        capacity_bytes: 3 * entry + entry / 2,
+    };
+    // Recency after each step in the comments, oldest first.
+    let steps: &[(&[usize], CacheStats)] = &[
+        (&[0, 1], stats(0, 2, 0, 2)), // 0 1
+        (&[2], stats(0, 3, 0, 3)),    // 0 1 2
+        (&[0], stats(1, 3, 0, 3)),    // 1 2 0: a hit refreshes 0
+        (&[3], stats(1, 4, 1, 3)),    // 2 0 3: 1 out, not 0
+        (&[1], stats(1, 5, 2, 3)),    // 0 3 1
+        (&[0], stats(2, 5, 2, 3)),    // 3 1 0
+        (&[2, 3], stats(3, 6, 3, 3)), // 0 {2 3}: 3 a hit, 2 a miss evicting 1
+        // Four images new to the cache in one forward: three fit, each evicting an entry of
+        // an earlier forward; the fourth finds only this forward's entries and is not cached.
+        (&[4, 5, 6, 7], stats(3, 10, 6, 3)), // {4 5 6}
+        (&[4, 5, 6], stats(6, 10, 6, 3)),
+        (&[7], stats(6, 11, 7, 3)),
+    ];
+    for (k, (which, want)) in steps.iter().enumerate() {
+        assert_eq!(score(&on, which), score(&off, which), "step {k}: {which:?}");
+        assert_eq!(on.cache_stats(), *want, "step {k}: {which:?}");
+    }
+}

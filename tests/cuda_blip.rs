@@ -57,9 +57,18 @@ fn emulated(images: &[&[f32]], query: &str) -> Vec<f32> {
         host,
         batch.tokens().max(1),
         images.len(),
+        0,
     )
     .unwrap();
-    model.score(&batch, images).unwrap()
+    let distinct: Vec<blip::Image<'_>> = images
+        .iter()
+        .map(|&pixels| blip::Image {
+            key: blip::ImageKey::of(pixels),
+            pixels,
+        })
+        .collect();
+    let image_of: Vec<u32> = (0..images.len() as u32).collect();
+    model.score(&batch, &image_of, &distinct).unwrap()
 }
 
 #[test]
@@ -138,4 +147,88 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// The image-feature cache on the device: a model with room for two images against one with
+/// none, through a sequence that hits, misses and evicts (least recently used first), and
+/// pairs of several queries sharing an image in one forward; every logit bit-identical, the
+/// counters exact. The cache's rows move by device-to-device copies the software GPU checks.
+#[test]
+fn the_image_cache_on_cuda_changes_no_bit() {
+    use crossrank::backend::cuda::CudaBackend;
+    use crossrank::models::blip::{self, Image, ImageKey};
+    if skip_without_gpu("the_image_cache_on_cuda_changes_no_bit") {
+        return;
+    }
+    let path = data_dir().join("goldens/blip/blip-itm-tiny.json");
+    let g: Golden = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let dir = model_dir("blip-itm-tiny");
+    let cfg = crossrank::config::ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let ckpt = crossrank::weights::Checkpoint::open(&dir).unwrap();
+    let v = cfg.blip.clone().unwrap();
+    let entry = v.rows_per_image() * v.hidden_size * 2;
+    let model = |bytes: usize| {
+        let backend = CudaBackend::<half::f16>::open(0).unwrap();
+        blip::Model::new(
+            backend,
+            cfg.clone(),
+            blip::load(&ckpt, &cfg).unwrap(),
+            512,
+            4,
+            bytes,
+        )
+        .unwrap()
+    };
+    let (off, on) = (model(0), model(2 * entry));
+    let r = Reranker::load(&dir, Device::Cpu, &LoadOptions::default()).unwrap();
+    let queries: Vec<_> = g
+        .queries
+        .iter()
+        .take(2)
+        .map(|q| r.tokenizer().encode_single(&q.query, 512).unwrap())
+        .collect();
+    // The forward's images, each pair's (query, image), then (hits, misses, evictions).
+    type Step<'a> = (&'a [usize], &'a [(usize, usize)], (u64, u64, u64));
+    let steps: &[Step] = &[
+        (&[0, 1], &[(0, 0), (1, 0), (0, 1)], (0, 2, 0)),
+        (&[1, 2], &[(1, 1), (0, 0)], (1, 3, 1)),
+        (&[1], &[(0, 0), (1, 0)], (2, 3, 1)),
+        (&[0, 3], &[(0, 1), (1, 0), (1, 1)], (2, 5, 3)),
+    ];
+    for (k, &(which, pairs, (hits, misses, evictions))) in steps.iter().enumerate() {
+        let imgs: Vec<Image<'_>> = which
+            .iter()
+            .map(|&i| {
+                let pixels = g.images[i].pixel_values.as_slice();
+                Image {
+                    key: ImageKey::of(pixels),
+                    pixels,
+                }
+            })
+            .collect();
+        let batch =
+            crossrank::batch::PackedBatch::pack(pairs.iter().map(|&(q, _)| &queries[q]), &cfg);
+        let image_of: Vec<u32> = pairs.iter().map(|&(_, i)| i as u32).collect();
+        let want = off.score(&batch, &image_of, &imgs).unwrap();
+        let got = on.score(&batch, &image_of, &imgs).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want), "step {k}");
+        let s = on.cache_stats();
+        assert_eq!(
+            (s.hits, s.misses, s.evictions, s.entries),
+            (hits, misses, evictions, 2),
+            "step {k}: {s:?}"
+        );
+        // Each pair read its own image: transformers' logit within 0.1 (the fp16 forward's
+        // largest error above is 2.9e-2; these queries' logits of images 0-3 are 1.1 apart or
+        // more, so another image's rows would be caught).
+        for (j, &(q, i)) in pairs.iter().enumerate() {
+            let gold = g.queries[q].logits[which[i]];
+            assert!(
+                (got[j] - gold).abs() <= 0.1,
+                "step {k} pair {j}: {} vs transformers {gold}",
+                got[j]
+            );
+        }
+    }
 }

@@ -1649,7 +1649,8 @@ fn patchify_and_vit_embed_match_cpu() {
     }
 }
 
-/// Cross-attention: text rows of sequence s attend to the image rows of sequence s. The kernel
+/// Cross-attention: text rows of sequence s attend to the rows of image `image_of[s]`, fewer
+/// images than sequences so that images are shared, in a random order. The kernel
 /// keeps scores and P in f32 and rounds only its output to fp16, so the same math in fp16 is
 /// the f32 reference with its output rounded; rule as for self-attention (STYLE.md): the
 /// kernel's largest error at most twice that reference's, plus 1e-4. Ragged text lengths
@@ -1671,12 +1672,15 @@ fn cross_attention_matches_cpu() {
             for &rows in image_rows {
                 let what = format!("d {d} heads {heads} {set}, {rows} image rows");
                 let b = batch(&mut rng, &lens, 10, 1);
-                let kv_b = batch(&mut rng, &vec![rows; lens.len()], 10, 1);
+                let images = lens.len().div_ceil(2);
+                let image_of: Vec<u32> =
+                    (0..lens.len()).map(|_| rng.below(images) as u32).collect();
+                let kv_b = PackedBatch::indices(&image_of);
                 let q = rng.vec16(b.tokens() * h, 0.0, std::f32::consts::SQRT_2);
-                let kv = rng.vec16(kv_b.tokens() * 2 * h, 0.0, std::f32::consts::SQRT_2);
+                let kv = rng.vec16(images * rows * 2 * h, 0.0, std::f32::consts::SQRT_2);
                 let mut want = vec![f32::NAN; b.tokens() * h];
                 CpuBackend
-                    .cross_attention(&q, &b, &kv, &kv_b, heads, d, &mut want)
+                    .cross_attention(&q, &b, &kv, &kv_b, rows, heads, d, &mut want)
                     .unwrap();
                 let ref16: Vec<f32> = want.iter().map(|&v| round16(v)).collect();
                 let ref16_err = max_abs_diff(&ref16, &want);
@@ -1696,7 +1700,7 @@ fn cross_attention_matches_cpu() {
                     g.upload(&tensor("kv", kv)).unwrap(),
                 );
                 let mut out = poisoned(g, b.tokens() * h);
-                g.cross_attention(&dq, &db, &dkv, &dkb, heads, d, &mut out)
+                g.cross_attention(&dq, &db, &dkv, &dkb, rows, heads, d, &mut out)
                     .unwrap();
                 let got = g.download(&out, b.tokens() * h).unwrap();
                 assert!(
@@ -1717,11 +1721,24 @@ fn cross_attention_matches_cpu() {
             g.load_batch(&b, &mut db).unwrap();
             let (dq, dkv) = (g.alloc(3 * 48).unwrap(), g.alloc(3 * 96).unwrap());
             let mut out = g.alloc(3 * 48).unwrap();
+            let one = PackedBatch::indices(&[0]);
+            let mut dimg = g.alloc_batch(1, 1).unwrap();
+            g.load_batch(&one, &mut dimg).unwrap();
             let e = g
-                .cross_attention(&dq, &db, &dkv, &db, 1, 48, &mut out)
+                .cross_attention(&dq, &db, &dkv, &dimg, 1, 1, 48, &mut out)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("head_dim 48 is not supported"), "{e}");
+            // An image index past the key/value rows is refused before any launch.
+            let (dq, dkv) = (g.alloc(3 * 32).unwrap(), g.alloc(2 * 64).unwrap());
+            let mut out = g.alloc(3 * 32).unwrap();
+            let past = PackedBatch::indices(&[2]);
+            g.load_batch(&past, &mut dimg).unwrap();
+            let e = g
+                .cross_attention(&dq, &db, &dkv, &dimg, 1, 1, 32, &mut out)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("image 2 of a key/value buffer holding 2"), "{e}");
         }
     }
 }

@@ -1407,8 +1407,8 @@ fn image_uris() -> Vec<(String, Vec<u8>)> {
 }
 
 /// Image documents (`{"image": data URI}`, Jina's multimodal shape) on /v1, /v2 and
-/// /rerank/batch score exactly as the library's `rerank_images` over the same bytes: the same
-/// images in the same order make the same forwards, so the logits are bit-identical.
+/// /rerank/batch score exactly as the library over the same bytes: the same pairs make the
+/// same forwards, so the logits are bit-identical.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_documents_score_like_the_library() {
     let images = image_uris();
@@ -1462,14 +1462,59 @@ async fn image_documents_score_like_the_library() {
     ]});
     let (st, v) = s.post("/rerank/batch", body).await;
     assert_eq!(st, 200, "{v}");
+    // The request's pairs share forwards across groups (images 2 and 3 run the vision tower
+    // once for both queries): the library's call of the same pairs makes the same forwards.
+    let px = lib.pixel_values(&bytes, &limits).unwrap();
+    let refs: Vec<&[f32]> = px.iter().map(Vec::as_slice).collect();
+    let mut both: Vec<(usize, usize)> = (0..6).map(|i| (0, i)).collect();
+    both.extend([(1, 2), (1, 3)]);
+    let (logits, _) = lib
+        .score_image_pairs(&[query, "red"], &both, &refs, None)
+        .unwrap();
+    let best_first = |l: &[f32]| {
+        let mut v: Vec<(usize, f32)> = l.iter().copied().enumerate().collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
+    };
+    assert_eq!(
+        pairs(&v["groups"][0]["results"], "relevance_score"),
+        best_first(&logits[..6])
+    );
+    assert_eq!(
+        pairs(&v["groups"][1]["results"], "relevance_score"),
+        best_first(&logits[6..])
+    );
+    // Each group alone scores within a few f32 ulps of that: the CPU GEMM's sums differ by
+    // rounding with the batch's row count, as for text models.
     let red = lib
         .rerank_images("red", &bytes[2..4], &limits, &raw())
         .unwrap();
-    let red: Vec<(usize, f32)> = red.iter().map(|r| (r.index, r.score)).collect();
-    let first = lib.rerank_images(query, &bytes, &limits, &raw()).unwrap();
-    let first: Vec<(usize, f32)> = first.iter().map(|r| (r.index, r.score)).collect();
-    assert_eq!(pairs(&v["groups"][0]["results"], "relevance_score"), first);
-    assert_eq!(pairs(&v["groups"][1]["results"], "relevance_score"), red);
+    for r in &red {
+        let shared = logits[6 + r.index];
+        assert!(
+            (r.score - shared).abs() <= 1e-5 * shared.abs().max(1.0),
+            "red image {}: alone {} vs shared {shared}",
+            r.index,
+            r.score
+        );
+    }
+    // The six images ran the vision tower once, in the first request (the warm-up's blank
+    // image is not counted); every later image was the cache's.
+    let (st, text) = s.get("/metrics").await;
+    assert_eq!(st, 200);
+    let metric = |name: &str| -> u64 {
+        let line = format!("crossrank_image_cache_{name}{{model=\"blip-itm-tiny\"}} ");
+        let at = text
+            .find(&line)
+            .unwrap_or_else(|| panic!("no {line} in {text}"));
+        let rest = &text[at + line.len()..];
+        rest[..rest.find('\n').unwrap()].parse().unwrap()
+    };
+    assert_eq!(metric("misses_total"), 6, "{text}");
+    assert_eq!(metric("entries"), 6);
+    assert_eq!(metric("evictions_total"), 0);
+    assert_eq!(metric("capacity_bytes"), 256 << 20);
+    assert!(metric("hits_total") >= 6 + 1 + 6, "{text}");
     s.stop().await;
 }
 

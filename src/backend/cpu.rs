@@ -872,30 +872,51 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn copy(
+        &self,
+        src: &Vec<f32>,
+        from: usize,
+        dst: &mut Vec<f32>,
+        to: usize,
+        len: usize,
+    ) -> Result<()> {
+        check_len("copy src", src.len(), from + len)?;
+        check_len("copy dst", dst.len(), to + len)?;
+        dst[to..to + len].copy_from_slice(&src[from..from + len]);
+        Ok(())
+    }
+
     fn cross_attention(
         &self,
         q: &Vec<f32>,
         batch: &PackedBatch,
         kv: &Vec<f32>,
-        kv_batch: &PackedBatch,
+        images: &PackedBatch,
+        image_rows: usize,
         heads: usize,
         d: usize,
         out: &mut Vec<f32>,
     ) -> Result<()> {
         let (h, rows) = (heads * d, batch.tokens());
-        if batch.len() != kv_batch.len() {
+        if images.len() != batch.len() || images.tokens() != images.len() {
             return Err(Error::Internal(format!(
-                "cross_attention: {} query sequences over {} key/value sequences",
+                "cross_attention: {} query sequences over {} image indices in {} sequences",
                 batch.len(),
-                kv_batch.len()
+                images.tokens(),
+                images.len()
             )));
         }
         check_len("cross_attention q", q.len(), rows * h)?;
-        check_len("cross_attention kv", kv.len(), kv_batch.tokens() * 2 * h)?;
         check_len("cross_attention out", out.len(), rows * h)?;
+        let held = kv.len() / (image_rows * 2 * h).max(1);
+        if let Some(&i) = images.input_ids.iter().find(|&&i| i as usize >= held) {
+            return Err(Error::Internal(format!(
+                "cross_attention: image {i} of a key/value buffer holding {held}"
+            )));
+        }
         let scale = 1.0 / (d as f64).sqrt();
         let seq_of = sequence_of_rows(batch);
-        // One task per query row: every key/value row of its own sequence's image, plainly.
+        // One task per query row: every key/value row of its pair's image, plainly.
         out[..rows * h]
             .par_chunks_mut(h)
             .enumerate()
@@ -904,12 +925,13 @@ impl Backend for CpuBackend {
                     o.fill(0.0);
                     return;
                 };
+                let image = images.input_ids[s] as usize;
                 for head in 0..heads {
                     let k_at = |j: usize| &kv[j * 2 * h + head * d..][..d];
                     let v_at = |j: usize| &kv[j * 2 * h + h + head * d..][..d];
                     attend_row(
                         &q[i * h + head * d..][..d],
-                        kv_batch.range(s),
+                        image * image_rows..(image + 1) * image_rows,
                         k_at,
                         v_at,
                         scale,
@@ -1027,18 +1049,32 @@ impl Backend for StorageEmulation {
         Ok(())
     }
 
+    fn copy(
+        &self,
+        src: &Vec<f32>,
+        from: usize,
+        dst: &mut Vec<f32>,
+        to: usize,
+        len: usize,
+    ) -> Result<()> {
+        // Already-rounded values: a copy.
+        CpuBackend.copy(src, from, dst, to, len)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn cross_attention(
         &self,
         q: &Vec<f32>,
         batch: &PackedBatch,
         kv: &Vec<f32>,
-        kv_batch: &PackedBatch,
+        images: &PackedBatch,
+        image_rows: usize,
         heads: usize,
         head_dim: usize,
         out: &mut Vec<f32>,
     ) -> Result<()> {
         // The kernel keeps P in f32 (kernels/vision.cu): only its output is rounded.
-        CpuBackend.cross_attention(q, batch, kv, kv_batch, heads, head_dim, out)?;
+        CpuBackend.cross_attention(q, batch, kv, images, image_rows, heads, head_dim, out)?;
         self.round(&mut out[..batch.tokens() * heads * head_dim]);
         Ok(())
     }

@@ -32,6 +32,12 @@ pub trait Backend: Send + Sync + 'static {
     /// A short description of the device, for logs and `info`.
     fn device_name(&self) -> String;
 
+    /// Bytes one element of a `Buf` takes (f32 on the CPU, the 16-bit storage on CUDA): what
+    /// sizes a byte budget such as the image-feature cache's.
+    fn storage_bytes(&self) -> usize {
+        std::mem::size_of::<f32>()
+    }
+
     /// Copies a host weight into a backend buffer, converting its dtype.
     fn upload(&self, t: &HostTensor) -> Result<Self::Buf>;
     /// An activation buffer of `len` elements.
@@ -327,22 +333,40 @@ pub trait Backend: Send + Sync + 'static {
         Err(unsupported(self, "vit_embed"))
     }
 
+    /// Copies `len` elements of `src` from element `from` on into `dst` from element `to` on,
+    /// in stream order with the ops around it (the image-feature cache's moves).
+    fn copy(
+        &self,
+        src: &Self::Buf,
+        from: usize,
+        dst: &mut Self::Buf,
+        to: usize,
+        len: usize,
+    ) -> Result<()> {
+        let _ = (src, from, dst, to, len);
+        Err(unsupported(self, "copy"))
+    }
+
     /// Cross-attention: the query rows of `batch`'s sequence s (`q`, [tokens, heads·head_dim])
-    /// attend to every row of `kv_batch`'s sequence s (`kv`, [kv rows, 2·heads·head_dim], K | V,
-    /// heads contiguous in each), with no mask: `softmax(q Kᵀ / sqrt(d)) V`, written [tokens,
-    /// heads·head_dim]. The two batches hold the same number of sequences.
+    /// attend to every row of image `i = images`' id s, rows `i·image_rows .. (i + 1)·image_rows`
+    /// of `kv` ([images·image_rows, 2·heads·head_dim], K | V, heads contiguous in each), with no
+    /// mask: `softmax(q Kᵀ / sqrt(d)) V`, written [tokens, heads·head_dim]. `images` holds one
+    /// one-token sequence per sequence of `batch` ([`PackedBatch::indices`]), so one image's
+    /// keys and values serve every pair that scores it. Every index must name an image `kv`
+    /// holds.
     #[allow(clippy::too_many_arguments)]
     fn cross_attention(
         &self,
         q: &Self::Buf,
         batch: &Self::Batch,
         kv: &Self::Buf,
-        kv_batch: &Self::Batch,
+        images: &Self::Batch,
+        image_rows: usize,
         heads: usize,
         head_dim: usize,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        let _ = (q, batch, kv, kv_batch, heads, head_dim, out);
+        let _ = (q, batch, kv, images, image_rows, heads, head_dim, out);
         Err(unsupported(self, "cross_attention"))
     }
 

@@ -10,9 +10,12 @@
 //! Linear(hidden, 2) on the text [CLS] row, folded at load into one logit z[1] - z[0], so that
 //! sigmoid(logit) = softmax(z)[1].
 //!
-//! One forward takes pairs (text sequence s, image s): each pair runs its own image through the
-//! vision tower. Phase 1 of issue 13: the CPU reference; no image cache yet.
+//! One forward takes pairs (text sequence s, image `image_of[s]`) over distinct images: each
+//! image runs the vision tower once, unless the image-feature cache ([`ImageCache`]) holds its
+//! output, and its cross-attention keys and values are computed once for every pair scoring it.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::backend::Backend;
@@ -280,16 +283,20 @@ pub fn load(ckpt: &Checkpoint, cfg: &ModelConfig) -> Result<Weights<HostTensor>>
     })
 }
 
-/// Every intermediate of one forward: `max_tokens` text rows in at most `max_images` pairs.
+/// Every intermediate of one forward: `max_tokens` text rows in at most `max_pairs` pairs over
+/// at most `max_images` distinct images.
 pub struct Activations<B: Backend> {
     batch: B::Batch,
-    /// The images' rows as sequences, one per pair (ids and positions unused).
+    /// Each pair's image: its slot among the forward's image rows ([`PackedBatch::indices`]).
+    pairs: B::Batch,
+    /// The images the vision tower runs on (the cache's misses), as sequences of their rows.
     image_batch: B::Batch,
     pixels: B::Buf,
     patches: B::Buf,
     patch_out: B::Buf,
     v_hidden: B::Buf,
-    /// The next op's normed input; after the last layer, the image rows text cross-attends to.
+    /// The next op's normed input; after the last layer, the image rows text cross-attends to:
+    /// slot i holds the forward's image i (the tower's images first, then the cache's).
     v_normed: B::Buf,
     v_qkv: B::Buf,
     v_ctx: B::Buf,
@@ -305,17 +312,25 @@ pub struct Activations<B: Backend> {
     cls: B::Buf,
     logits: B::Logits,
     max_tokens: usize,
+    max_pairs: usize,
     max_images: usize,
 }
 
 impl<B: Backend> Activations<B> {
-    pub fn new(b: &B, cfg: &ModelConfig, max_tokens: usize, max_images: usize) -> Result<Self> {
+    pub fn new(
+        b: &B,
+        cfg: &ModelConfig,
+        max_tokens: usize,
+        max_pairs: usize,
+        max_images: usize,
+    ) -> Result<Self> {
         let v = vision(cfg)?;
         let (h, i, vh) = (cfg.hidden_size, cfg.intermediate_size, v.hidden_size);
         let rows = max_images * v.rows_per_image();
         let patch_rows = max_images * v.patches();
         Ok(Activations {
-            batch: b.alloc_batch(max_tokens, max_images)?,
+            batch: b.alloc_batch(max_tokens, max_pairs)?,
+            pairs: b.alloc_batch(max_pairs, max_pairs)?,
             image_batch: b.alloc_batch(rows, max_images)?,
             pixels: b.alloc(max_images * v.pixels_per_image())?,
             patches: b.alloc(patch_rows * 3 * v.patch_size * v.patch_size)?,
@@ -333,15 +348,16 @@ impl<B: Backend> Activations<B> {
             ctx: b.alloc(max_tokens * h)?,
             tmp: b.alloc(max_tokens * h)?,
             ffn: b.alloc(max_tokens * i)?,
-            cls: b.alloc(max_images * h)?,
-            logits: b.alloc_logits(max_images)?,
+            cls: b.alloc(max_pairs * h)?,
+            logits: b.alloc_logits(max_pairs)?,
             max_tokens,
+            max_pairs,
             max_images,
         })
     }
 }
 
-/// The image rows of `n` pairs as a packed batch of `n` sequences of `rows` rows each.
+/// The image rows of `n` images as a packed batch of `n` sequences of `rows` rows each.
 fn image_batch(n: usize, rows: usize) -> PackedBatch {
     PackedBatch {
         input_ids: vec![0; n * rows],
@@ -353,40 +369,152 @@ fn image_batch(n: usize, rows: usize) -> PackedBatch {
     }
 }
 
-/// Scores one batch of pairs: text sequence s of `batch` against `images[s]` (a preprocessed
-/// image, [3, size, size] CHW), one logit z[1] - z[0] each.
+/// An image's identity for the feature cache: the SHA-256 of its preprocessed pixel values
+/// (f32, little-endian), so the same picture sent as PNG or WebP, or at another size that
+/// resizes to the same pixels, is one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ImageKey([u8; 32]);
+
+impl ImageKey {
+    pub fn of(pixels: &[f32]) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for chunk in pixels.chunks(4096) {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+            h.update(&bytes);
+        }
+        ImageKey(h.finalize().into())
+    }
+}
+
+/// One distinct image of a forward: its key and its preprocessed pixels ([3, size, size] CHW).
+#[derive(Debug, Clone, Copy)]
+pub struct Image<'a> {
+    pub key: ImageKey,
+    pub pixels: &'a [f32],
+}
+
+/// The image-feature cache: the vision tower's output (post_layernorm, `rows_per_image` rows)
+/// of images seen, on the device, least recently used out first. Each entry owns its buffer,
+/// allocated on first use, so memory grows with what is cached, up to `capacity` entries; an
+/// evicted entry's buffer takes the next image.
+pub struct ImageCache<B: Backend> {
+    entries: HashMap<ImageKey, Entry<B::Buf>>,
+    capacity: usize,
+    /// Elements per entry.
+    slot: usize,
+    /// The forward count, for recency.
+    clock: u64,
+}
+
+struct Entry<Buf> {
+    buf: Buf,
+    used: u64,
+}
+
+impl<B: Backend> ImageCache<B> {
+    /// A cache of at most `capacity` images of `slot` elements each (0: off).
+    pub fn new(capacity: usize, slot: usize) -> Self {
+        ImageCache {
+            entries: HashMap::new(),
+            capacity,
+            slot,
+            clock: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    /// A buffer for `key`'s features, marked used by the current forward: a new one while
+    /// under capacity, else the least recently used entry's, evicted (true), unless every
+    /// entry belongs to this forward (None: the image is not cached).
+    fn insert(&mut self, b: &B, key: ImageKey) -> Result<Option<(&mut B::Buf, bool)>> {
+        if self.capacity == 0 || self.entries.contains_key(&key) {
+            return Ok(None);
+        }
+        let (buf, evicted) = if self.entries.len() < self.capacity {
+            (b.alloc(self.slot)?, false)
+        } else {
+            let oldest = self
+                .entries
+                .iter()
+                .filter(|(_, e)| e.used < self.clock)
+                .min_by_key(|(_, e)| e.used)
+                .map(|(k, _)| *k);
+            let Some(e) = oldest.and_then(|k| self.entries.remove(&k)) else {
+                return Ok(None);
+            };
+            (e.buf, true)
+        };
+        let used = self.clock;
+        let e = self.entries.entry(key).or_insert(Entry { buf, used });
+        Ok(Some((&mut e.buf, evicted)))
+    }
+}
+
+/// What one forward did with the cache: images found, images run through the tower, entries
+/// evicted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheUse {
+    pub hits: usize,
+    pub misses: usize,
+    pub evictions: usize,
+}
+
+/// Scores one batch of pairs: text sequence s of `batch` against image `image_of[s]` of
+/// `images` (each distinct image once), one logit z[1] - z[0] each. Images in `cache` skip the
+/// vision tower; the others run it and are cached.
+#[allow(clippy::too_many_arguments)]
 pub fn forward<B: Backend>(
     b: &B,
     cfg: &ModelConfig,
     w: &Weights<B::Buf>,
     batch: &PackedBatch,
-    images: &[&[f32]],
+    image_of: &[u32],
+    images: &[Image<'_>],
     a: &mut Activations<B>,
-) -> Result<Vec<f32>> {
+    cache: &mut ImageCache<B>,
+) -> Result<(Vec<f32>, CacheUse)> {
     let v = vision(cfg)?;
-    let n = batch.len();
-    if images.len() != n {
+    let (n, u) = (batch.len(), images.len());
+    if image_of.len() != n {
         return Err(Error::Internal(format!(
-            "a BLIP batch of {n} texts with {} images",
-            images.len()
+            "a BLIP batch of {n} texts with {} image indices",
+            image_of.len()
         )));
     }
-    if batch.tokens() > a.max_tokens || n > a.max_images {
+    if let Some(&i) = image_of.iter().find(|&&i| i as usize >= u) {
         return Err(Error::Internal(format!(
-            "a BLIP batch of {} tokens in {n} pairs exceeds the arena ({} tokens, {} pairs)",
+            "a BLIP pair names image {i} of {u}"
+        )));
+    }
+    if batch.tokens() > a.max_tokens || n > a.max_pairs || u > a.max_images {
+        return Err(Error::Internal(format!(
+            "a BLIP batch of {} tokens in {n} pairs over {u} images exceeds the arena ({} tokens, {} pairs, {} images)",
             batch.tokens(),
             a.max_tokens,
+            a.max_pairs,
             a.max_images
         )));
     }
     if n == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), CacheUse::default()));
     }
     let need = v.pixels_per_image();
-    if let Some(i) = images.iter().position(|im| im.len() != need) {
+    if let Some(i) = images.iter().position(|im| im.pixels.len() != need) {
         return Err(Error::input(format!(
             "image {i} has {} values; the model takes 3x{s}x{s} = {need}",
-            images[i].len(),
+            images[i].pixels.len(),
             s = v.image_size
         )));
     }
@@ -398,27 +526,72 @@ pub fn forward<B: Backend>(
             cfg.vocab_size, cfg.max_position_embeddings
         )));
     }
-    b.load_batch(batch, &mut a.batch)?;
-    b.load_batch(&image_batch(n, v.rows_per_image()), &mut a.image_batch)?;
+    // The tower's images (misses) take the first slots of the image rows, the cached ones
+    // (hits) the rest; `slot[i]` is image i's.
+    cache.clock += 1;
+    let (mut misses, mut hits) = (Vec::new(), Vec::new());
     for (i, im) in images.iter().enumerate() {
-        b.load_values(im, &mut a.pixels, i * need)?;
+        match cache.entries.get_mut(&im.key) {
+            Some(e) => {
+                e.used = cache.clock;
+                hits.push(i);
+            }
+            None => misses.push(i),
+        }
     }
-    b.run(None, &mut || layers(b, cfg, v, w, batch.tokens(), n, a))?;
-    b.read_logits(&a.logits, n)
+    let mut slot = vec![0u32; u];
+    for (k, &i) in misses.iter().chain(&hits).enumerate() {
+        slot[i] = k as u32;
+    }
+    let pair_slots: Vec<u32> = image_of.iter().map(|&i| slot[i as usize]).collect();
+    let rows = v.rows_per_image();
+    let per = rows * v.hidden_size;
+    b.load_batch(batch, &mut a.batch)?;
+    b.load_batch(&PackedBatch::indices(&pair_slots), &mut a.pairs)?;
+    let m = misses.len();
+    if m > 0 {
+        b.load_batch(&image_batch(m, rows), &mut a.image_batch)?;
+        for (k, &i) in misses.iter().enumerate() {
+            b.load_values(images[i].pixels, &mut a.pixels, k * need)?;
+        }
+    }
+    let mut used = CacheUse {
+        hits: hits.len(),
+        misses: m,
+        evictions: 0,
+    };
+    b.run(None, &mut || {
+        if m > 0 {
+            vision_tower(b, v, w, m, a)?;
+        }
+        for (k, &i) in hits.iter().enumerate() {
+            let Some(e) = cache.entries.get(&images[i].key) else {
+                return Err(Error::Internal("a cache hit vanished".into()));
+            };
+            b.copy(&e.buf, 0, &mut a.v_normed, (m + k) * per, per)?;
+        }
+        for (k, &i) in misses.iter().enumerate() {
+            if let Some((buf, evicted)) = cache.insert(b, images[i].key)? {
+                b.copy(&a.v_normed, k * per, buf, 0, per)?;
+                used.evictions += usize::from(evicted);
+            }
+        }
+        text(b, cfg, w, batch.tokens(), n, u * rows, a)
+    })?;
+    Ok((b.read_logits(&a.logits, n)?, used))
 }
 
-/// The device work of one forward: `rows` text rows in `n` pairs, `n` images.
-fn layers<B: Backend>(
+/// The vision tower on the `n` images in `a.pixels`: their rows, post_layernorm, in the first
+/// `n` slots of `a.v_normed`.
+fn vision_tower<B: Backend>(
     b: &B,
-    cfg: &ModelConfig,
     v: &BlipVisionConfig,
     w: &Weights<B::Buf>,
-    rows: usize,
     n: usize,
     a: &mut Activations<B>,
 ) -> Result<()> {
     let gelu = Some(Activation::GeluErf);
-    // Vision: patches as rows, one GEMM, class token and positions.
+    // Patches as rows, one GEMM, class token and positions.
     let (vh, veps) = (v.hidden_size, v.layer_norm_eps);
     let vrows = n * v.rows_per_image();
     b.patchify(&a.pixels, n, v.image_size, v.patch_size, &mut a.patches)?;
@@ -469,7 +642,23 @@ fn layers<B: Backend>(
             &mut a.v_normed,
         )?;
     }
-    // Text: BERT post-norm layers with cross-attention to the pair's image rows.
+    Ok(())
+}
+
+/// The text side: `rows` text rows in `n` pairs, each cross-attending to its image's rows
+/// among the first `image_rows` rows of `a.v_normed`; then the ITM head.
+fn text<B: Backend>(
+    b: &B,
+    cfg: &ModelConfig,
+    w: &Weights<B::Buf>,
+    rows: usize,
+    n: usize,
+    image_rows: usize,
+    a: &mut Activations<B>,
+) -> Result<()> {
+    let gelu = Some(Activation::GeluErf);
+    let per_image = vision(cfg)?.rows_per_image();
+    // BERT post-norm layers with cross-attention to the pair's image rows.
     let (eps, heads, d) = (cfg.layer_norm_eps, cfg.num_heads, cfg.head_dim);
     b.embed(&a.batch, &w.text_emb, eps, &mut a.hidden)?;
     for l in &w.text_layers {
@@ -478,8 +667,11 @@ fn layers<B: Backend>(
         b.linear(&a.ctx, rows, &l.attn_out, None, &mut a.tmp)?;
         b.add_layernorm(&a.tmp, rows, &l.ln_attn, eps, &mut a.hidden)?;
         b.linear(&a.hidden, rows, &l.cross_q, None, &mut a.q)?;
-        b.linear(&a.v_normed, vrows, &l.cross_kv, None, &mut a.kv)?;
-        b.cross_attention(&a.q, &a.batch, &a.kv, &a.image_batch, heads, d, &mut a.ctx)?;
+        // Each distinct image's keys and values once, whatever the pairs scoring it.
+        b.linear(&a.v_normed, image_rows, &l.cross_kv, None, &mut a.kv)?;
+        b.cross_attention(
+            &a.q, &a.batch, &a.kv, &a.pairs, per_image, heads, d, &mut a.ctx,
+        )?;
         b.linear(&a.ctx, rows, &l.cross_out, None, &mut a.tmp)?;
         b.add_layernorm(&a.tmp, rows, &l.ln_cross, eps, &mut a.hidden)?;
         b.linear(&a.hidden, rows, &l.ffn_in, gelu, &mut a.ffn)?;
@@ -492,7 +684,7 @@ fn layers<B: Backend>(
 }
 
 /// The image-feature cache's counters and size (`--image-cache-mib`): hits and misses count
-/// images (after de-duplication within a call), evictions the entries dropped for room.
+/// distinct images per forward, evictions the entries dropped for room.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CacheStats {
     pub hits: u64,
@@ -508,69 +700,130 @@ pub struct CacheStats {
 
 /// What the engine needs of a loaded image-text model, whatever its backend.
 pub trait ImageScorer: Send + Sync {
-    /// The image-feature cache's counters now.
-    fn cache_stats(&self) -> CacheStats {
-        CacheStats::default()
-    }
-    /// Empties the image-feature cache and zeroes its counters (the bench's cold runs).
-    fn clear_cache(&self) {}
-    /// One logit per pair: text sequence s of `batch` against `images[s]`, at most
-    /// `max_batch_images` pairs and `max_batch_tokens` text tokens.
-    fn score(&self, batch: &PackedBatch, images: &[&[f32]]) -> Result<Vec<f32>>;
+    /// One logit per pair: text sequence s of `batch` against image `image_of[s]` of `images`
+    /// (distinct images), within the limits below.
+    fn score(
+        &self,
+        batch: &PackedBatch,
+        image_of: &[u32],
+        images: &[Image<'_>],
+    ) -> Result<Vec<f32>>;
     fn max_batch_tokens(&self) -> usize;
+    /// The most pairs in one forward.
+    fn max_batch_pairs(&self) -> usize;
+    /// The most distinct images in one forward.
     fn max_batch_images(&self) -> usize;
     fn device_name(&self) -> String;
+    /// The image-feature cache's counters now.
+    fn cache_stats(&self) -> CacheStats;
+    /// Empties the image-feature cache and zeroes its counters (the bench's cold runs).
+    fn clear_cache(&self);
 }
 
-/// A BLIP model on a backend: config, uploaded weights and its arena.
+/// Pairs per forward: the [CLS] rows and logits are sized for this many.
+pub const MAX_PAIRS_PER_FORWARD: usize = 512;
+
+/// The forward's state behind one lock: the arena and the cache it fills.
+struct State<B: Backend> {
+    arena: Activations<B>,
+    cache: ImageCache<B>,
+}
+
+/// A BLIP model on a backend: config, uploaded weights, its arena and image cache.
 pub struct Model<B: Backend> {
     pub backend: B,
     pub cfg: ModelConfig,
     weights: Weights<B::Buf>,
-    arena: Mutex<Activations<B>>,
+    state: Mutex<State<B>>,
     max_tokens: usize,
     max_images: usize,
+    cache_bytes: usize,
+    entry_bytes: usize,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+    entries: AtomicUsize,
 }
 
 impl<B: Backend> Model<B> {
+    /// `cache_bytes`: the image-feature cache's budget (0: off).
     pub fn new(
         backend: B,
         cfg: ModelConfig,
         host: Weights<HostTensor>,
         max_tokens: usize,
         max_images: usize,
+        cache_bytes: usize,
     ) -> Result<Self> {
         let weights = host.try_map(|t| backend.upload(&t))?;
-        let arena = Activations::new(&backend, &cfg, max_tokens, max_images)?;
+        let arena = Activations::new(
+            &backend,
+            &cfg,
+            max_tokens,
+            MAX_PAIRS_PER_FORWARD,
+            max_images,
+        )?;
+        let v = vision(&cfg)?;
+        let slot = v.rows_per_image() * v.hidden_size;
+        let entry_bytes = slot * backend.storage_bytes();
+        let cache = ImageCache::new(cache_bytes / entry_bytes.max(1), slot);
         Ok(Model {
             backend,
             cfg,
             weights,
-            arena: Mutex::new(arena),
+            state: Mutex::new(State { arena, cache }),
             max_tokens,
             max_images,
+            cache_bytes,
+            entry_bytes,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            entries: AtomicUsize::new(0),
         })
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State<B>>> {
+        self.state
+            .lock()
+            .map_err(|_| Error::Internal("a previous forward panicked".into()))
     }
 }
 
 impl<B: Backend> ImageScorer for Model<B> {
-    fn score(&self, batch: &PackedBatch, images: &[&[f32]]) -> Result<Vec<f32>> {
-        let mut arena = self
-            .arena
-            .lock()
-            .map_err(|_| Error::Internal("a previous forward panicked".into()))?;
-        forward(
+    fn score(
+        &self,
+        batch: &PackedBatch,
+        image_of: &[u32],
+        images: &[Image<'_>],
+    ) -> Result<Vec<f32>> {
+        let mut state = self.lock()?;
+        let State { arena, cache } = &mut *state;
+        let result = forward(
             &self.backend,
             &self.cfg,
             &self.weights,
             batch,
+            image_of,
             images,
-            &mut arena,
-        )
+            arena,
+            cache,
+        );
+        self.entries.store(cache.len(), Ordering::Relaxed);
+        let (logits, used) = result?;
+        self.hits.fetch_add(used.hits as u64, Ordering::Relaxed);
+        self.misses.fetch_add(used.misses as u64, Ordering::Relaxed);
+        self.evictions
+            .fetch_add(used.evictions as u64, Ordering::Relaxed);
+        Ok(logits)
     }
 
     fn max_batch_tokens(&self) -> usize {
         self.max_tokens
+    }
+
+    fn max_batch_pairs(&self) -> usize {
+        MAX_PAIRS_PER_FORWARD
     }
 
     fn max_batch_images(&self) -> usize {
@@ -579,6 +832,28 @@ impl<B: Backend> ImageScorer for Model<B> {
 
     fn device_name(&self) -> String {
         self.backend.device_name()
+    }
+
+    fn cache_stats(&self) -> CacheStats {
+        let entries = self.entries.load(Ordering::Relaxed);
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            entries,
+            bytes: entries * self.entry_bytes,
+            capacity_bytes: self.cache_bytes,
+        }
+    }
+
+    fn clear_cache(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.cache.clear();
+        }
+        self.entries.store(0, Ordering::Relaxed);
+        for c in [&self.hits, &self.misses, &self.evictions] {
+            c.store(0, Ordering::Relaxed);
+        }
     }
 }
 

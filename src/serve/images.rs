@@ -71,11 +71,12 @@ fn score_blocking(
         )));
     }
     let max_length = r.info().max_length;
-    let mut groups = Vec::with_capacity(call.groups.len());
-    let mut tokens = 0;
+    // Every group's images decoded first (an error names its document), then every pair of
+    // the request in one call: an image sent in several groups runs the vision tower once.
+    let mut pixels = Vec::new();
+    let mut pairs = Vec::new();
     for (g, group) in call.groups.iter().enumerate() {
         let field = field(call, g);
-        let mut pixels = Vec::with_capacity(group.docs.len());
         for i in 0..group.docs.len() {
             let Some(Some(bytes)) = group.images.get(i) else {
                 return Err(ApiError::validation(format!(
@@ -85,30 +86,40 @@ fn score_blocking(
             let px = processor
                 .pixel_values(bytes, limits)
                 .map_err(|e| api::image_error(e, &format!("{field}[{i}].image")))?;
+            pairs.push((g, pixels.len()));
             pixels.push(px);
         }
-        if pixels.is_empty() {
-            groups.push(GroupScores::default());
-            continue;
-        }
-        let refs: Vec<&[f32]> = pixels.iter().map(Vec::as_slice).collect();
-        let (logits, truncated) =
-            r.score_images(&group.query, &refs, None)
-                .map_err(|e| match e {
-                    Error::Input(m) => ApiError::validation(m),
-                    other => ApiError::backend(other.to_string()),
-                })?;
-        if truncated && !call.truncate {
+    }
+    let queries: Vec<&str> = call.groups.iter().map(|g| g.query.as_str()).collect();
+    let refs: Vec<&[f32]> = pixels.iter().map(Vec::as_slice).collect();
+    let (logits, truncated) = if pairs.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        r.score_image_pairs(&queries, &pairs, &refs, None)
+            .map_err(|e| match e {
+                Error::Input(m) => ApiError::validation(m),
+                other => ApiError::backend(other.to_string()),
+            })?
+    };
+    let mut groups = Vec::with_capacity(call.groups.len());
+    let mut tokens = 0;
+    let mut next = logits.into_iter();
+    for (g, group) in call.groups.iter().enumerate() {
+        if truncated.get(g).copied().unwrap_or(false) && !call.truncate {
             return Err(ApiError::too_large(format!(
-                "the query of {field} is longer than the model's max length {max_length} and truncate is false"
+                "the query of {} is longer than the model's max length {max_length} and truncate is false",
+                field(call, g)
             )));
         }
-        let query_tokens = r
-            .tokenizer()
-            .encode_single(&group.query, max_length)
-            .map(|p| p.ids.len())
-            .unwrap_or(0);
-        tokens += query_tokens * logits.len();
+        let logits: Vec<f32> = next.by_ref().take(group.docs.len()).collect();
+        if !logits.is_empty() {
+            let query_tokens = r
+                .tokenizer()
+                .encode_single(&group.query, max_length)
+                .map(|p| p.ids.len())
+                .unwrap_or(0);
+            tokens += query_tokens * logits.len();
+        }
         groups.push(GroupScores { logits });
     }
     Ok(Scored {

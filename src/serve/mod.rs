@@ -306,8 +306,82 @@ impl Service {
                 m.reranker.shared_tokens()
             ));
         }
+        text.push_str(&self.render_image_cache());
         if let Some(s) = &self.shadow {
             text.push_str(&s.render(self.models.default_name()));
+        }
+        text
+    }
+
+    /// The image-feature caches of image-text models (`--image-cache-mib`), each model's copies
+    /// summed: distinct images found and not found, entries evicted, and what is held now.
+    fn render_image_cache(&self) -> String {
+        let stats: Vec<(String, crate::models::blip::CacheStats)> = self
+            .models
+            .all()
+            .iter()
+            .filter_map(|m| {
+                let mut sum = crate::models::blip::CacheStats::default();
+                for r in &m.replicas {
+                    let s = r.image_cache_stats()?;
+                    sum.hits += s.hits;
+                    sum.misses += s.misses;
+                    sum.evictions += s.evictions;
+                    sum.entries += s.entries;
+                    sum.bytes += s.bytes;
+                    sum.capacity_bytes += s.capacity_bytes;
+                }
+                Some((m.name.clone(), sum))
+            })
+            .collect();
+        if stats.is_empty() {
+            return String::new();
+        }
+        type Pick = fn(&crate::models::blip::CacheStats) -> u64;
+        let families: [(&str, &str, &str, Pick); 6] = [
+            (
+                "hits_total",
+                "counter",
+                "Images whose vision-tower output the cache held (distinct images per forward).",
+                |s| s.hits,
+            ),
+            (
+                "misses_total",
+                "counter",
+                "Images that ran the vision tower.",
+                |s| s.misses,
+            ),
+            (
+                "evictions_total",
+                "counter",
+                "Cached images dropped, least recently used first, to make room.",
+                |s| s.evictions,
+            ),
+            ("entries", "gauge", "Images held.", |s| s.entries as u64),
+            (
+                "bytes",
+                "gauge",
+                "Device bytes the held images take.",
+                |s| s.bytes as u64,
+            ),
+            (
+                "capacity_bytes",
+                "gauge",
+                "The budget (--image-cache-mib); 0: off.",
+                |s| s.capacity_bytes as u64,
+            ),
+        ];
+        let mut text = String::new();
+        for (name, kind, help, pick) in families {
+            text.push_str(&format!(
+                "# HELP crossrank_image_cache_{name} {help}\n# TYPE crossrank_image_cache_{name} {kind}\n"
+            ));
+            for (model, s) in &stats {
+                text.push_str(&format!(
+                    "crossrank_image_cache_{name}{{model=\"{model}\"}} {}\n",
+                    pick(s)
+                ));
+            }
         }
         text
     }

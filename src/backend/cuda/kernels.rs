@@ -290,13 +290,17 @@ impl<S: Storage> Kernels<S> {
     /// Cross-attention of `b`'s query rows (sequence s) to `kv_b`'s rows of sequence s; `kv`
     /// rows hold K | V, `heads · head_dim` each; no mask.
     #[allow(clippy::too_many_arguments)]
+    /// `images`: one one-token sequence per query sequence, its id the pair's image; the
+    /// caller checked every id names an image of `kv` (`image_rows` rows each).
+    #[allow(clippy::too_many_arguments)]
     pub fn cross_attention(
         &self,
         s: &Arc<CudaStream>,
         q: &CudaSlice<S>,
         b: &BatchViews<'_>,
         kv: &CudaSlice<S>,
-        kv_b: &BatchViews<'_>,
+        images: &BatchViews<'_>,
+        image_rows: usize,
         heads: usize,
         head_dim: usize,
         out: &mut CudaSlice<S>,
@@ -306,18 +310,18 @@ impl<S: Storage> Kernels<S> {
                 "cross_attention: head_dim {head_dim} is not supported by the CUDA kernels (one of {HEAD_DIMS:?})"
             )));
         };
-        if b.seqs != kv_b.seqs {
+        if b.seqs != images.seqs || images.tokens != images.seqs {
             return Err(internal(
                 "cross_attention",
                 format!(
-                    "{} query sequences over {} key/value sequences",
-                    b.seqs, kv_b.seqs
+                    "{} query sequences over {} image indices in {} sequences",
+                    b.seqs, images.tokens, images.seqs
                 ),
             ));
         }
         let h = heads * head_dim;
         need("cross_attention q", q.len(), b.tokens * h)?;
-        need("cross_attention kv", kv.len(), kv_b.tokens * 2 * h)?;
+        need("cross_attention kv", kv.len(), image_rows * 2 * h)?;
         need("cross_attention out", out.len(), b.tokens * h)?;
         if b.seqs == 0 || b.tokens == 0 {
             return Ok(());
@@ -338,16 +342,18 @@ impl<S: Storage> Kernels<S> {
             shared_mem_bytes: 0,
         };
         let heads = as_i32("cross_attention heads", heads)?;
-        // SAFETY: matches `cross_attention_d{D}_{dtype}`; both cu_seqlens hold seqs + 1
-        // non-decreasing prefix sums ending at most at their batch's tokens (checked by
-        // load_batch), so every q/out row read or written is < b.tokens and every kv row <
-        // kv_b.tokens, inside the buffers checked above; columns stay below heads·D.
+        let image_rows = as_i32("cross_attention image rows", image_rows)?;
+        // SAFETY: matches `cross_attention_d{D}_{dtype}`; cu_seqlens holds seqs + 1
+        // non-decreasing prefix sums ending at most at b.tokens (checked by load_batch), so
+        // every q/out row read or written is < b.tokens; the caller checked every image index
+        // i has rows i·image_rows .. (i + 1)·image_rows inside kv; columns stay below heads·D.
         unsafe {
             s.launch_builder(f)
                 .arg(q)
                 .arg(&b.cu_seqlens)
                 .arg(kv)
-                .arg(&kv_b.cu_seqlens)
+                .arg(&images.ids)
+                .arg(&image_rows)
                 .arg(out)
                 .arg(&heads)
                 .launch(cfg)?;

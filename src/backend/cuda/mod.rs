@@ -370,6 +370,10 @@ impl<S: Storage> Backend for CudaBackend<S> {
         self.name.clone()
     }
 
+    fn storage_bytes(&self) -> usize {
+        std::mem::size_of::<S>()
+    }
+
     fn upload(&self, t: &HostTensor) -> Result<CudaSlice<S>> {
         let mut host = Vec::with_capacity(t.data.len());
         for (i, &v) in t.data.iter().enumerate() {
@@ -829,22 +833,62 @@ impl<S: Storage> Backend for CudaBackend<S> {
             .vit_embed(&self.stream, patches, n, class, positions, width, out)
     }
 
+    fn copy(
+        &self,
+        src: &CudaSlice<S>,
+        from: usize,
+        dst: &mut CudaSlice<S>,
+        to: usize,
+        len: usize,
+    ) -> Result<()> {
+        if from + len > src.len() || to + len > dst.len() {
+            return Err(Error::Internal(format!(
+                "copy: {len} elements from {from} of {} to {to} of {}",
+                src.len(),
+                dst.len()
+            )));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        self.stream.memcpy_dtod(
+            &src.slice(from..from + len),
+            &mut dst.slice_mut(to..to + len),
+        )?;
+        Ok(())
+    }
+
     fn cross_attention(
         &self,
         q: &CudaSlice<S>,
         batch: &CudaBatch,
         kv: &CudaSlice<S>,
-        kv_batch: &CudaBatch,
+        images: &CudaBatch,
+        image_rows: usize,
         heads: usize,
         head_dim: usize,
         out: &mut CudaSlice<S>,
     ) -> Result<()> {
+        if images.tokens != images.seqs {
+            return Err(Error::Internal(format!(
+                "cross_attention: {} image indices in {} sequences (one each)",
+                images.tokens, images.seqs
+            )));
+        }
+        let held = kv.len() / (image_rows * 2 * heads * head_dim).max(1);
+        if images.seqs > 0 && images.max_id as usize >= held {
+            return Err(Error::Internal(format!(
+                "cross_attention: image {} of a key/value buffer holding {held}",
+                images.max_id
+            )));
+        }
         self.kernels.cross_attention(
             &self.stream,
             q,
             &batch.views(),
             kv,
-            &kv_batch.views(),
+            &images.views(),
+            image_rows,
             heads,
             head_dim,
             out,
