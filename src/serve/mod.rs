@@ -578,8 +578,8 @@ impl Service {
             });
         }
         let model = self.models.get(call.model.as_deref())?;
-        // Image documents, and every request to an image-text model, are scored outside the
-        // scheduler (images.rs); neither is sampled nor shadowed (both speak text).
+        // Image documents, and every request to an image-text model, go to the model's image
+        // queue (images.rs); neither is sampled nor shadowed (both speak text).
         let images = call.has_images() || model.reranker.is_image_model();
         if let Some(sampler) = self.sampler.as_ref().filter(|_| !images) {
             sampler.offer(&call, &model.name);
@@ -633,7 +633,7 @@ impl Service {
 
     /// Every model's scheduler threads are running.
     pub fn healthy(&self) -> bool {
-        self.models.all().iter().all(|m| m.scheduler.healthy())
+        self.models.all().iter().all(|m| m.healthy())
     }
 
     /// GET /info: the default model's facts at the top (as when one model was served), then
@@ -671,10 +671,10 @@ impl Service {
     /// Stops taking requests and waits until every accepted one is answered.
     pub fn drain(&self) {
         for m in self.models.all() {
-            m.scheduler.shutdown();
+            m.shutdown();
         }
         if let Some(s) = &self.shadow {
-            s.loaded.scheduler.shutdown();
+            s.loaded.shutdown();
         }
         let retiring =
             std::mem::take(&mut *self.retiring.lock().unwrap_or_else(|e| e.into_inner()));

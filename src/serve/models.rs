@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use super::api::ApiError;
+use super::images::ImageQueue;
 use super::metrics::Metrics;
 use super::scheduler::Scheduler;
 use super::ServeOptions;
@@ -94,6 +95,8 @@ pub struct Loaded {
     /// One copy per --device, in order (the first is `reranker`).
     pub replicas: Vec<Arc<Reranker>>,
     pub scheduler: Scheduler,
+    /// An image-text model's queue (images.rs); None for a text model.
+    pub images: Option<ImageQueue>,
 }
 
 impl Loaded {
@@ -145,6 +148,16 @@ impl Loaded {
         );
         let scheduler =
             Scheduler::start(replicas.clone(), metrics.clone(), name, opts.max_concurrent)?;
+        let images = if reranker.is_image_model() {
+            Some(ImageQueue::start(
+                replicas.clone(),
+                metrics.clone(),
+                name,
+                opts.max_concurrent,
+            )?)
+        } else {
+            None
+        };
         Ok(Loaded {
             name: name.to_string(),
             path: path.to_path_buf(),
@@ -152,7 +165,21 @@ impl Loaded {
             reranker,
             replicas,
             scheduler,
+            images,
         })
+    }
+
+    /// Stops taking requests and answers every one queued (text and image).
+    pub fn shutdown(&self) {
+        self.scheduler.shutdown();
+        if let Some(q) = &self.images {
+            q.shutdown();
+        }
+    }
+
+    /// Every scheduling thread is running and no forward has panicked.
+    pub fn healthy(&self) -> bool {
+        self.scheduler.healthy() && self.images.as_ref().is_none_or(ImageQueue::healthy)
     }
 }
 
@@ -279,7 +306,7 @@ pub fn retire(old: Arc<Loaded>) -> Option<std::thread::JoinHandle<()>> {
                 }
             };
             let (name, revision) = (loaded.name.clone(), loaded.revision);
-            loaded.scheduler.shutdown();
+            loaded.shutdown();
             drop(loaded);
             eprintln!("crossrank serve: model {name} revision {revision} freed");
         });

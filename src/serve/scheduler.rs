@@ -132,7 +132,7 @@ impl Pending {
 }
 
 /// Holds one place among the --max-concurrent; freed when the job is answered or dropped.
-struct Permit(Arc<Metrics>);
+pub(super) struct Permit(Arc<Metrics>);
 
 impl Drop for Permit {
     fn drop(&mut self) {
@@ -141,7 +141,7 @@ impl Drop for Permit {
 }
 
 /// Why a job is not scored any further.
-enum Verdict {
+pub(super) enum Verdict {
     /// Its deadline has passed: answered 504.
     Expired(Timeout),
     /// Its client has gone away: dropped.
@@ -149,24 +149,67 @@ enum Verdict {
 }
 
 /// What answers a job, whichever thread holds it.
-struct Ticket {
+pub(super) struct Ticket {
     reply: oneshot::Sender<Reply>,
     permit: Permit,
-    accepted: Instant,
+    pub(super) accepted: Instant,
     deadline: Option<Deadline>,
+}
+
+/// Takes one of the --max-concurrent places for a request, or refuses it at once with 503;
+/// its deadline, if it has a budget, counts from now on `clock`. The ticket answers it (and
+/// frees the place), the pending side waits for that answer.
+pub(super) fn admit(
+    metrics: &Arc<Metrics>,
+    max_concurrent: usize,
+    clock: &Clock,
+    timeout: Option<Timeout>,
+) -> std::result::Result<(Ticket, Pending), ApiError> {
+    let depth = &metrics.queue_depth;
+    if depth.fetch_add(1, Ordering::AcqRel) >= max_concurrent as u64 {
+        depth.fetch_sub(1, Ordering::AcqRel);
+        metrics.overloaded();
+        return Err(ApiError::new(
+            503,
+            "overloaded",
+            format!(
+                "{max_concurrent} requests are already waiting (--max-concurrent); retry later"
+            ),
+        ));
+    }
+    let permit = Permit(metrics.clone());
+    // A budget too large for an Instant is no deadline at all.
+    let deadline = timeout.and_then(|timeout| {
+        let at = clock().checked_add(Duration::from_millis(timeout.ms))?;
+        Some(Deadline { at, timeout })
+    });
+    let (reply, rx) = oneshot::channel();
+    let ticket = Ticket {
+        reply,
+        permit,
+        accepted: Instant::now(),
+        deadline,
+    };
+    Ok((
+        ticket,
+        Pending {
+            reply: rx,
+            deadline,
+        },
+    ))
 }
 
 impl Ticket {
     /// Frees the job's place, then answers: a caller that sees the answer also sees the place
     /// free (the stdio reader relies on it to never be refused).
-    fn answer(self, result: Reply) {
+    pub(super) fn answer(self, result: Reply) {
         drop(self.permit);
         let _ = self.reply.send(result);
     }
 
     /// Whether the job is past its deadline at `now` (checked first: the caller's own timer
     /// closes the channel at the deadline) or its client has gone away.
-    fn verdict(&self, now: Instant) -> Option<Verdict> {
+    pub(super) fn verdict(&self, now: Instant) -> Option<Verdict> {
         match self.deadline {
             Some(d) if now >= d.at => Some(Verdict::Expired(d.timeout)),
             _ if self.reply.is_closed() => Some(Verdict::Gone),
@@ -174,7 +217,7 @@ impl Ticket {
         }
     }
 
-    fn settle(self, verdict: Verdict, metrics: &ModelMetrics) {
+    pub(super) fn settle(self, verdict: Verdict, metrics: &ModelMetrics) {
         match verdict {
             Verdict::Expired(timeout) => {
                 metrics.deadline_exceeded();
@@ -302,44 +345,19 @@ impl Scheduler {
     /// if it has a budget, counts from now.
     pub fn submit(&self, call: Arc<Call>) -> std::result::Result<Pending, ApiError> {
         let unavailable = || ApiError::new(503, "unavailable", "the server is shutting down");
-        let depth = &self.metrics.queue_depth;
-        if depth.fetch_add(1, Ordering::AcqRel) >= self.max_concurrent as u64 {
-            depth.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.overloaded();
-            return Err(ApiError::new(
-                503,
-                "overloaded",
-                format!(
-                    "{} requests are already waiting (--max-concurrent); retry later",
-                    self.max_concurrent
-                ),
-            ));
-        }
-        let permit = Permit(self.metrics.clone());
-        // A budget too large for an Instant is no deadline at all.
-        let deadline = call.timeout.and_then(|timeout| {
-            let at = (self.clock)().checked_add(Duration::from_millis(timeout.ms))?;
-            Some(Deadline { at, timeout })
-        });
-        let (reply, rx) = oneshot::channel();
-        let job = Job {
-            call,
-            ticket: Ticket {
-                reply,
-                permit,
-                accepted: Instant::now(),
-                deadline,
-            },
-        };
+        let (ticket, pending) = admit(
+            &self.metrics,
+            self.max_concurrent,
+            &self.clock,
+            call.timeout,
+        )?;
+        let job = Job { call, ticket };
         let sender = self.submit.lock().map_err(|_| unavailable())?;
         match sender.as_ref() {
             Some(tx) => tx.send(job).map_err(|_| unavailable())?,
             None => return Err(unavailable()),
         }
-        Ok(Pending {
-            reply: rx,
-            deadline,
-        })
+        Ok(pending)
     }
 
     /// Both threads are running and no forward has panicked.
