@@ -76,4 +76,64 @@ async fn two_gpus_share_one_queue_and_score_as_one_gpu() {
         count("0"),
         count("1")
     );
+    images_on_two_gpus().await;
+}
+
+/// An image-text model served on both devices: a /rerank/batch request of two queries over
+/// shared images scores exactly as the library's call of the same pairs on one device, and the
+/// image cache counts each image once.
+async fn images_on_two_gpus() {
+    use base64::Engine;
+    let files = ["alpha.png", "wide.png", "tiny.png", "palette.png"];
+    let bytes: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(data_dir().join("images").join(f)).unwrap())
+        .collect();
+    let docs: Vec<serde_json::Value> = bytes
+        .iter()
+        .map(|b| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(b);
+            json!({ "image": format!("data:image/png;base64,{b64}") })
+        })
+        .collect();
+    let mut opts = ServeOptions::new(model_dir("blip-itm-tiny"), Device::Cuda(0));
+    opts.device = "cuda:0,cuda:1".parse().unwrap();
+    let service = Service::start(opts).unwrap();
+    let body = json!({ "raw_scores": true, "groups": [
+        { "query": "a photo of a cat", "documents": docs },
+        { "query": "red", "documents": docs[1..3] },
+    ]})
+    .to_string();
+    let call = api::parse_body(Route::Batch, body.as_bytes(), &service.limits).unwrap();
+    let mut served = Served::default();
+    let v = service.rerank(call, &mut served).await.unwrap();
+    let text = service.render_metrics();
+    service.drain();
+    let lib = crossrank::Reranker::load(
+        model_dir("blip-itm-tiny"),
+        Device::Cuda(0),
+        &crossrank::LoadOptions::default(),
+    )
+    .unwrap();
+    let raw: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+    let px = lib
+        .pixel_values(&raw, &crossrank::pixels::ImageLimits::default())
+        .unwrap();
+    let refs: Vec<&[f32]> = px.iter().map(Vec::as_slice).collect();
+    let pairs = [(0, 0), (0, 1), (0, 2), (0, 3), (1, 1), (1, 2)];
+    let (want, _) = lib
+        .score_image_pairs(&["a photo of a cat", "red"], &pairs, &refs, None)
+        .unwrap();
+    for (g, range) in [(0, 0..4), (1, 4..6)] {
+        let mut got = vec![f32::NAN; range.len()];
+        for r in v["groups"][g]["results"].as_array().unwrap() {
+            got[r["index"].as_u64().unwrap() as usize] =
+                r["relevance_score"].as_f64().unwrap() as f32;
+        }
+        assert_eq!(got, want[range].to_vec(), "group {g}");
+    }
+    assert!(
+        text.contains("crossrank_image_cache_misses_total{model=\"blip-itm-tiny\"} 4\n"),
+        "{text}"
+    );
 }
