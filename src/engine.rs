@@ -540,49 +540,27 @@ impl Reranker {
             model.max_batch_pairs(),
             model.max_batch_images(),
         );
+        let items: Vec<(usize, usize)> = order
+            .iter()
+            .map(|&k| (encoded[pairs[k].0].ids.len(), which[pairs[k].1]))
+            .collect();
         let mut logits = vec![0f32; pairs.len()];
-        // The forward being filled: its pairs and its distinct images, in order.
-        let (mut chunk, mut local, mut tokens) = (Vec::new(), Vec::new(), 0);
-        let flush = |chunk: &mut Vec<usize>, local: &mut Vec<usize>, logits: &mut [f32]| {
-            if chunk.is_empty() {
-                return Ok::<(), Error>(());
-            }
+        for forward in image_forwards(&items, max_tokens, max_pairs, max_images) {
+            let chunk = &order[forward.clone()];
             let batch = PackedBatch::pack(chunk.iter().map(|&k| &encoded[pairs[k].0]), &self.cfg);
-            // Pairs come image by image: a pair's image is the last one added before it.
-            let (mut image_of, mut at) = (Vec::with_capacity(chunk.len()), 0u32);
-            for (j, &k) in chunk.iter().enumerate() {
-                if j > 0 && which[pairs[k].1] != which[pairs[chunk[j - 1]].1] {
-                    at += 1;
+            // The forward's distinct images in order, and each pair's among them.
+            let (mut imgs, mut image_of): (Vec<Image<'_>>, Vec<u32>) = (Vec::new(), Vec::new());
+            for &(_, d) in &items[forward] {
+                if imgs.last().map(|im| im.key) != Some(distinct[d].key) {
+                    imgs.push(distinct[d]);
                 }
-                image_of.push(at);
+                image_of.push(imgs.len() as u32 - 1);
             }
-            let imgs: Vec<Image<'_>> = local.iter().map(|&d| distinct[d]).collect();
             let out = model.score(&batch, &image_of, &imgs)?;
             for (&k, v) in chunk.iter().zip(out) {
                 logits[k] = v;
             }
-            chunk.clear();
-            local.clear();
-            Ok(())
-        };
-        for &k in &order {
-            let (q, i) = pairs[k];
-            let t = encoded[q].ids.len();
-            let new_image = local.last() != Some(&which[i]);
-            if chunk.len() + 1 > max_pairs
-                || tokens + t > max_tokens
-                || (new_image && local.len() + 1 > max_images)
-            {
-                flush(&mut chunk, &mut local, &mut logits)?;
-                tokens = 0;
-            }
-            if local.last() != Some(&which[i]) {
-                local.push(which[i]);
-            }
-            chunk.push(k);
-            tokens += t;
         }
-        flush(&mut chunk, &mut local, &mut logits)?;
         Ok((logits, encoded.iter().map(|p| p.truncated).collect()))
     }
 
@@ -759,6 +737,38 @@ impl Reranker {
         }
         Ok(out)
     }
+}
+
+/// Splits pairs into forwards: `items[k] = (text tokens, distinct image)` of pair k, the pairs
+/// already grouped image by image; each forward is a run of consecutive pairs of at most
+/// `max_pairs` pairs, `max_tokens` tokens (a single longer pair alone) and `max_images` distinct
+/// images, each as full as those allow.
+fn image_forwards(
+    items: &[(usize, usize)],
+    max_tokens: usize,
+    max_pairs: usize,
+    max_images: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut tokens, mut images) = (0, 0, 0);
+    for (k, &(t, image)) in items.iter().enumerate() {
+        let new_image = k == start || items[k - 1].1 != image;
+        let full = k - start + 1 > max_pairs
+            || tokens + t > max_tokens
+            || (new_image && images + 1 > max_images);
+        if k > start && full {
+            out.push(start..k);
+            (start, tokens, images) = (k, 0, 0);
+        }
+        if k == start || items[k - 1].1 != image {
+            images += 1;
+        }
+        tokens += t;
+    }
+    if start < items.len() {
+        out.push(start..items.len());
+    }
+    out
 }
 
 pub fn sigmoid(x: f32) -> f32 {
@@ -979,6 +989,33 @@ mod tests {
             type_ids: vec![0; len],
             truncated,
         }
+    }
+
+    /// Each limit of an image forward, met exactly and passed by one: a forward is as full as
+    /// the limits allow and no fuller; an image's pairs continue into the next forward when
+    /// pairs or tokens run out (the image then counts again there); a pair longer than the
+    /// token budget goes alone.
+    #[test]
+    fn image_forwards_fill_to_each_limit() {
+        let f = image_forwards;
+        // Images: 2 fit, the third starts a forward.
+        let items = [(1, 0), (1, 0), (1, 1), (1, 2), (1, 2)];
+        assert_eq!(f(&items, 100, 100, 2), vec![0..3, 3..5]);
+        assert_eq!(f(&items, 100, 100, 3), vec![0..5]);
+        // Pairs: 2 per forward, whatever their images.
+        assert_eq!(f(&items, 100, 2, 100), vec![0..2, 2..4, 4..5]);
+        assert_eq!(f(&items, 100, 5, 100), vec![0..5]);
+        // Tokens: 5 + 3 = 8 fits 8, 8 + 1 does not; 9 fits 9; a pair of 9 over a budget of 8
+        // goes alone.
+        let items = [(5, 0), (3, 0), (1, 0), (9, 1), (2, 1)];
+        assert_eq!(f(&items, 8, 100, 100), vec![0..2, 2..3, 3..4, 4..5]);
+        assert_eq!(f(&items, 9, 100, 100), vec![0..3, 3..4, 4..5]);
+        assert_eq!(f(&items, 10, 100, 100), vec![0..3, 3..4, 4..5]);
+        assert_eq!(f(&items, 11, 100, 100), vec![0..3, 3..5]);
+        // An image continued into the next forward counts there: 1 image per forward.
+        let items = [(1, 0), (1, 0), (1, 0), (1, 1)];
+        assert_eq!(f(&items, 100, 2, 1), vec![0..2, 2..3, 3..4]);
+        assert_eq!(f(&[], 10, 10, 10), Vec::<std::ops::Range<usize>>::new());
     }
 
     /// Equal scores keep their input order (a stable sort, best first); NaN goes last.

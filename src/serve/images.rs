@@ -492,23 +492,27 @@ mod tests {
         v.iter().map(|x| x.to_bits()).collect()
     }
 
-    /// Two small requests waiting together are one call, whose pairs are the library's call
-    /// of both; a request that does not fit after them leads a call of its own. Each gets its
-    /// own scores, group by group, and its place back.
+    /// Requests waiting together are one call while they fit in MERGE_PAIRS, exactly full
+    /// included; one that does not fit leads the next call. The merged call's pairs are the
+    /// library's call of the same pairs; each request gets its own scores, group by group, and
+    /// its place back.
     #[test]
     fn waiting_requests_merge_into_one_call_and_each_gets_its_own_scores() {
         let (r, px) = (tiny(), pixels());
         let rig = Rig::new();
         let a = rig.push(&px, &[("a photo of a cat", &[0, 1, 2])], None);
         let b = rig.push(&px, &[("red", &[2, 3]), ("a photo of a cat", &[0])], None);
-        let big: Vec<usize> = vec![4; MERGE_PAIRS - 5];
+        let big: Vec<usize> = vec![4; MERGE_PAIRS - 6];
         let c = rig.push(&px, &[("red", &big)], None);
+        let d = rig.push(&px, &[("red", &[5])], None);
         let metrics = rig.drain(&r);
         let refs: Vec<&[f32]> = px.iter().map(Vec::as_slice).collect();
+        let mut pairs = vec![(0, 0), (0, 1), (0, 2), (1, 2), (1, 3), (2, 0)];
+        pairs.extend(std::iter::repeat_n((1, 4), MERGE_PAIRS - 6));
         let (want, _) = r
             .score_image_pairs(
                 &["a photo of a cat", "red", "a photo of a cat"],
-                &[(0, 0), (0, 1), (0, 2), (1, 2), (1, 3), (2, 0)],
+                &pairs,
                 &refs,
                 None,
             )
@@ -519,15 +523,20 @@ mod tests {
         assert_eq!(bits(&a[0]), bits(&want[..3]));
         assert_eq!(b.len(), 2);
         assert_eq!(bits(&b[0]), bits(&want[3..5]));
-        assert_eq!(bits(&b[1]), bits(&want[5..]));
-        let c = answer(c).unwrap();
-        let (alone, _) = r.score_images("red", &[&px[4]], None).unwrap();
-        assert_eq!(c[0].len(), MERGE_PAIRS - 5);
-        assert!(c[0].iter().all(|&l| (l - alone[0]).abs() <= 1e-5), "{c:?}");
+        assert_eq!(bits(&b[1]), bits(&want[5..6]));
+        assert_eq!(bits(&answer(c).unwrap()[0]), bits(&want[6..]));
+        let (alone, _) = r.score_images("red", &[&px[5]], None).unwrap();
+        assert_eq!(bits(&answer(d).unwrap()[0]), bits(&alone));
+        // Two calls: a full one of 512 pairs, then d's 1.
         assert_eq!(metric(&metrics, "batch_pairs_count"), "2");
         assert_eq!(
             metric(&metrics, "batch_pairs_sum"),
-            (6 + MERGE_PAIRS - 5).to_string()
+            (MERGE_PAIRS + 1).to_string()
+        );
+        let text = metrics.render();
+        assert!(
+            text.contains("crossrank_batch_pairs_bucket{model=\"m\",le=\"1\"} 1\n"),
+            "{text}"
         );
         assert_eq!(metrics.queue_depth.load(Ordering::Acquire), 0);
     }
