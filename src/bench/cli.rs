@@ -20,7 +20,9 @@ pub enum BenchCommand {
     /// passages per call, for each N. Prints a table, or one JSON object with --json.
     Bench {
         /// A model shape with seeded weights: minilm-l6, bge-base, bge-large, tiny-bert,
-        /// tiny-xlmr, gte-modernbert-base, ettin-150m (written under --shape-dir on first use).
+        /// tiny-xlmr, gte-modernbert-base, ettin-150m, qwen3-reranker-0.6b, blip-itm-base,
+        /// tiny-blip (written under --shape-dir on first use). An image-text model (BLIP) runs
+        /// the image workload: one query and N synthetic images per call, cache cold and warm.
         #[arg(long, conflicts_with = "model", required_unless_present = "model")]
         shape: Option<String>,
         /// A model directory instead of a shape.
@@ -32,7 +34,8 @@ pub enum BenchCommand {
         /// Candidate counts N, comma-separated.
         #[arg(long, default_value = "40,80,100,120")]
         candidates: String,
-        /// Passage lengths: marco (40-200 tokens, mean near 80) or rag (200-500).
+        /// Passage lengths: marco (40-200 tokens, mean near 80) or rag (200-500). Ignored by
+        /// image-text models, whose candidates are images.
         #[arg(long, default_value = "marco")]
         lengths: String,
         /// Print one JSON object instead of the table.
@@ -60,10 +63,15 @@ pub enum BenchCommand {
         no_gemm: bool,
         #[command(flatten)]
         cuda: crate::engine::CudaOptions,
-        /// Write the workload (every query and passage) here as JSON, for scripts/peers.py.
+        /// Write the workload (every query and passage) here as JSON, for scripts/peers.py;
+        /// an image workload's images go into W.images/ beside it.
         #[arg(long)]
         export_workload: Option<PathBuf>,
-        /// BERT tokenizer.json for minilm-l6 / tiny-bert (default: scripts/fetch-minilm.sh's).
+        /// Image-text models: the image-feature cache's budget in MiB (0: off).
+        #[arg(long, default_value_t = crate::engine::DEFAULT_IMAGE_CACHE_MIB)]
+        image_cache_mib: usize,
+        /// BERT tokenizer.json for the BERT-vocabulary shapes (minilm-l6, tiny-bert, the
+        /// ModernBERT and BLIP shapes; default: scripts/fetch-minilm.sh's).
         #[arg(long)]
         tokenizer: Option<PathBuf>,
         /// Where shapes are written.
@@ -72,7 +80,8 @@ pub enum BenchCommand {
     },
     /// Write a model shape with seeded random weights as a Hugging Face model directory.
     MakeShape {
-        /// minilm-l6, bge-base, bge-large, tiny-bert, tiny-xlmr, gte-modernbert-base or ettin-150m.
+        /// minilm-l6, bge-base, bge-large, tiny-bert, tiny-xlmr, gte-modernbert-base, ettin-150m,
+        /// qwen3-reranker-0.6b, blip-itm-base or tiny-blip.
         #[arg(long)]
         shape: String,
         #[arg(long)]
@@ -153,6 +162,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             no_gemm,
             cuda,
             export_workload,
+            image_cache_mib,
             tokenizer,
             shape_dir,
         } => {
@@ -181,6 +191,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                 gemm: !no_gemm,
                 cuda,
                 export_workload,
+                image_cache_mib,
             };
             let report = run::run(&args)?;
             let text = to_json(&report)?;

@@ -72,12 +72,14 @@ pub fn gpu_slug(name: &str) -> String {
     out.trim_end_matches('-').to_string()
 }
 
-/// crossrank's gated figures in one repetition, keyed `model/lengths/N/metric`.
+/// crossrank's gated figures in one repetition, keyed `model/lengths/N/metric`
+/// (`model/images/cache-cold/N/metric` for an image workload's rows).
 pub fn figures(reports: &[Report]) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     for r in reports.iter().filter(|r| r.system == "crossrank") {
         for x in &r.runs {
-            let key = |m: &str| format!("{}/{}/{}/{m}", r.model.name, r.lengths, x.n);
+            let workload = x.workload(&r.lengths);
+            let key = |m: &str| format!("{}/{workload}/{}/{m}", r.model.name, x.n);
             out.insert(key(METRICS[0]), x.e2e_ms.p50);
             out.insert(key(METRICS[1]), x.forward_ms.p50);
         }

@@ -7,9 +7,12 @@
 
 pub mod cli;
 pub mod gate;
+pub mod images;
 pub mod report;
 pub mod run;
+pub mod run_images;
 pub mod shapes;
+pub mod shapes_blip;
 pub mod shapes_qwen;
 pub mod workload;
 

@@ -17,6 +17,16 @@
 //! FLOPs = L · 2·T·(4·H² + 3·H·I)  +  4·H·(L_full·Σ l_s² + L_sliding·Σ_s Σ_i k_i)  +  2·n·(H² + H)
 //! ```
 //!
+//! BLIP (`BlipForImageTextRetrieval`, one image per pair; vision width V, FFN J, `L_v` layers,
+//! R = patches + 1 rows per image, patch side p; the text layers as BERT's, plus
+//! cross-attention: Q and output on the text rows, K and V on the image rows, attention over
+//! R keys; the ITM head Linear(H, 2)):
+//!
+//! ```text
+//! FLOPs = n · (2·(R-1)·3p²·V + L_v · (2·R·(4·V² + 2·V·J) + 4·V·R²))            vision, per image
+//!       + L · (2·T·(6·H² + 2·H·I) + 4·H·Σ l_s² + n·4·R·H·V + 4·H·R·T)  +  4·n·H     text and head
+//! ```
+//!
 //! These are the model's FLOPs for the full forward (the usual MFU convention): an optimisation
 //! that skips work, such as running the last layer on [CLS] rows only, raises the achieved
 //! figure without doing those FLOPs. Peers that pad count the same unpadded FLOPs: padding is
@@ -46,6 +56,9 @@ pub fn forward_flops(lens: &[usize], layers: usize, hidden: usize, intermediate:
 /// or ModernBERT's (GeGLU, windowed layers) when the config is that family's.
 pub fn model_forward_flops(lens: &[usize], cfg: &crate::config::ModelConfig) -> f64 {
     let (h, i) = (cfg.hidden_size as f64, cfg.intermediate_size as f64);
+    if let Some(v) = &cfg.blip {
+        return blip_forward_flops(lens, cfg.num_layers, h, i, v);
+    }
     if let Some(q) = &cfg.qwen {
         return qwen_forward_flops(
             lens,
@@ -81,6 +94,34 @@ pub fn model_forward_flops(lens: &[usize], cfg: &crate::config::ModelConfig) -> 
     cfg.num_layers as f64 * 2.0 * t * (4.0 * h * h + 3.0 * h * i)
         + 4.0 * h * keys
         + 2.0 * n * (h * h + h)
+}
+
+/// BLIP's ITM forward (module docs): every pair's image through the vision tower, then the
+/// text tower with cross-attention to it, then the two-way ITM head.
+fn blip_forward_flops(
+    lens: &[usize],
+    layers: usize,
+    h: f64,
+    i: f64,
+    v: &crate::config::BlipVisionConfig,
+) -> f64 {
+    let (vh, vi) = (v.hidden_size as f64, v.intermediate_size as f64);
+    let (rows, patch_in) = (
+        v.rows_per_image() as f64,
+        (3 * v.patch_size * v.patch_size) as f64,
+    );
+    let n = lens.len() as f64;
+    let t: f64 = lens.iter().map(|&l| l as f64).sum();
+    let sq: f64 = lens.iter().map(|&l| (l as f64) * (l as f64)).sum();
+    let vision = 2.0 * (rows - 1.0) * patch_in * vh
+        + v.num_layers as f64
+            * (2.0 * rows * (4.0 * vh * vh + 2.0 * vh * vi) + 4.0 * vh * rows * rows);
+    let text = layers as f64
+        * (2.0 * t * (6.0 * h * h + 2.0 * h * i)
+            + 4.0 * h * sq
+            + n * 4.0 * rows * h * vh
+            + 4.0 * h * rows * t);
+    n * vision + text + 4.0 * n * h
 }
 
 /// A decoder LLM reranker's forward (Qwen): per layer and token the QKV projection
@@ -161,6 +202,22 @@ pub struct Split {
     pub upload_ms: Option<f64>,
     pub forward_ms: Option<f64>,
     pub download_ms: Option<f64>,
+    /// Image workloads: decoding and preprocessing the call's images on the host (the model's
+    /// image processor), before the forward.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocess_ms: Option<f64>,
+}
+
+/// The image-feature cache's counters over a row's timed calls (`Reranker::image_cache_stats`,
+/// differences across each call), and its size after the last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ImageCache {
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+    pub entries: usize,
+    pub bytes: usize,
+    pub capacity_bytes: usize,
 }
 
 /// The figures for one candidate count N.
@@ -194,6 +251,26 @@ pub struct Run {
     pub split: Split,
     /// split.tokenize / e2e p50.
     pub tokenize_share: Option<f64>,
+    /// Image workloads: `cache-cold` (the image-feature cache emptied before every timed call)
+    /// or `cache-warm` (the call's images scored just before, by another query). Absent for
+    /// text workloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
+    /// Image workloads: the cache's counters over the timed calls (a peer without a cache:
+    /// absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_cache: Option<ImageCache>,
+}
+
+impl Run {
+    /// The workload a row measures: the lengths, and for image workloads the cache state
+    /// (`images/cache-warm`).
+    pub fn workload(&self, lengths: &str) -> String {
+        match &self.cache {
+            Some(c) => format!("{lengths}/{c}"),
+            None => lengths.to_string(),
+        }
+    }
 }
 
 /// The measured dense GEMM rate that MFU is relative to.
@@ -335,8 +412,20 @@ pub fn table(r: &Report) -> String {
             g.dtype, g.m, g.n, g.k, g.tflops, g.note
         );
     }
-    out += "    N  tokens  e2e p50  e2e p99  fwd p50  fwd p99   pairs/s  tokens/s  TFLOP/s    MFU  tok%  | tokenize   pack  upload  forward  download (ms)\n";
-    for x in &r.runs {
+    if r.runs.iter().any(|x| x.cache.is_some()) {
+        out += &image_rows(&r.runs);
+    } else {
+        out += &text_rows(&r.runs);
+    }
+    for n in &r.notes {
+        out += &format!("note: {n}\n");
+    }
+    out
+}
+
+fn text_rows(runs: &[Run]) -> String {
+    let mut out = String::from("    N  tokens  e2e p50  e2e p99  fwd p50  fwd p99   pairs/s  tokens/s  TFLOP/s    MFU  tok%  | tokenize   pack  upload  forward  download (ms)\n");
+    for x in runs {
         out += &format!(
             "{:>5} {:>7.0} {:>8} {:>8} {:>8} {:>8} {:>9.0} {:>9.0} {:>8.3} {:>6} {:>5}  | {:>8} {:>6} {:>7} {:>8} {:>9}\n",
             x.n,
@@ -348,7 +437,7 @@ pub fn table(r: &Report) -> String {
             x.pairs_per_s,
             x.tokens_per_s,
             x.tflops,
-            x.mfu.map_or_else(|| "-".into(), |m| format!("{:.1}%", 100.0 * m)),
+            mfu(x.mfu),
             x.tokenize_share.map_or_else(|| "-".into(), |m| format!("{:.0}%", 100.0 * m)),
             opt_ms(x.split.tokenize_ms),
             opt_ms(x.split.pack_ms),
@@ -357,10 +446,46 @@ pub fn table(r: &Report) -> String {
             opt_ms(x.split.download_ms),
         );
     }
-    for n in &r.notes {
-        out += &format!("note: {n}\n");
+    out
+}
+
+/// Image workloads: one row per (N, cache state), decode + preprocess beside the forward, and
+/// the cache's hits and misses over the timed calls.
+fn image_rows(runs: &[Run]) -> String {
+    let mut out = String::from("    N  cache       e2e p50  e2e p99  prep p50  fwd p50  fwd p99  images/s  TFLOP/s    MFU  | cache hits  misses  evictions\n");
+    for x in runs {
+        let (hits, misses, evictions) = x.image_cache.map_or_else(
+            || ("-".to_string(), "-".to_string(), "-".to_string()),
+            |c| {
+                (
+                    c.hits.to_string(),
+                    c.misses.to_string(),
+                    c.evictions.to_string(),
+                )
+            },
+        );
+        out += &format!(
+            "{:>5}  {:<10} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9.1} {:>8.3} {:>6}  | {:>10} {:>7} {:>10}\n",
+            x.n,
+            x.cache.as_deref().unwrap_or("-"),
+            ms(x.e2e_ms.p50),
+            ms(x.e2e_ms.p99),
+            opt_ms(x.split.preprocess_ms),
+            ms(x.forward_ms.p50),
+            ms(x.forward_ms.p99),
+            x.pairs_per_s,
+            x.tflops,
+            mfu(x.mfu),
+            hits,
+            misses,
+            evictions,
+        );
     }
     out
+}
+
+fn mfu(m: Option<f64>) -> String {
+    m.map_or_else(|| "-".into(), |m| format!("{:.1}%", 100.0 * m))
 }
 
 /// A markdown table comparing systems: one row per (model, lengths, N), crossrank's end-to-end
@@ -375,7 +500,7 @@ pub fn comparison_markdown(reports: &[Report]) -> String {
     let mut keys: Vec<(String, String, usize)> = Vec::new();
     for r in reports {
         for x in &r.runs {
-            let k = (r.model.name.clone(), r.lengths.clone(), x.n);
+            let k = (r.model.name.clone(), x.workload(&r.lengths), x.n);
             if !keys.contains(&k) {
                 keys.push(k);
             }
@@ -384,9 +509,10 @@ pub fn comparison_markdown(reports: &[Report]) -> String {
     let find = |system: &str, k: &(String, String, usize)| {
         reports
             .iter()
-            .filter(|r| r.system == system && r.model.name == k.0 && r.lengths == k.1)
-            .flat_map(|r| r.runs.iter())
-            .find(|x| x.n == k.2)
+            .filter(|r| r.system == system && r.model.name == k.0)
+            .flat_map(|r| r.runs.iter().map(move |x| (x.workload(&r.lengths), x)))
+            .find(|(w, x)| *w == k.1 && x.n == k.2)
+            .map(|(_, x)| x)
     };
     let mut out = String::from("| model | lengths | N | crossrank p50 ms | MFU | tokenize |");
     for p in &peers {
@@ -580,6 +706,8 @@ pub(crate) mod tests {
                             ..Default::default()
                         },
                         tokenize_share: None,
+                        cache: None,
+                        image_cache: None,
                     };
                     derive(&mut r, Some(100.0));
                     r

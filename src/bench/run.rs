@@ -51,8 +51,11 @@ pub struct BenchArgs {
     pub gemm: bool,
     /// CUDA graphs and the like: the report's system is named after them.
     pub cuda: crate::engine::CudaOptions,
-    /// Also write the workload here, as JSON, for the peers.
+    /// Also write the workload here, as JSON, for the peers (an image workload's images go
+    /// into a folder beside it).
     pub export_workload: Option<PathBuf>,
+    /// Image-text models: the image-feature cache's budget (`LoadOptions::image_cache_mib`).
+    pub image_cache_mib: usize,
 }
 
 /// Waits until the device has finished everything queued: what a timer needs before it reads
@@ -428,10 +431,8 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     }
     let (cfg, tokenizer, info, ckpt) = engine::inspect(&args.model_dir)?;
     if cfg.family == Family::Blip {
-        return Err(Error::input(format!(
-            "bench: {} is an image-text model; the bench has no image workload yet",
-            cfg.architecture
-        )));
+        drop(ckpt);
+        return super::run_images::run(args, &cfg, &tokenizer, &info);
     }
     let max_length = tokenizer.resolve_max_length(args.max_length)?;
     let count = |text: &str| token_count(&tokenizer, text);
@@ -784,8 +785,11 @@ impl Ctx<'_> {
                 upload_ms: median(&up),
                 forward_ms: median(&fw),
                 download_ms: median(&down),
+                preprocess_ms: None,
             },
             tokenize_share: None,
+            cache: None,
+            image_cache: None,
         };
         Ok((run, non_finite))
     }
@@ -904,7 +908,7 @@ pub fn measure_gemm<B: Backend + DeviceSync>(b: &B, dtype: &str) -> Result<Gemm>
 }
 
 /// The commit being measured: $CROSSRANK_COMMIT, else `git rev-parse`, else none.
-fn commit() -> Option<String> {
+pub(crate) fn commit() -> Option<String> {
     if let Ok(c) = std::env::var("CROSSRANK_COMMIT") {
         return Some(c);
     }
@@ -989,6 +993,7 @@ mod tests {
             gemm: true,
             cuda: Default::default(),
             export_workload: Some(export.clone()),
+            image_cache_mib: 0,
         };
         let r = run(&args).unwrap();
         assert_eq!(r.model.name, "tiny-bert");
@@ -1057,6 +1062,7 @@ mod tests {
             gemm: false,
             cuda: Default::default(),
             export_workload: Some(export.clone()),
+            image_cache_mib: 0,
         };
         let r = run(&args).unwrap();
         assert_eq!(r.model.architecture, "ModernBertForSequenceClassification");

@@ -12,9 +12,13 @@
 //! | gte-modernbert-base | ModernBERT | 22 × 768 | 12 | 1152 (GeGLU) | 50368 | 8192 | the real BERT WordPiece of all-MiniLM-L6-v2 |
 //! | ettin-150m | ModernBERT | 22 × 768 | 12 | 1152 (GeGLU) | 50368 | 7999 | the real BERT WordPiece of all-MiniLM-L6-v2 |
 //! | qwen3-reranker-0.6b | Qwen3 (causal LM) | 28 × 1024 | 16 (8 K/V) of 128 | 3072 (SwiGLU) | 151936 | 40960 | synthetic byte-level BPE, 151669 tokens |
+//! | blip-itm-base | BLIP ITM (image-text) | text 12 × 768, vision ViT-B/16 at 384² 12 × 768 | 12, 12 | 3072, 3072 | 30524 | 512 | the real BERT WordPiece of all-MiniLM-L6-v2 |
+//! | tiny-blip | BLIP ITM (image-text) | text 2 × 32, vision 2 × 32 at 64² | 2, 2 | 64, 64 | the tokenizer's | 512 | the given BERT tokenizer |
 //!
 //! qwen3-reranker-0.6b is described in shapes_qwen.rs; its weights are bf16 on disk (as the
-//! model ships), the others' f16.
+//! model ships), the others' f16. The BLIP shapes (Salesforce/blip-itm-base-coco's config, with
+//! MiniLM's vocabulary in place of BLIP's bert-base-uncased one, of the same kind) are described
+//! in shapes_blip.rs; `crossrank bench` runs them on a seeded image workload (src/bench/images.rs).
 //!
 //! gte-modernbert-base is Alibaba-NLP/gte-reranker-modernbert-base's config as published
 //! (ModernBERT-base: window 128, a full layer every third, RoPE theta 160000 full / 10000
@@ -75,6 +79,8 @@ pub enum Shape {
     GteModernBertBase,
     Ettin150m,
     Qwen3Reranker06b,
+    BlipItmBase,
+    TinyBlip,
 }
 
 /// The dimensions of a shape.
@@ -95,12 +101,14 @@ pub struct Dims {
     /// None: the tokenizer's vocabulary size.
     pub vocab: Option<usize>,
     pub positions: usize,
+    /// An image-text shape (BLIP ITM): its vision tower; the fields above are the text tower's.
+    pub blip: Option<super::shapes_blip::VisionDims>,
 }
 
 pub const XLMR_VOCAB: usize = 250_002;
 
 impl Shape {
-    pub const ALL: [Shape; 8] = [
+    pub const ALL: [Shape; 10] = [
         Shape::MiniLmL6,
         Shape::BgeBase,
         Shape::BgeLarge,
@@ -109,6 +117,8 @@ impl Shape {
         Shape::GteModernBertBase,
         Shape::Ettin150m,
         Shape::Qwen3Reranker06b,
+        Shape::BlipItmBase,
+        Shape::TinyBlip,
     ];
 
     pub fn name(self) -> &'static str {
@@ -121,6 +131,8 @@ impl Shape {
             Shape::GteModernBertBase => "gte-modernbert-base",
             Shape::Ettin150m => "ettin-150m",
             Shape::Qwen3Reranker06b => "qwen3-reranker-0.6b",
+            Shape::BlipItmBase => "blip-itm-base",
+            Shape::TinyBlip => "tiny-blip",
         }
     }
 
@@ -134,6 +146,8 @@ impl Shape {
             Shape::GteModernBertBase => (false, 22, 768, 12, 1152, Some(50368), 8192),
             Shape::Ettin150m => (false, 22, 768, 12, 1152, Some(50368), 7999),
             Shape::Qwen3Reranker06b => (false, 28, 1024, 16, 3072, Some(151_936), 40960),
+            Shape::BlipItmBase => (false, 12, 768, 12, 3072, Some(30524), 512),
+            Shape::TinyBlip => (false, 2, 32, 2, 64, None, 512),
         };
         let qwen = self == Shape::Qwen3Reranker06b;
         Dims {
@@ -148,6 +162,11 @@ impl Shape {
             intermediate,
             vocab,
             positions,
+            blip: match self {
+                Shape::BlipItmBase => Some(super::shapes_blip::BASE_VISION),
+                Shape::TinyBlip => Some(super::shapes_blip::TINY_VISION),
+                _ => None,
+            },
         }
     }
 
@@ -269,6 +288,12 @@ pub fn write_shape(
         &out.join("config.json"),
         pretty(&config_json(shape.name(), &d, vocab))?.as_bytes(),
     )?;
+    if let Some(v) = &d.blip {
+        write(
+            &out.join("preprocessor_config.json"),
+            pretty(&super::shapes_blip::preprocessor_json(v))?.as_bytes(),
+        )?;
+    }
     write_weights(&out.join("model.safetensors"), &d, vocab, seed)
 }
 
@@ -294,6 +319,9 @@ fn resolve_bert_tokenizer(given: Option<&Path>) -> Result<PathBuf> {
 
 /// config.json as transformers writes it for the shape.
 fn config_json(name: &str, d: &Dims, vocab: usize) -> serde_json::Value {
+    if let Some(v) = &d.blip {
+        return super::shapes_blip::config_json(name, d, v, vocab);
+    }
     if d.qwen {
         return super::shapes_qwen::config_json(name, d, vocab);
     }
@@ -383,10 +411,19 @@ fn modernbert_tensor_list(d: &Dims, vocab: usize) -> Vec<(String, Vec<usize>, In
 
 /// Every tensor of the checkpoint: name, shape, init.
 fn tensor_list(d: &Dims, vocab: usize) -> Vec<(String, Vec<usize>, Init)> {
+    let init = |(n, s, norm): (String, Vec<usize>, bool)| {
+        (n, s, if norm { Init::One } else { Init::Small })
+    };
+    if let Some(v) = &d.blip {
+        return super::shapes_blip::tensor_list(d, v, vocab)
+            .into_iter()
+            .map(init)
+            .collect();
+    }
     if d.qwen {
         return super::shapes_qwen::tensor_list(d, vocab)
             .into_iter()
-            .map(|(n, s, norm)| (n, s, if norm { Init::One } else { Init::Small }))
+            .map(init)
             .collect();
     }
     if d.modernbert {
@@ -731,6 +768,43 @@ mod tests {
             .map(|(_, s, _)| s.iter().product::<usize>())
             .sum();
         assert!((560_000_000..570_000_000).contains(&n), "{n}");
+    }
+
+    /// The BLIP shapes: blip-itm-base's checkpoint holds the config's parameters plus the two
+    /// contrastive projections, 577 rows per image; tiny-blip loads through the BLIP loader
+    /// and reranks the image workload's images.
+    #[test]
+    fn blip_shapes_load_and_rerank_images() {
+        let d = Shape::BlipItmBase.dims();
+        let vocab = d.vocab.unwrap();
+        let n: usize = tensor_list(&d, vocab)
+            .iter()
+            .map(|(_, s, _)| s.iter().product::<usize>())
+            .sum();
+        let json = config_json(Shape::BlipItmBase.name(), &d, vocab).to_string();
+        let cfg = crate::config::ModelConfig::from_json(&json).unwrap();
+        assert_eq!(n, cfg.parameter_count() + 2 * (256 * 768 + 256));
+        assert!((220_000_000..230_000_000).contains(&cfg.parameter_count()));
+        assert_eq!(cfg.blip.as_ref().unwrap().rows_per_image(), 577);
+
+        let dir = scratch("tiny-blip");
+        ensure_shape(Shape::TinyBlip, &dir, Some(&bert_tokenizer()), 5).unwrap();
+        let r = Reranker::load(&dir, crate::Device::Cpu, &LoadOptions::default()).unwrap();
+        assert_eq!(r.vision_config().unwrap().image_size, 64);
+        assert_eq!(r.info().architecture, "BlipForImageTextRetrieval");
+        let w = super::super::images::ImageWorkload::generate(1, &[3], 1, &|t: &str| {
+            Ok(t.split_whitespace().count())
+        })
+        .unwrap();
+        let bytes = w.call_bytes(&w.sets[0].calls[0]).unwrap();
+        let limits = crate::pixels::ImageLimits::default();
+        let out = r
+            .rerank_images("a red disc", &bytes, &limits, &Options::default())
+            .unwrap();
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|x| x.score.is_finite()), "{out:?}");
+        assert_ne!(out[0].score, out[2].score);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The ModernBERT tensor list is what the family's loader reads, at a tiny size: every

@@ -134,6 +134,19 @@ impl Workload {
     }
 }
 
+/// `n` queries of the text workloads' kind (about 12 tokens each), from the stream `name`:
+/// what the image workload asks of its images.
+pub fn queries(
+    seed: u64,
+    name: &str,
+    n: usize,
+    count: &dyn Fn(&str) -> Result<usize>,
+) -> Result<Vec<String>> {
+    let mut gen = TextGen::new(count);
+    let mut rng = Rng::for_name(seed, name);
+    (0..n).map(|_| gen.query(&mut rng)).collect()
+}
+
 /// Common English words, most frequent first (the draw is Zipf-weighted by this order),
 /// then rarer words: technical, proper names, accented, non-Latin.
 const WORDS: &str = "the of and to a in is that for it as was with be by on not he this are or \
