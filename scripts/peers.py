@@ -29,6 +29,21 @@ st-*: not separable, reported equal to end to end), the split (hf-*: tokenize, u
 download), FLOPs of the tokens actually present (padding is not useful work: Σ attention_mask),
 MFU against a torch.matmul fp16 8192³ rate measured here. Runs offline (local_files_only).
 
+An image-text model (config `BlipForImageTextRetrieval`: the blip-itm-base and tiny-blip shapes)
+takes the image workload (`crossrank bench --export-workload W.json` on it writes W.json and the
+images in W.images/) and has one system:
+  hf-itm       transformers BlipForImageTextRetrieval, fp16 (fp32 on the CPU), eager, the
+               images decoded by PIL from the exported bytes (read into memory first) and
+               preprocessed by the model's AutoImageProcessor (BlipImageProcessor: the PIL or,
+               with torchvision installed, the torchvision backend; the report's notes say which),
+               the query tokenized N times, one batch per call, score = softmax(itm_score)[:, 1].
+It reports crossrank's two rows per N: `cache-cold` (the call's query) and `cache-warm` (the
+call's repeat_query, timed after an untimed call of its query over the same images; transformers
+keeps no image cache, so the two rows do the same work). preprocess_ms is decode + processor;
+forward_ms is everything after it (tokenize, upload, forward, scores to the host, sort), as
+crossrank times its forward. --scores FILE also writes every timed query's logits
+(z[1] - z[0], in image order) for each call, to compare with crossrank's.
+
 On the CPU (--device cpu, a dry run for a tiny shape) the dtype is float32 and the GEMM is f32
 1024³; the figures mean nothing there, only that the script works.
 """
@@ -48,6 +63,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 import torch  # noqa: E402
 
 SYSTEMS = ["st-default", "st-batch-n", "hf-sdpa", "hf-compile"]
+IMAGE_SYSTEMS = ["hf-itm"]
 SCHEMA = 1
 
 
@@ -71,6 +87,25 @@ def median(xs):
 
 def is_llm(c):
     return any(a.endswith("ForCausalLM") for a in c.get("architectures", []))
+
+
+def is_blip(c):
+    return "BlipForImageTextRetrieval" in c.get("architectures", [])
+
+
+def blip_forward_flops(lens, c):
+    """src/bench/report.rs's BLIP formula: every pair's image through the vision tower, the text
+    tower with cross-attention to it, the two-way ITM head."""
+    t_cfg, v_cfg = c["text_config"], c["vision_config"]
+    h, i, layers = float(t_cfg["hidden_size"]), float(t_cfg["intermediate_size"]), t_cfg["num_hidden_layers"]
+    vh, vi, vl = float(v_cfg["hidden_size"]), float(v_cfg["intermediate_size"]), v_cfg["num_hidden_layers"]
+    p = v_cfg["patch_size"]
+    rows = float((v_cfg["image_size"] // p) ** 2 + 1)
+    n, t = float(len(lens)), float(sum(lens))
+    sq = float(sum(x * x for x in lens))
+    vision = 2 * (rows - 1) * 3 * p * p * vh + vl * (2 * rows * (4 * vh * vh + 2 * vh * vi) + 4 * vh * rows * rows)
+    text = layers * (2 * t * (6 * h * h + 2 * h * i) + 4 * h * sq + n * 4 * rows * h * vh + 4 * h * rows * t)
+    return n * vision + text + 4 * n * h
 
 
 def forward_flops(lens, c):
@@ -137,6 +172,17 @@ def measure_gemm(dev):
 def model_facts(model_dir, name):
     with open(os.path.join(model_dir, "config.json")) as f:
         c = json.load(f)
+    if is_blip(c):
+        # crossrank's count: the checkpoint less the contrastive projections (not used by ITM).
+        with open(os.path.join(model_dir, "model.safetensors"), "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        params = sum(math.prod(t["shape"]) for k, t in header.items()
+                     if k != "__metadata__" and not k.startswith(("vision_proj.", "text_proj.")))
+        t = c["text_config"]
+        return {"name": name or c.get("crossrank_shape") or os.path.basename(os.path.normpath(model_dir)),
+                "architecture": c["architectures"][0], "layers": t["num_hidden_layers"],
+                "hidden": t["hidden_size"], "heads": t["num_attention_heads"],
+                "intermediate": t["intermediate_size"], "vocab": t["vocab_size"], "parameters": params}
     h, i, v = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
     layers, pos, types = c["num_hidden_layers"], c["max_position_embeddings"], c.get("type_vocab_size", 2)
     params = (v + pos + types) * h + 2 * h + layers * (4 * (h * h + h) + 2 * h * i + i + h + 4 * h) \
@@ -371,6 +417,157 @@ def run_workload(system, peer, dev, workload, iters, warmup, flops_of, hf_lens):
     return runs, notes
 
 
+class ItmPeer:
+    """transformers' BlipForImageTextRetrieval with its ITM head (module docstring)."""
+
+    def __init__(self, model_dir, dev):
+        from transformers import AutoImageProcessor, AutoTokenizer, BlipForImageTextRetrieval
+        self.dev = dev
+        self.tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        self.processor = AutoImageProcessor.from_pretrained(model_dir, local_files_only=True)
+        m = BlipForImageTextRetrieval.from_pretrained(
+            model_dir, dtype=dev.dtype, attn_implementation="eager", local_files_only=True)
+        self.model = m.to(dev.name).eval()
+
+    def preprocess(self, blobs):
+        import io
+        from PIL import Image
+        images = []
+        for b in blobs:
+            im = Image.open(io.BytesIO(b))
+            im.load()
+            images.append(im)
+        return self.processor(images=images, return_tensors="pt")["pixel_values"]
+
+    @torch.inference_mode()
+    def score(self, query, pixel_values):
+        """Logits z[1] - z[0] on the host, the order, and (tokenize, upload, forward, download)."""
+        t0 = time.perf_counter()
+        enc = self.tok([query] * pixel_values.shape[0], padding=True, truncation=True, return_tensors="pt")
+        t1 = time.perf_counter()
+        ids = enc["input_ids"].to(self.dev.name)
+        mask = enc["attention_mask"].to(self.dev.name)
+        pv = pixel_values.to(self.dev.name, dtype=self.dev.dtype)
+        self.dev.sync()
+        t2 = time.perf_counter()
+        z = self.model(input_ids=ids, attention_mask=mask, pixel_values=pv, use_itm_head=True).itm_score
+        scores = torch.softmax(z.float(), dim=1)[:, 1]
+        self.dev.sync()
+        t3 = time.perf_counter()
+        z = z.float().cpu()
+        order = torch.argsort(scores.cpu(), descending=True)
+        t4 = time.perf_counter()
+        return (z[:, 1] - z[:, 0]).tolist(), order, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+
+    def call(self, blobs, query):
+        t0 = time.perf_counter()
+        pv = self.preprocess(blobs)
+        t1 = time.perf_counter()
+        logits, _, split = self.score(query, pv)
+        t2 = time.perf_counter()
+        return logits, t1 - t0, t2 - t1, split
+
+
+def run_image_workload(peer, workload, blobs, iters, warmup, config, scores):
+    """crossrank's cache-cold and cache-warm rows for every N of an image workload."""
+    runs = []
+    for cs in workload["sets"]:
+        n, calls = cs["n"], cs["calls"]
+        k = len(calls)
+        for label, warm in (("cache-cold", False), ("cache-warm", True)):
+            e2e, prep, fwd, tok, up, fw, down = [], [], [], [], [], [], []
+            for i in range(warmup + iters):
+                c = calls[i % k]
+                imgs = [blobs[j] for j in c["images"]]
+                if warm:
+                    peer.call(imgs, c["query"])
+                query = c["repeat_query"] if warm else c["query"]
+                logits, p, f, split = peer.call(imgs, query)
+                if i < warmup:
+                    continue
+                e2e.append((p + f) * 1e3)
+                prep.append(p * 1e3)
+                fwd.append(f * 1e3)
+                for xs, x in zip((tok, up, fw, down), split):
+                    xs.append(x * 1e3)
+                scores.append({"n": n, "call": i % k, "query": query, "images": c["images"], "logits": logits})
+            lens = []
+            truncated = 0
+            for c in calls:
+                q = c["repeat_query"] if warm else c["query"]
+                ids = peer.tok(q, truncation=True)["input_ids"]
+                full = peer.tok(q, truncation=False)["input_ids"]
+                lens.append([len(ids)] * len(c["images"]))
+                truncated += len(c["images"]) if len(ids) != len(full) else 0
+            runs.append({
+                "n": n, "calls": k, "iterations": iters,
+                "tokens_per_call": sum(sum(l) for l in lens) / k,
+                "max_seqlen": max(max(l) for l in lens),
+                "truncated_pairs": truncated,
+                "flops_per_call": sum(blip_forward_flops(l, config) for l in lens) / k,
+                "e2e_ms": stats(e2e), "forward_ms": stats(fwd),
+                "pairs_per_s": 0.0, "tokens_per_s": 0.0, "tflops": 0.0, "e2e_tflops": 0.0,
+                "mfu": None,
+                "split": {"tokenize_ms": median(tok), "pack_ms": None, "upload_ms": median(up),
+                          "forward_ms": median(fw), "download_ms": median(down),
+                          "preprocess_ms": median(prep)},
+                "tokenize_share": None,
+                "cache": label,
+            })
+            print(f"peers: hf-itm images N={n} {label}: e2e p50 {stats(e2e)['p50']:.2f} ms",
+                  file=sys.stderr, flush=True)
+    return runs
+
+
+def image_main(args, config, workloads, paths, dev, facts):
+    systems = [s for s in args.systems.split(",") if s]
+    bad = [s for s in systems if s not in IMAGE_SYSTEMS]
+    if bad:
+        sys.exit(f"peers.py: {', '.join(bad)}: an image-text model has these systems only: "
+                 f"{', '.join(IMAGE_SYSTEMS)}")
+    loaded = []
+    for w, path in zip(workloads, paths):
+        if w.get("kind") != "images":
+            sys.exit(f"peers.py: {path}: a text workload; {facts['architecture']} takes an image "
+                     f"workload (crossrank bench --export-workload on the image model)")
+        folder = os.path.join(os.path.dirname(os.path.abspath(path)), w["image_dir"])
+        blobs = []
+        for im in w["images"]:
+            try:
+                with open(os.path.join(folder, im["file"]), "rb") as f:
+                    blobs.append(f.read())
+            except OSError as e:
+                sys.exit(f"peers.py: {path}: image {im['file']}: {e}")
+        loaded.append((w, blobs))
+    gemm = measure_gemm(dev)
+    import transformers
+    import PIL
+    versions = f"torch {torch.__version__}, transformers {transformers.__version__}, pillow {PIL.__version__}"
+    peer = ItmPeer(args.model, dev)
+    notes = [f"image processor: {type(peer.processor).__name__}; images decoded by PIL from bytes "
+             f"in memory", "transformers keeps no image cache: cache-cold and cache-warm rows do "
+             "the same work; cache-warm times the repeat query after its first query"]
+    if not dev.cuda:
+        notes.append("CPU dry run: float32, MFU against torch's f32 GEMM rate")
+    reports, scores = [], []
+    for w, blobs in loaded:
+        runs = run_image_workload(peer, w, blobs, args.iters, args.warmup, config, scores)
+        for r in runs:
+            finish(r, gemm["tflops"])
+        reports.append({
+            "schema": SCHEMA, "system": "hf-itm", "version": versions, "commit": None,
+            "date": datetime.date.today().isoformat(), "device": dev.describe(),
+            "dtype": "f16" if dev.cuda else "f32", "gemm": gemm, "model": facts,
+            "lengths": w["lengths"], "seed": w["seed"], "runs": runs, "notes": list(notes),
+        })
+    with open(args.out, "w") as f:
+        json.dump(reports, f, indent=1)
+    if args.scores:
+        with open(args.scores, "w") as f:
+            json.dump(scores, f)
+    print(f"peers.py: wrote {len(reports)} reports to {args.out}", file=sys.stderr)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="model directory (crossrank make-shape)")
@@ -384,14 +581,17 @@ def main():
     ap.add_argument("--max-length", type=int, default=None,
                     help="decoder LLMs: the prompt's max length (default: the tokenizer's, as crossrank)")
     ap.add_argument("--out", required=True, help="write the list of reports here")
+    ap.add_argument("--scores", default=None,
+                    help="image-text models: also write every timed call's logits here (JSON)")
     args = ap.parse_args()
 
-    systems = [s for s in args.systems.split(",") if s]
-    for s in systems:
-        if s not in SYSTEMS:
-            sys.exit(f"peers.py: system `{s}` is not one of: {', '.join(SYSTEMS)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("peers.py: --device cuda but torch sees no CUDA device")
+    try:
+        with open(os.path.join(args.model, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        sys.exit(f"peers.py: {args.model}: {e}")
     workloads = []
     for path in args.workload:
         try:
@@ -399,10 +599,22 @@ def main():
                 workloads.append(json.load(f))
         except (OSError, ValueError) as e:
             sys.exit(f"peers.py: {path}: {e}")
+    if is_blip(config):
+        if args.systems == ",".join(SYSTEMS):
+            args.systems = ",".join(IMAGE_SYSTEMS)
+        image_main(args, config, workloads, args.workload, Device(args.device),
+                   model_facts(args.model, args.name))
+        return
+
+    systems = [s for s in args.systems.split(",") if s]
+    for s in systems:
+        if s not in SYSTEMS:
+            sys.exit(f"peers.py: system `{s}` is not one of: {', '.join(SYSTEMS)}")
+    for w, path in zip(workloads, args.workload):
+        if w.get("kind") == "images":
+            sys.exit(f"peers.py: {path}: an image workload; {args.model} is a text model")
     dev = Device(args.device)
     facts = model_facts(args.model, args.name)
-    with open(os.path.join(args.model, "config.json")) as f:
-        config = json.load(f)
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
     llm_max_length = None

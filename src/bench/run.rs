@@ -503,6 +503,34 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
                 .into(),
         );
     }
+    let measured = Measured {
+        device,
+        dtype,
+        gemm,
+        lengths: args.lengths.to_string(),
+        runs,
+    };
+    Ok(report_of(args, &info, &tokenizer, measured, notes))
+}
+
+/// What a bench measured on one device, before it becomes a report.
+pub(crate) struct Measured {
+    pub device: String,
+    pub dtype: &'static str,
+    pub gemm: Option<Gemm>,
+    /// The report's `lengths`: the workload's name.
+    pub lengths: String,
+    pub runs: Vec<Run>,
+}
+
+/// The report of a bench run: the figures, the model's facts and every note.
+pub(crate) fn report_of(
+    args: &BenchArgs,
+    info: &engine::ModelInfo,
+    tokenizer: &PairTokenizer,
+    m: Measured,
+    mut notes: Vec<String>,
+) -> Report {
     if tokenizer.inner().get_vocab_size(true) < 5000 {
         notes.push("the tokenizer is tiny: tokenize times are not representative".into());
     }
@@ -512,9 +540,9 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         version: env!("CARGO_PKG_VERSION").into(),
         commit: commit(),
         date: today(),
-        device,
-        dtype: dtype.into(),
-        gemm,
+        device: m.device,
+        dtype: m.dtype.into(),
+        gemm: m.gemm,
         model: ModelFacts {
             name: args.model_name.clone(),
             architecture: info.architecture.clone(),
@@ -525,13 +553,13 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
             vocab: info.vocab_size,
             parameters: info.parameters,
         },
-        lengths: args.lengths.to_string(),
+        lengths: m.lengths,
         seed: args.seed,
-        runs,
+        runs: m.runs,
         notes,
     };
     report.finish_runs();
-    Ok(report)
+    report
 }
 
 /// The decoder LLMs run in bf16 on CUDA (engine.rs says why), the encoders in fp16.
@@ -908,7 +936,7 @@ pub fn measure_gemm<B: Backend + DeviceSync>(b: &B, dtype: &str) -> Result<Gemm>
 }
 
 /// The commit being measured: $CROSSRANK_COMMIT, else `git rev-parse`, else none.
-pub(crate) fn commit() -> Option<String> {
+fn commit() -> Option<String> {
     if let Ok(c) = std::env::var("CROSSRANK_COMMIT") {
         return Some(c);
     }

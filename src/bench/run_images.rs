@@ -21,8 +21,8 @@
 use std::time::Instant;
 
 use super::images::{ImageCall, ImageWorkload, LENGTHS};
-use super::report::{self, Gemm, ImageCache, ModelFacts, Report, Run, Split, Stats};
-use super::run::{measure_gemm, token_count, BenchArgs};
+use super::report::{self, Gemm, ImageCache, Report, Run, Split, Stats};
+use super::run::{measure_gemm, report_of, token_count, BenchArgs, Measured};
 use crate::backend::cpu::CpuBackend;
 use crate::config::ModelConfig;
 use crate::engine::{Device, LoadOptions, ModelInfo, Options, Reranker};
@@ -105,35 +105,14 @@ pub fn run(
                 .into(),
         );
     }
-    if tokenizer.inner().get_vocab_size(true) < 5000 {
-        notes.push("the tokenizer is tiny: tokenize times are not representative".into());
-    }
-    let mut report = Report {
-        schema: report::SCHEMA,
-        system: args.cuda.system_name(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        commit: super::run::commit(),
-        date: super::run::today(),
+    let measured = Measured {
         device: reranker.device_name(),
-        dtype: dtype.into(),
+        dtype,
         gemm,
-        model: ModelFacts {
-            name: args.model_name.clone(),
-            architecture: info.architecture.clone(),
-            layers: info.layers,
-            hidden: info.hidden_size,
-            heads: info.heads,
-            intermediate: info.intermediate_size,
-            vocab: info.vocab_size,
-            parameters: info.parameters,
-        },
         lengths: LENGTHS.into(),
-        seed: args.seed,
         runs,
-        notes,
     };
-    report.finish_runs();
-    Ok(report)
+    Ok(report_of(args, info, tokenizer, measured, notes))
 }
 
 /// The storage dtype on the device and its dense GEMM rate (None with --no-gemm, or with a
@@ -287,28 +266,17 @@ impl ImageBench<'_> {
                 "{non_finite} logits were not finite at N={n}"
             )));
         }
-        let lens: Vec<Vec<usize>> = calls
-            .iter()
-            .map(|c| {
-                let q = if warm { &c.repeat_query } else { &c.query };
-                let pair = self
-                    .reranker
-                    .tokenizer()
-                    .encode_single(q, self.max_length)?;
-                Ok(vec![pair.ids.len(); c.images.len()])
-            })
-            .collect::<Result<_>>()?;
-        let truncated = calls
-            .iter()
-            .map(|c| {
-                let q = if warm { &c.repeat_query } else { &c.query };
-                let pair = self
-                    .reranker
-                    .tokenizer()
-                    .encode_single(q, self.max_length)?;
-                Ok(if pair.truncated { c.images.len() } else { 0 })
-            })
-            .sum::<Result<usize>>()?;
+        // Every pair of a call carries its query's tokens.
+        let (mut lens, mut truncated) = (Vec::with_capacity(k), 0);
+        for c in calls {
+            let q = if warm { &c.repeat_query } else { &c.query };
+            let pair = self
+                .reranker
+                .tokenizer()
+                .encode_single(q, self.max_length)?;
+            lens.push(vec![pair.ids.len(); c.images.len()]);
+            truncated += if pair.truncated { c.images.len() } else { 0 };
+        }
         let mean = |f: &dyn Fn(&[usize]) -> f64| lens.iter().map(|l| f(l)).sum::<f64>() / k as f64;
         let median = |xs: &[f64]| (!xs.is_empty()).then(|| Stats::of(xs).p50);
         let run = Run {
