@@ -63,6 +63,8 @@ pub const TINY_VISION: VisionDims = VisionDims {
 
 /// config.json as transformers writes it for `BlipForImageTextRetrieval`.
 pub fn config_json(name: &str, d: &Dims, v: &VisionDims, vocab: usize) -> serde_json::Value {
+    // [DEC], BLIP's decoder start: none in a smaller vocabulary (tiny-blip's).
+    let bos = (vocab > 30522).then_some(30522);
     json!({
         "architectures": ["BlipForImageTextRetrieval"], "model_type": "blip",
         "image_text_hidden_size": PROJECTION, "projection_dim": 512,
@@ -75,7 +77,7 @@ pub fn config_json(name: &str, d: &Dims, v: &VisionDims, vocab: usize) -> serde_
             "max_position_embeddings": d.positions, "hidden_act": "gelu",
             "layer_norm_eps": 1e-12, "hidden_dropout_prob": 0.0,
             "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02,
-            "pad_token_id": 0, "bos_token_id": 30522, "eos_token_id": 2, "sep_token_id": 102,
+            "pad_token_id": 0, "bos_token_id": bos, "eos_token_id": 2, "sep_token_id": 102,
             "is_decoder": true, "use_cache": true, "projection_dim": 768
         },
         "vision_config": {
