@@ -263,6 +263,42 @@ pub struct Run {
 }
 
 impl Run {
+    /// A row from its timings (ms) and the pair lengths of each distinct call, `lens[call]`:
+    /// mean tokens and FLOPs per call by `cfg`'s formula, the longest pair; nothing truncated,
+    /// no cache label, the derived figures left for [`derive`].
+    pub fn measured(
+        n: usize,
+        iterations: usize,
+        lens: &[Vec<usize>],
+        cfg: &crate::config::ModelConfig,
+        (e2e, forward): (&[f64], &[f64]),
+        split: Split,
+    ) -> Run {
+        let mean = |f: &dyn Fn(&[usize]) -> f64| {
+            lens.iter().map(|l| f(l)).sum::<f64>() / lens.len().max(1) as f64
+        };
+        Run {
+            n,
+            calls: lens.len(),
+            iterations,
+            tokens_per_call: mean(&|l| l.iter().sum::<usize>() as f64),
+            max_seqlen: lens.iter().flatten().copied().max().unwrap_or(0),
+            truncated_pairs: 0,
+            flops_per_call: mean(&|l| model_forward_flops(l, cfg)),
+            e2e_ms: Stats::of(e2e),
+            forward_ms: Stats::of(forward),
+            pairs_per_s: 0.0,
+            tokens_per_s: 0.0,
+            tflops: 0.0,
+            e2e_tflops: 0.0,
+            mfu: None,
+            split,
+            tokenize_share: None,
+            cache: None,
+            image_cache: None,
+        }
+    }
+
     /// The workload a row measures: the lengths, and for image workloads the cache state
     /// (`images/cache-warm`).
     pub fn workload(&self, lengths: &str) -> String {

@@ -788,36 +788,17 @@ impl Ctx<'_> {
             .iter()
             .map(|c| c.iter().map(|p| p.ids.len()).collect())
             .collect();
-        let d = |v: &[Vec<usize>], f: &dyn Fn(&[usize]) -> f64| {
-            v.iter().map(|l| f(l)).sum::<f64>() / v.len() as f64
+        let split = Split {
+            tokenize_ms: median(&tok),
+            pack_ms: median(&pack),
+            upload_ms: median(&up),
+            forward_ms: median(&fw),
+            download_ms: median(&down),
+            preprocess_ms: None,
         };
-        let c = self.cfg;
         let run = Run {
-            n,
-            calls: k,
-            iterations: a.iterations,
-            tokens_per_call: d(&lens, &|l| l.iter().sum::<usize>() as f64),
-            max_seqlen: lens.iter().flatten().copied().max().unwrap_or(0),
             truncated_pairs: encoded.iter().flatten().filter(|p| p.truncated).count(),
-            flops_per_call: d(&lens, &|l| report::model_forward_flops(l, c)),
-            e2e_ms: Stats::of(&e2e),
-            forward_ms: Stats::of(&fwd),
-            pairs_per_s: 0.0,
-            tokens_per_s: 0.0,
-            tflops: 0.0,
-            e2e_tflops: 0.0,
-            mfu: None,
-            split: Split {
-                tokenize_ms: median(&tok),
-                pack_ms: median(&pack),
-                upload_ms: median(&up),
-                forward_ms: median(&fw),
-                download_ms: median(&down),
-                preprocess_ms: None,
-            },
-            tokenize_share: None,
-            cache: None,
-            image_cache: None,
+            ..Run::measured(n, a.iterations, &lens, self.cfg, (&e2e, &fwd), split)
         };
         Ok((run, non_finite))
     }

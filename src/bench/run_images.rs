@@ -21,7 +21,7 @@
 use std::time::Instant;
 
 use super::images::{ImageCall, ImageWorkload, LENGTHS};
-use super::report::{self, Gemm, ImageCache, Report, Run, Split, Stats};
+use super::report::{Gemm, ImageCache, Report, Run, Split, Stats};
 use super::run::{measure_gemm, report_of, token_count, BenchArgs, Measured};
 use crate::backend::cpu::CpuBackend;
 use crate::config::ModelConfig;
@@ -50,7 +50,7 @@ pub fn run(
         workload.export(path)?;
     }
     let load = LoadOptions {
-        cuda: args.cuda.clone(),
+        cuda: args.cuda,
         image_cache_mib: args.image_cache_mib,
         ..LoadOptions::default()
     };
@@ -166,6 +166,9 @@ fn max_diff(a: &[f32], b: &[f32]) -> Result<f32> {
         .fold(0f32, f32::max))
 }
 
+/// A row's first timed call: its index among the calls, and its logits.
+type FirstCall = Option<(usize, Vec<f32>)>;
+
 struct ImageBench<'a> {
     args: &'a BenchArgs,
     cfg: &'a ModelConfig,
@@ -224,12 +227,7 @@ impl ImageBench<'_> {
 
     /// One row: every timed call of N, cold or warm. Also returns the first timed call's index
     /// and logits.
-    fn row(
-        &self,
-        n: usize,
-        calls: &[ImageCall],
-        warm: bool,
-    ) -> Result<(Run, Option<(usize, Vec<f32>)>)> {
+    fn row(&self, n: usize, calls: &[ImageCall], warm: bool) -> Result<(Run, FirstCall)> {
         let a = self.args;
         let k = calls.len();
         let (mut e2e, mut prep, mut fwd) = (Vec::new(), Vec::new(), Vec::new());
@@ -277,31 +275,17 @@ impl ImageBench<'_> {
             lens.push(vec![pair.ids.len(); c.images.len()]);
             truncated += if pair.truncated { c.images.len() } else { 0 };
         }
-        let mean = |f: &dyn Fn(&[usize]) -> f64| lens.iter().map(|l| f(l)).sum::<f64>() / k as f64;
         let median = |xs: &[f64]| (!xs.is_empty()).then(|| Stats::of(xs).p50);
+        let split = Split {
+            preprocess_ms: median(&prep),
+            forward_ms: median(&fwd),
+            ..Split::default()
+        };
         let run = Run {
-            n,
-            calls: k,
-            iterations: a.iterations,
-            tokens_per_call: mean(&|l| l.iter().sum::<usize>() as f64),
-            max_seqlen: lens.iter().flatten().copied().max().unwrap_or(0),
             truncated_pairs: truncated,
-            flops_per_call: mean(&|l| report::model_forward_flops(l, self.cfg)),
-            e2e_ms: Stats::of(&e2e),
-            forward_ms: Stats::of(&fwd),
-            pairs_per_s: 0.0,
-            tokens_per_s: 0.0,
-            tflops: 0.0,
-            e2e_tflops: 0.0,
-            mfu: None,
-            split: Split {
-                preprocess_ms: median(&prep),
-                forward_ms: median(&fwd),
-                ..Split::default()
-            },
-            tokenize_share: None,
             cache: Some(if warm { WARM } else { COLD }.into()),
             image_cache: Some(cache),
+            ..Run::measured(n, a.iterations, &lens, self.cfg, (&e2e, &fwd), split)
         };
         Ok((run, first))
     }
@@ -311,6 +295,7 @@ impl ImageBench<'_> {
 mod tests {
     use super::*;
     use crate::bench::images::ImageWorkload;
+    use crate::bench::report;
     use crate::bench::run::{model_name, run as bench_run};
     use crate::bench::workload::Lengths;
     use std::path::Path;
