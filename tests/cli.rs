@@ -435,3 +435,57 @@ fn info_reports_backends_and_the_model() {
     assert_eq!(m["max_length"], 64);
     assert!(m["parameters"].as_u64().unwrap() > 0);
 }
+
+/// `crossrank bench` on the committed tiny BLIP model runs the image workload: a cold and a warm
+/// row per N, and the image cache's counters follow --image-cache-mib (with a budget the warm
+/// row hits every image; with 0 the cache is off and every image misses).
+#[test]
+fn bench_runs_an_image_model_cold_and_warm_with_and_without_the_cache() {
+    let model = model_dir("blip-itm-tiny");
+    let model = model.to_str().unwrap();
+    for (mib, warm) in [("16", (6, 0)), ("0", (0, 6))] {
+        let out = crossrank(
+            &[
+                "bench",
+                "--model",
+                model,
+                "--candidates",
+                "3",
+                "--calls",
+                "1",
+                "--iters",
+                "2",
+                "--warmup",
+                "0",
+                "--no-gemm",
+                "--json",
+                "--image-cache-mib",
+                mib,
+            ],
+            None,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["lengths"], "images");
+        let rows: Vec<(u64, &str, u64, u64)> = v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let c = &r["image_cache"];
+                let cache = r["cache"].as_str().unwrap();
+                let n = r["n"].as_u64().unwrap();
+                (
+                    n,
+                    cache,
+                    c["hits"].as_u64().unwrap(),
+                    c["misses"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let want = vec![(3, "cache-cold", 0, 6), (3, "cache-warm", warm.0, warm.1)];
+        assert_eq!(rows, want, "--image-cache-mib {mib}");
+        assert!(v["runs"][1]["split"]["preprocess_ms"].as_f64().unwrap() > 0.0);
+    }
+}
