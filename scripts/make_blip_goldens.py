@@ -18,6 +18,9 @@ What it writes:
 - tests/data/images/: alpha.png (RGBA, alpha from 0 to 255), gray.jpg (grayscale JPEG),
   wide.png (64x24 RGB: shrunk in x, stretched in y), tiny.png (5x7 RGB, upscaled),
   photo.webp (lossless WebP, 50x40), palette.png (P mode with a transparent index).
+- tests/data/images/resize/ and tests/data/goldens/blip/resize.json: PIL's bicubic resize at
+  shapes that take both of Pillow 13's pass orders (`... make_blip_goldens.py resize` remakes
+  only these).
 - tests/data/images/decode/ and tests/data/goldens/blip/decode.json: more encodings, for the
   decoder and RGB conversion alone (no model): colour JPEG in 4:2:0 (PIL's default) and
   4:4:4, lossy WebP with and without alpha, an RGB PNG with a tRNS colour key, grey+alpha,
@@ -142,6 +145,46 @@ def make_decode_checks() -> None:
     GOLDENS.mkdir(parents=True, exist_ok=True)
     golden = {"image_size": IMAGE_SIZE, "images": checks}
     (GOLDENS / "decode.json").write_text(mg().to_json(golden) + "\n", encoding="utf-8")
+
+
+# (input width, height, output width, height): both of Pillow 13's pass orders, its boundary
+# (h - oh = 2 (w - ow) goes horizontal first, one more row vertical first), an upscaled width
+# with a shrunk height, a wide image and non-square outputs.
+RESIZE_CASES = [
+    (30, 61, 32, 32),
+    (40, 90, 32, 32),
+    (50, 95, 32, 32),
+    (40, 48, 32, 32),
+    (40, 49, 32, 32),
+    (60, 70, 32, 32),
+    (90, 40, 32, 32),
+    (45, 80, 24, 40),
+    (45, 80, 40, 24),
+    (20, 30, 48, 40),
+]
+
+
+def make_resize_checks() -> None:
+    """PIL's bicubic resize at several shapes, through the processor's own resize call."""
+    directory = IMAGES / "resize"
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(1315)
+    processor = BlipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    cases = []
+    for w, h, ow, oh in RESIZE_CASES:
+        y, x = np.mgrid[0:h, 0:w]
+        base = np.stack([x * 255 // (w - 1), y * 255 // (h - 1), ((x + y) * 97) % 256], -1)
+        rgb = np.clip(base + rng.integers(-40, 41, size=(h, w, 3)), 0, 255).astype(np.uint8)
+        name = f"{w}x{h}-to-{ow}x{oh}.png"
+        Image.fromarray(rgb).save(directory / name)
+        size = transformers.image_processing_utils.SizeDict(height=oh, width=ow)
+        resized = processor.resize(np.moveaxis(rgb, -1, 0), size=size, resample=processor.resample)
+        cases.append({"file": name, "width": ow, "height": oh, "resized": np.moveaxis(resized, 0, -1).reshape(-1).tolist()})
+    GOLDENS.mkdir(parents=True, exist_ok=True)
+    golden = {"pillow": Image.__version__, "cases": cases}
+    (GOLDENS / "resize.json").write_text(mg().to_json(golden) + "\n", encoding="utf-8")
 
 
 def reinit(model, seed: int) -> None:
@@ -308,10 +351,14 @@ def make_blip() -> None:
     torch.use_deterministic_algorithms(True)
     images = make_images()
     make_decode_checks()
+    make_resize_checks()
     directory = make_model()
     make_golden(directory, images)
 
 
 if __name__ == "__main__":
     print(f"torch {torch.__version__}, transformers {transformers.__version__}")
-    make_blip()
+    if sys.argv[1:] == ["resize"]:
+        make_resize_checks()
+    else:
+        make_blip()

@@ -351,67 +351,89 @@ fn clip8(ss: i64) -> u8 {
     (ss >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// Resizes to `width` x `height` with PIL's `Image.resize(..., BICUBIC)` on an RGB image:
-/// the horizontal pass first (over the rows the vertical pass will read), rounded to 8 bits,
-/// then the vertical pass; a pass whose size does not change is skipped.
+/// Resizes to `width` x `height` with PIL's `Image.resize(..., BICUBIC)` on an RGB image, as
+/// Pillow 13 does it: two passes, each rounded to 8 bits, a pass whose size does not change
+/// skipped. The horizontal pass goes first (over only the rows the vertical pass reads), unless
+/// the height shrinks by more than twice what the width does (python-pillow/Pillow#9549, new
+/// in Pillow 13: `oh < h && h - oh > 2 (w - ow)`); then the vertical pass goes first, over
+/// every column. Pillow 12 and older always go horizontal first, so on such images they differ
+/// from Pillow 13 by a level in some samples.
 pub fn resize_bicubic(src: &Rgb8, width: usize, height: usize) -> Rgb8 {
-    let vert = taps(src.height, height);
     let need_h = width != src.width;
     let need_v = height != src.height;
+    let vertical_first =
+        height < src.height && (src.height - height) as i64 > 2 * (src.width as i64 - width as i64);
+    if vertical_first {
+        let mut cur = vertical_pass(src, &taps(src.height, height), 0);
+        if need_h {
+            cur = horizontal_pass(&cur, &taps(src.width, width), 0, height);
+        }
+        return cur;
+    }
+    let vert = taps(src.height, height);
     let mut cur = src.clone();
     let mut row_offset = 0;
     if need_h {
-        let horiz = taps(src.width, width);
         // Only the rows the vertical taps read: from the first output row's first input row
         // to the last output row's last.
         let first_row = vert.first[0];
         let last_row = vert.first[height - 1] + vert.count[height - 1];
-        let rows = last_row - first_row;
-        let mut out = vec![0u8; width * rows * 3];
-        for y in 0..rows {
-            let line = &src.data[(y + first_row) * src.width * 3..][..src.width * 3];
-            for xx in 0..width {
-                let (x0, n) = (horiz.first[xx], horiz.count[xx]);
-                let k = &horiz.weights[xx * horiz.ksize..][..n];
-                for c in 0..3 {
-                    let mut ss: i64 = 1 << (PRECISION_BITS - 1);
-                    for (x, &w) in k.iter().enumerate() {
-                        ss += i64::from(line[(x0 + x) * 3 + c]) * i64::from(w);
-                    }
-                    out[(y * width + xx) * 3 + c] = clip8(ss);
-                }
-            }
-        }
-        cur = Rgb8 {
-            width,
-            height: rows,
-            data: out,
-        };
+        cur = horizontal_pass(src, &taps(src.width, width), first_row, last_row - first_row);
         row_offset = first_row;
     }
     if need_v {
-        let w = cur.width;
-        let mut out = vec![0u8; w * height * 3];
-        for yy in 0..height {
-            let (y0, n) = (vert.first[yy] - row_offset, vert.count[yy]);
-            let k = &vert.weights[yy * vert.ksize..][..n];
-            for xx in 0..w {
-                for c in 0..3 {
-                    let mut ss: i64 = 1 << (PRECISION_BITS - 1);
-                    for (y, &kw) in k.iter().enumerate() {
-                        ss += i64::from(cur.data[((y0 + y) * w + xx) * 3 + c]) * i64::from(kw);
-                    }
-                    out[(yy * w + xx) * 3 + c] = clip8(ss);
-                }
-            }
-        }
-        cur = Rgb8 {
-            width: w,
-            height,
-            data: out,
-        };
+        cur = vertical_pass(&cur, &vert, row_offset);
     }
     cur
+}
+
+/// The horizontal pass over `rows` rows of `src` from row `first_row` on.
+fn horizontal_pass(src: &Rgb8, horiz: &Taps, first_row: usize, rows: usize) -> Rgb8 {
+    let width = horiz.first.len();
+    let mut out = vec![0u8; width * rows * 3];
+    for y in 0..rows {
+        let line = &src.data[(y + first_row) * src.width * 3..][..src.width * 3];
+        for xx in 0..width {
+            let (x0, n) = (horiz.first[xx], horiz.count[xx]);
+            let k = &horiz.weights[xx * horiz.ksize..][..n];
+            for c in 0..3 {
+                let mut ss: i64 = 1 << (PRECISION_BITS - 1);
+                for (x, &w) in k.iter().enumerate() {
+                    ss += i64::from(line[(x0 + x) * 3 + c]) * i64::from(w);
+                }
+                out[(y * width + xx) * 3 + c] = clip8(ss);
+            }
+        }
+    }
+    Rgb8 {
+        width,
+        height: rows,
+        data: out,
+    }
+}
+
+/// The vertical pass over every column of `src`, whose row 0 is input row `row_offset`.
+fn vertical_pass(src: &Rgb8, vert: &Taps, row_offset: usize) -> Rgb8 {
+    let (w, height) = (src.width, vert.first.len());
+    let mut out = vec![0u8; w * height * 3];
+    for yy in 0..height {
+        let (y0, n) = (vert.first[yy] - row_offset, vert.count[yy]);
+        let k = &vert.weights[yy * vert.ksize..][..n];
+        for xx in 0..w {
+            for c in 0..3 {
+                let mut ss: i64 = 1 << (PRECISION_BITS - 1);
+                for (y, &kw) in k.iter().enumerate() {
+                    ss += i64::from(src.data[((y0 + y) * w + xx) * 3 + c]) * i64::from(kw);
+                }
+                out[(yy * w + xx) * 3 + c] = clip8(ss);
+            }
+        }
+    }
+    Rgb8 {
+        width: w,
+        height,
+        data: out,
+    }
 }
 
 /// `preprocessor_config.json`'s `BlipImageProcessor`, validated: what turns an image into the
