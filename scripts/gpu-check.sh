@@ -10,7 +10,9 @@
 # `run` does, in a few minutes: nvidia-smi facts; the GPU test binaries, first cuda_probe (the
 # tensor-core fragment probe, compared bit for bit with the software GPU's committed answer: the
 # report's fragment_probe says whether this hardware matched it), then cuda_kernels, cuda_e2e
-# with CUDA graphs, cuda_modernbert, cuda_llm (bf16), cuda_build, cuda_tune; end-to-end parity against transformers itself on seeded random models of the sizes
+# with CUDA graphs, cuda_modernbert, cuda_llm (bf16), cuda_blip (BLIP ITM in fp16 against transformers'
+# goldens, and its image-feature cache bit-identical to none), cuda_build, cuda_tune, and every other
+# cuda_* test binary (cuda_cli, cuda_serve); end-to-end parity against transformers itself on seeded random models of the sizes
 # of MiniLM-L6, bge-reranker-base and bge-reranker-large, 100 pairs each (scripts/gpu_parity.py);
 # compute-sanitizer memcheck and racecheck over one small end-to-end run; a throughput figure per
 # model shape. It writes perf/gpu-report.json and perf/gpu-check.log (a dry run: the same under
@@ -54,7 +56,7 @@ for line in sys.stdin:
         tests[t["name"]] = m["executable"]
     elif "bin" in t["kind"] and t["name"] == "crossrank" and not m["profile"]["test"]:
         binary = m["executable"]
-want = {"cuda_probe", "cuda_kernels", "cuda_e2e", "cuda_modernbert", "cuda_llm", "cuda_build", "cuda_tune"}
+want = {"cuda_probe", "cuda_kernels", "cuda_e2e", "cuda_modernbert", "cuda_llm", "cuda_blip", "cuda_build", "cuda_tune"}
 if not want <= set(tests) or binary is None:
     sys.exit(f"gpu-check prepare: expected test binaries {sorted(want)} and the bin, got {sorted(tests)}, {binary}")
 if set(tests) - want:
