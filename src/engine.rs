@@ -1012,6 +1012,8 @@ mod tests {
         assert_eq!(f(&items, 9, 100, 100), vec![0..3, 3..4, 4..5]);
         assert_eq!(f(&items, 10, 100, 100), vec![0..3, 3..4, 4..5]);
         assert_eq!(f(&items, 11, 100, 100), vec![0..3, 3..5]);
+        // A first pair longer than the budget is a forward of its own, not an empty one first.
+        assert_eq!(f(&[(9, 0), (1, 0)], 8, 100, 100), vec![0..1, 1..2]);
         // An image continued into the next forward counts there: 1 image per forward.
         let items = [(1, 0), (1, 0), (1, 0), (1, 1)];
         assert_eq!(f(&items, 100, 2, 1), vec![0..2, 2..3, 3..4]);

@@ -378,7 +378,12 @@ pub fn resize_bicubic(src: &Rgb8, width: usize, height: usize) -> Rgb8 {
         // to the last output row's last.
         let first_row = vert.first[0];
         let last_row = vert.first[height - 1] + vert.count[height - 1];
-        cur = horizontal_pass(src, &taps(src.width, width), first_row, last_row - first_row);
+        cur = horizontal_pass(
+            src,
+            &taps(src.width, width),
+            first_row,
+            last_row - first_row,
+        );
         row_offset = first_row;
     }
     if need_v {

@@ -688,7 +688,11 @@ struct ResizeGolden {
 fn resize_matches_pil_in_both_pass_orders() {
     let path = data_dir().join("goldens/blip/resize.json");
     let g: ResizeGolden = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    assert!(g.pillow.starts_with("13."), "goldens from Pillow {}", g.pillow);
+    assert!(
+        g.pillow.starts_with("13."),
+        "goldens from Pillow {}",
+        g.pillow
+    );
     let limits = crossrank::pixels::ImageLimits::default();
     let mut vertical_first = 0;
     for c in &g.cases {
@@ -709,5 +713,9 @@ fn resize_matches_pil_in_both_pass_orders() {
             c.height
         );
     }
-    assert_eq!((g.cases.len(), vertical_first), (10, 5), "the cases cover both orders");
+    assert_eq!(
+        (g.cases.len(), vertical_first),
+        (10, 5),
+        "the cases cover both orders"
+    );
 }

@@ -501,7 +501,8 @@ mod tests {
         let (r, px) = (tiny(), pixels());
         let rig = Rig::new();
         let a = rig.push(&px, &[("a photo of a cat", &[0, 1, 2])], None);
-        let b = rig.push(&px, &[("red", &[2, 3]), ("a photo of a cat", &[0])], None);
+        // b's second query differs from a's: a pair read with another request's query shows.
+        let b = rig.push(&px, &[("red", &[2, 3]), ("a dog", &[0])], None);
         let big: Vec<usize> = vec![4; MERGE_PAIRS - 6];
         let c = rig.push(&px, &[("red", &big)], None);
         let d = rig.push(&px, &[("red", &[5])], None);
@@ -510,12 +511,7 @@ mod tests {
         let mut pairs = vec![(0, 0), (0, 1), (0, 2), (1, 2), (1, 3), (2, 0)];
         pairs.extend(std::iter::repeat_n((1, 4), MERGE_PAIRS - 6));
         let (want, _) = r
-            .score_image_pairs(
-                &["a photo of a cat", "red", "a photo of a cat"],
-                &pairs,
-                &refs,
-                None,
-            )
+            .score_image_pairs(&["a photo of a cat", "red", "a dog"], &pairs, &refs, None)
             .unwrap();
         let a = answer(a).unwrap();
         let b = answer(b).unwrap();
