@@ -210,15 +210,7 @@ pub struct Split {
 
 /// The image-feature cache's counters over a row's timed calls (`Reranker::image_cache_stats`,
 /// differences across each call), and its size after the last one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct ImageCache {
-    pub hits: u64,
-    pub misses: u64,
-    pub evictions: u64,
-    pub entries: usize,
-    pub bytes: usize,
-    pub capacity_bytes: usize,
-}
+pub use crate::models::blip::CacheStats as ImageCache;
 
 /// The figures for one candidate count N.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

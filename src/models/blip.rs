@@ -685,7 +685,7 @@ fn text<B: Backend>(
 
 /// The image-feature cache's counters and size (`--image-cache-mib`): hits and misses count
 /// distinct images per forward, evictions the entries dropped for room.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CacheStats {
     pub hits: u64,
     pub misses: u64,

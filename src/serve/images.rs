@@ -13,15 +13,14 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::api::{self, ApiError, Call, GroupScores, Route};
 use super::metrics::{Metrics, ModelMetrics};
 use super::models::Loaded;
-use super::scheduler::{self, Clock, Scored, Ticket};
+use super::scheduler::{self, Clock, Feed, Scored, Ticket};
 use crate::engine::Reranker;
 use crate::error::{Error, Result};
 use crate::pixels::ImageLimits;
@@ -48,8 +47,7 @@ struct Job {
 
 /// The image requests of one model: their queue and the threads that score them.
 pub struct ImageQueue {
-    submit: Mutex<Option<Sender<Job>>>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    feed: Feed<Job>,
     metrics: Arc<Metrics>,
     max_concurrent: usize,
     clock: Clock,
@@ -80,8 +78,7 @@ impl ImageQueue {
             threads.push(t);
         }
         Ok(ImageQueue {
-            submit: Mutex::new(Some(submit)),
-            threads: Mutex::new(threads),
+            feed: Feed::new(submit, threads),
             metrics,
             max_concurrent,
             clock,
@@ -96,22 +93,7 @@ impl ImageQueue {
 
     /// Stops taking requests, lets the threads answer every one queued, and joins them.
     pub fn shutdown(&self) {
-        if let Ok(mut s) = self.submit.lock() {
-            s.take();
-        }
-        let threads = match self.threads.lock() {
-            Ok(mut t) => std::mem::take(&mut *t),
-            Err(_) => return,
-        };
-        for t in threads {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for ImageQueue {
-    fn drop(&mut self) {
-        self.shutdown();
+        self.feed.shutdown();
     }
 }
 
@@ -146,13 +128,7 @@ pub async fn score(
         None => work.await,
     }
     .map_err(|e| ApiError::backend(format!("image decoding stopped: {e}")))??;
-    let unavailable = || ApiError::new(503, "unavailable", "the server is shutting down");
-    {
-        let sender = queue.submit.lock().map_err(|_| unavailable())?;
-        let tx = sender.as_ref().ok_or_else(unavailable)?;
-        tx.send(Job { prepared, ticket })
-            .map_err(|_| unavailable())?;
-    }
+    queue.feed.send(Job { prepared, ticket })?;
     pending.answer().await
 }
 
@@ -384,6 +360,7 @@ mod tests {
     use crate::serve::api::Timeout;
     use crate::serve::scheduler::Pending;
     use crate::Device;
+    use std::sync::mpsc::Sender;
 
     fn tiny() -> Reranker {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -239,9 +239,55 @@ struct Encoded {
     ticket: Ticket,
 }
 
-pub struct Scheduler {
-    submit: Mutex<Option<Sender<Job>>>,
+/// The sending end of a queue and the threads that drain it: closed and joined by `shutdown`
+/// (and on drop), after the threads have answered every job already sent. The text scheduler's
+/// and the image queue's.
+pub(super) struct Feed<T> {
+    submit: Mutex<Option<Sender<T>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl<T> Feed<T> {
+    pub(super) fn new(submit: Sender<T>, threads: Vec<JoinHandle<()>>) -> Self {
+        Feed {
+            submit: Mutex::new(Some(submit)),
+            threads: Mutex::new(threads),
+        }
+    }
+
+    /// Queues `job`; a 503 once the feed is shut down.
+    pub(super) fn send(&self, job: T) -> std::result::Result<(), ApiError> {
+        let unavailable = || ApiError::new(503, "unavailable", "the server is shutting down");
+        let sender = self.submit.lock().map_err(|_| unavailable())?;
+        match sender.as_ref() {
+            Some(tx) => tx.send(job).map_err(|_| unavailable()),
+            None => Err(unavailable()),
+        }
+    }
+
+    /// Stops taking jobs, lets the threads answer every job already queued, and joins them.
+    pub(super) fn shutdown(&self) {
+        if let Ok(mut s) = self.submit.lock() {
+            s.take();
+        }
+        let threads = match self.threads.lock() {
+            Ok(mut t) => std::mem::take(&mut *t),
+            Err(_) => return,
+        };
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl<T> Drop for Feed<T> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+pub struct Scheduler {
+    feed: Feed<Job>,
     metrics: Arc<Metrics>,
     max_concurrent: usize,
     clock: Clock,
@@ -332,8 +378,7 @@ impl Scheduler {
             Box::new(move || planner_loop(&m, &c, limit, events_rx, feeds)),
         )?);
         Ok(Scheduler {
-            submit: Mutex::new(Some(submit)),
-            threads: Mutex::new(threads),
+            feed: Feed::new(submit, threads),
             metrics,
             max_concurrent,
             clock,
@@ -344,19 +389,13 @@ impl Scheduler {
     /// Queues a request, or refuses it at once with 503 past --max-concurrent. Its deadline,
     /// if it has a budget, counts from now.
     pub fn submit(&self, call: Arc<Call>) -> std::result::Result<Pending, ApiError> {
-        let unavailable = || ApiError::new(503, "unavailable", "the server is shutting down");
         let (ticket, pending) = admit(
             &self.metrics,
             self.max_concurrent,
             &self.clock,
             call.timeout,
         )?;
-        let job = Job { call, ticket };
-        let sender = self.submit.lock().map_err(|_| unavailable())?;
-        match sender.as_ref() {
-            Some(tx) => tx.send(job).map_err(|_| unavailable())?,
-            None => return Err(unavailable()),
-        }
+        self.feed.send(Job { call, ticket })?;
         Ok(pending)
     }
 
@@ -367,22 +406,7 @@ impl Scheduler {
 
     /// Stops taking jobs, lets the threads answer every job already queued, and joins them.
     pub fn shutdown(&self) {
-        if let Ok(mut s) = self.submit.lock() {
-            s.take();
-        }
-        let threads = match self.threads.lock() {
-            Ok(mut t) => std::mem::take(&mut *t),
-            Err(_) => return,
-        };
-        for t in threads {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Scheduler {
-    fn drop(&mut self) {
-        self.shutdown();
+        self.feed.shutdown();
     }
 }
 
